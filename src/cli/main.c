@@ -1,0 +1,61 @@
+/* main.c — entry point of the `alloy` command: dispatches to subcommands.
+ *
+ * Subcommands that a build does not contain yet are declared weak and
+ * reported as unavailable instead of failing to link. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+#define WEAK __attribute__((weak))
+WEAK int cmd_tokenize(int, char **);
+WEAK int cmd_generate(int, char **);
+WEAK int cmd_ppl(int, char **);
+WEAK int cmd_logits(int, char **);
+WEAK int cmd_init(int, char **);
+WEAK int cmd_convert(int, char **);
+WEAK int cmd_extract_lora(int, char **);
+WEAK int cmd_train(int, char **);
+WEAK int cmd_experts(int, char **);
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} COMMANDS[] = {
+    {"merge", cmd_merge, "merge models with a mergekit YAML recipe"},
+    {"tokenize", cmd_tokenize, "print token ids of a text (or --decode ids)"},
+    {"generate", cmd_generate, "generate text from a prompt"},
+    {"ppl", cmd_ppl, "perplexity of a model on a text file"},
+    {"logits", cmd_logits, "write the logits of one forward pass as .npy"},
+    {"init", cmd_init, "create a randomly initialised checkpoint"},
+    {"convert", cmd_convert, "convert a checkpoint to GGUF"},
+    {"extract-lora", cmd_extract_lora, "extract a LoRA adapter from a fine-tune"},
+    {"train", cmd_train, "LoRA or full fine-tuning"},
+    {"experts", cmd_experts, "TTMM expert libraries"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "alloy %s — merge, run and train language models\n\nusage: alloy COMMAND [ARGS]\n\n",
+            ALLOY_VERSION);
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (COMMANDS[i].fn) fprintf(f, "  %-13s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    fprintf(f, "\nRun `alloy COMMAND --help` for the options of a command.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("alloy %s\n", ALLOY_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++) {
+        if (strcmp(argv[1], COMMANDS[i].name) != 0) continue;
+        if (!COMMANDS[i].fn) return cli_error("'%s' is not part of this build", argv[1]);
+        return COMMANDS[i].fn(argc - 1, argv + 1);
+    }
+    return cli_error("unknown command '%s' (see `alloy --help`)", argv[1]);
+}

@@ -1,0 +1,174 @@
+/* dtype.c — element type table and f32 conversions (see dtype.h). */
+#include "util/dtype.h"
+
+#include <math.h>
+#include <string.h>
+
+static const struct {
+    const char *st, *torch;
+    size_t size;
+} TABLE[ALLOY_DTYPE_COUNT] = {
+    [ALLOY_F32] = {"F32", "float32", 4},      [ALLOY_F16] = {"F16", "float16", 2},
+    [ALLOY_BF16] = {"BF16", "bfloat16", 2},   [ALLOY_F64] = {"F64", "float64", 8},
+    [ALLOY_I64] = {"I64", "int64", 8},        [ALLOY_I32] = {"I32", "int32", 4},
+    [ALLOY_I16] = {"I16", "int16", 2},        [ALLOY_I8] = {"I8", "int8", 1},
+    [ALLOY_U8] = {"U8", "uint8", 1},          [ALLOY_BOOL] = {"BOOL", "bool", 1},
+    [ALLOY_F8_E4M3] = {"F8_E4M3", "float8_e4m3fn", 1},
+    [ALLOY_F8_E5M2] = {"F8_E5M2", "float8_e5m2", 1},
+    [ALLOY_U16] = {"U16", "uint16", 2},       [ALLOY_U32] = {"U32", "uint32", 4},
+    [ALLOY_U64] = {"U64", "uint64", 8},
+};
+
+size_t dtype_size(alloy_dtype dt) { return (unsigned)dt < ALLOY_DTYPE_COUNT ? TABLE[dt].size : 0; }
+
+const char *dtype_name(alloy_dtype dt) {
+    return (unsigned)dt < ALLOY_DTYPE_COUNT ? TABLE[dt].st : "?";
+}
+
+const char *dtype_torch_name(alloy_dtype dt) {
+    return (unsigned)dt < ALLOY_DTYPE_COUNT ? TABLE[dt].torch : "?";
+}
+
+int dtype_parse(const char *s, alloy_dtype *out) {
+    for (int i = 0; i < ALLOY_DTYPE_COUNT; i++)
+        if (strcmp(s, TABLE[i].st) == 0) {
+            *out = (alloy_dtype)i;
+            return 0;
+        }
+    return -1;
+}
+
+int dtype_parse_torch(const char *s, alloy_dtype *out) {
+    static const struct {
+        const char *name;
+        alloy_dtype dt;
+    } alias[] = {{"bfloat16", ALLOY_BF16}, {"bf16", ALLOY_BF16},  {"float16", ALLOY_F16},
+                 {"fp16", ALLOY_F16},      {"f16", ALLOY_F16},    {"half", ALLOY_F16},
+                 {"float32", ALLOY_F32},   {"fp32", ALLOY_F32},   {"f32", ALLOY_F32},
+                 {"float", ALLOY_F32}};
+    for (size_t i = 0; i < sizeof alias / sizeof alias[0]; i++)
+        if (strcmp(s, alias[i].name) == 0) {
+            *out = alias[i].dt;
+            return 0;
+        }
+    return -1;
+}
+
+bool dtype_is_mergeable(alloy_dtype dt) {
+    return dt == ALLOY_F32 || dt == ALLOY_F16 || dt == ALLOY_BF16;
+}
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400u));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return sign | 0x7e00u;            /* NaN */
+    if (absu >= 0x477ff000u) return sign | 0x7c00u;           /* overflow → inf */
+    if (absu < 0x38800000u) {                                 /* subnormal or zero */
+        if (absu < 0x33000000u) return sign;                  /* below half the smallest */
+        uint32_t man = (absu & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(absu >> 23); /* value = man24 * 2^(exp-150) = r * 2^-24 */
+        uint32_t half = 1u << (shift - 1);
+        uint32_t r = man >> shift;
+        uint32_t rem = man & ((1u << shift) - 1);
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return sign | (uint16_t)r;
+    }
+    uint32_t r = absu + 0xfffu + ((absu >> 13) & 1u) - 0x38000000u; /* rebias, round even */
+    return sign | (uint16_t)(r >> 13);
+}
+
+int64_t dtype_to_f32(const void *src, alloy_dtype dt, float *dst, size_t n) {
+    const unsigned char *p = src;
+    int64_t bad = -1;
+    switch (dt) {
+    case ALLOY_F32:
+        memcpy(dst, p, n * 4);
+        break;
+    case ALLOY_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = bf16_to_f32(h);
+        }
+        break;
+    case ALLOY_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = f16_to_f32(h);
+        }
+        break;
+    default:
+        return 0; /* not mergeable: caller's bug; report element 0 */
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dst[i])) {
+            bad = (int64_t)i;
+            break;
+        }
+    return bad;
+}
+
+void dtype_from_f32(const float *src, alloy_dtype dt, void *dst, size_t n) {
+    unsigned char *p = dst;
+    switch (dt) {
+    case ALLOY_F32:
+        memcpy(p, src, n * 4);
+        break;
+    case ALLOY_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_bf16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        break;
+    case ALLOY_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = f32_to_f16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        break;
+    default:
+        break;
+    }
+}
