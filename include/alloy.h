@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,8 +52,12 @@ typedef struct alloy_merge_options {
     uint64_t seed;             /* seed of the random methods (dare_*, della*) */
     uint64_t out_shard_bytes;  /* maximum bytes per output shard (default 5e9) */
     int copy_tokenizer;        /* copy tokenizer and side files (default 1) */
-    int dry_run;               /* validate and print the plan, write nothing */
-    int progress;              /* draw a progress bar on stderr (default 0) */
+    int dry_run;               /* validate, describe the plan, write nothing */
+    FILE *plan_out;            /* where --dry-run describes the plan (default NULL: nowhere) */
+    FILE *warn_out;            /* where warnings go (unknown parameters, ...); NULL: nowhere */
+    /* Called after each output tensor (may be NULL). */
+    void (*progress)(void *user, int done, int total, uint64_t bytes_done, uint64_t bytes_total);
+    void *progress_user;
 } alloy_merge_options;
 
 void alloy_merge_options_default(alloy_merge_options *opt);

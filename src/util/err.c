@@ -23,7 +23,13 @@ int alloy_wrap(alloy_err *err, const char *fmt, ...) {
         vsnprintf(prefix, sizeof prefix, fmt, ap);
         va_end(ap);
         memcpy(old, err->msg, sizeof old);
-        snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old);
+        size_t k = strlen(prefix);
+        if (k >= sizeof err->msg) k = sizeof err->msg - 1;
+        memcpy(err->msg, prefix, k);
+        size_t rest = strlen(old);
+        if (rest > sizeof err->msg - 1 - k) rest = sizeof err->msg - 1 - k;
+        memcpy(err->msg + k, old, rest);
+        err->msg[k + rest] = 0;
     }
     return -1;
 }

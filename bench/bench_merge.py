@@ -1,0 +1,67 @@
+#!/usr/bin/python3
+"""bench_merge.py — merge throughput and memory on a Qwen2-0.5B-shaped model.
+
+For linear, ties and dare_ties over a base + 3 bf16 variants: wall time, peak
+RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
+(stream_floor: reading every input byte once and writing the output through
+the same path), measured in the same run. Target: ratio <= 1.3.
+usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2]
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+BUILD, BENCH = sys.argv[1], sys.argv[2]
+THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+ALLOY = os.path.join(BUILD, "alloy")
+FLOOR = os.path.join(BUILD, "bench", "stream_floor")
+M = os.path.join(BENCH, "qwen2-0.5b")
+
+
+def timed(cmd, env=None):
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("failed: %s\n%s" % (" ".join(cmd), err))
+    return wall, ru.ru_maxrss / 1024.0, out
+
+
+def recipe(method):
+    path = os.path.join(BENCH, "%s.yml" % method)
+    lines = ["merge_method: %s" % method]
+    if method != "linear":
+        lines.append("base_model: %s/base" % M)
+    lines.append("models:")
+    for i, (w, d) in enumerate(((0.5, 0.5), (0.3, 0.6), (0.2, 0.4))):
+        lines.append("  - model: %s/ft%d" % (M, i + 1))
+        lines.append("    parameters: {weight: %g%s}" % (w, ", density: %g" % d if method != "linear" else ""))
+    open(path, "w").write("\n".join(lines) + "\n")
+    return path
+
+
+def main():
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "scripts", "gen_model.py"), M], check=True)
+    env = dict(os.environ, OMP_NUM_THREADS=THREADS)
+    out = os.path.join(BENCH, "out")
+    size = sum(os.path.getsize(os.path.join(M, d, "model.safetensors")) for d in ("base", "ft1"))
+    print("\nmerge benchmark: Qwen2-0.5B shape (hidden 896, inter 4864, 24 layers, vocab 151936), bf16, "
+          "%d threads, model %.2f GB" % (int(THREADS), size / 2e9))
+    print("%-10s %9s %12s %11s %7s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio"))
+    for method in ("linear", "ties", "dare_ties"):
+        r = recipe(method)
+        shutil.rmtree(out, ignore_errors=True)
+        floor, _, fout = timed([FLOOR, r, out], env)
+        floor = float(fout.strip() or floor)
+        shutil.rmtree(out, ignore_errors=True)
+        wall, rss, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env)
+        print("%-10s %9.2f %12.0f %11.2f %7.2f" % (method, wall, rss, floor, wall / floor), flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

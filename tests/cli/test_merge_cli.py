@@ -1,0 +1,323 @@
+#!/usr/bin/python3
+"""test_merge_cli.py — `alloy merge` end to end: slices, gradients and filters,
+LoRA inputs, sharded output, side files, determinism, dry runs, and bad input
+(each must give one `alloy: error:` line naming the culprit, exit 1, and leave
+no output directory behind).
+Usage: test_merge_cli.py ALLOY_BIN
+"""
+import filecmp
+import glob
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "ref"))
+import mergekit_ref  # noqa: E402
+import st  # noqa: E402
+from test_merge_ref import config, qwen_tensors  # noqa: E402
+
+ALLOY = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/alloy")
+TMP = tempfile.mkdtemp(prefix="alloy-cli-")
+results = []
+
+
+def record(name, ok, msg=""):
+    results.append((name, ok))
+    print("%s %s %s" % ("ok  " if ok else "FAIL", name, msg), flush=True)
+
+
+def run(*args):
+    return subprocess.run([ALLOY, *args], capture_output=True, text=True)
+
+
+def model(name, seed, layers=3, dtype=torch.float32, tied=False, mutate=None):
+    gen = torch.Generator().manual_seed(seed)
+    t = {k: v.to(dtype) for k, v in qwen_tensors(gen, layers=layers, tied=tied).items()}
+    if mutate:
+        mutate(t)
+    d = os.path.join(TMP, name)
+    st.save_dir(t, d, config(layers=layers, tied=tied))
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        f.write('{"model": {"type": "BPE"}, "marker": "%s"}' % name)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        f.write('{"eos_token": "<|endoftext|>"}')
+    return d
+
+
+def recipe(name, text):
+    p = os.path.join(TMP, name + ".yml")
+    with open(p, "w") as f:
+        f.write(text)
+    return p
+
+
+def no_leftovers(out):
+    parent = os.path.dirname(out)
+    base = os.path.basename(out)
+    return not os.path.exists(out) and not glob.glob(os.path.join(parent, "." + base + ".tmp-*"))
+
+
+def expect_error(name, args, must_contain, out=None):
+    p = run(*args)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    ok = p.returncode == 1 and len(lines) >= 1 and lines[-1].startswith("alloy: error:")
+    err_lines = [ln for ln in lines if ln.startswith("alloy: error:")]
+    ok = ok and len(err_lines) == 1
+    missing = [s for s in must_contain if s not in p.stderr]
+    ok = ok and not missing
+    if out is not None:
+        ok = ok and no_leftovers(out)
+    record("error: " + name, ok, ("" if ok else "rc=%d stderr=%r missing=%s" % (p.returncode, p.stderr, missing)))
+
+
+def main():
+    base = model("base", 0)
+    a = model("a", 1)
+    b = model("b", 2)
+    A, B, BASE = st.load_dir(a), st.load_dir(b), st.load_dir(base)
+
+    # 1. passthrough frankenmerge with slices: layers renumbered, config updated.
+    r = recipe("franken", """merge_method: passthrough
+slices:
+  - sources:
+      - model: %s
+        layer_range: [0, 2]
+  - sources:
+      - model: %s
+        layer_range: [1, 3]
+dtype: float32
+""" % (a, b))
+    out = os.path.join(TMP, "out-franken")
+    p = run("merge", r, out)
+    ok = p.returncode == 0
+    if ok:
+        got = st.load_dir(out)
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        ok = cfg["num_hidden_layers"] == 4
+        ok = ok and torch.equal(got["model.layers.0.mlp.up_proj.weight"], A["model.layers.0.mlp.up_proj.weight"])
+        ok = ok and torch.equal(got["model.layers.2.mlp.up_proj.weight"], B["model.layers.1.mlp.up_proj.weight"])
+        ok = ok and torch.equal(got["model.layers.3.self_attn.q_proj.bias"], B["model.layers.2.self_attn.q_proj.bias"])
+        ok = ok and torch.equal(got["model.embed_tokens.weight"], A["model.embed_tokens.weight"])
+        ok = ok and torch.equal(got["lm_head.weight"], B["lm_head.weight"])
+        ok = ok and "model.layers.4.mlp.up_proj.weight" not in got
+    record("passthrough slices", ok, p.stderr.strip())
+
+    # 2. slerp with per-layer gradients and name filters (the classic mergekit recipe).
+    r = recipe("slerp-grad", """slices:
+  - sources:
+      - model: %s
+        layer_range: [0, 3]
+      - model: %s
+        layer_range: [0, 3]
+merge_method: slerp
+base_model: %s
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 1]
+    - filter: mlp
+      value: [1, 0.25]
+    - value: 0.5
+dtype: float32
+""" % (base, a, base))
+    out = os.path.join(TMP, "out-slerp-grad")
+    p = run("merge", r, out)
+    ok = p.returncode == 0
+    worst = 0.0
+    if ok:
+        got = st.load_dir(out)
+        for name in BASE:
+            layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+            tl = (layer / 2) if layer is not None else 0.0
+            if "self_attn" in name:
+                t = [0, 0.5, 1][layer]
+            elif "mlp" in name:
+                t = 1 - 0.75 * tl
+            else:
+                t = 0.5
+            ref = mergekit_ref.merge("slerp", BASE[name].float(), [A[name].float()], [{}], {"t": t})
+            den = ref.abs().max().item() or 1.0
+            worst = max(worst, (got[name] - ref).abs().max().item() / den)
+        ok = worst <= 1e-5
+    record("slerp gradient + filters", ok, "max rel err %.1e %s" % (worst, p.stderr.strip()))
+
+    # 3. LoRA input: `base+adapter` equals W + (alpha/r) B A (and alpha/sqrt(r) with rsLoRA).
+    for rs in (False, True):
+        ad = os.path.join(TMP, "lora-rs%d" % rs)
+        os.makedirs(ad, exist_ok=True)
+        gen = torch.Generator().manual_seed(5)
+        lt, rank, alpha = {}, 4, 16
+        for l in range(3):
+            for mod, (o, i) in {"self_attn.q_proj": (16, 16), "mlp.down_proj": (16, 40)}.items():
+                pre = "base_model.model.model.layers.%d.%s" % (l, mod)
+                lt[pre + ".lora_A.weight"] = torch.randn(rank, i, generator=gen) * 0.1
+                lt[pre + ".lora_B.weight"] = torch.randn(o, rank, generator=gen) * 0.1
+        st.save_file(lt, os.path.join(ad, "adapter_model.safetensors"))
+        json.dump({"r": rank, "lora_alpha": alpha, "use_rslora": rs, "peft_type": "LORA",
+                   "target_modules": ["q_proj", "down_proj"]}, open(os.path.join(ad, "adapter_config.json"), "w"))
+        r = recipe("lora%d" % rs, "merge_method: linear\nmodels:\n  - model: %s+%s\n    parameters:\n      weight: 1.0\n"
+                   % (base, ad))
+        out = os.path.join(TMP, "out-lora%d" % rs)
+        p = run("merge", r, out)
+        ok = p.returncode == 0
+        worst = 0.0
+        if ok:
+            got = st.load_dir(out)
+            scale = alpha / math.sqrt(rank) if rs else alpha / rank
+            for name, w in BASE.items():
+                pre = "base_model.model." + name[:-len(".weight")]
+                exp = w.clone()
+                if pre + ".lora_A.weight" in lt:
+                    exp = exp + scale * lt[pre + ".lora_B.weight"] @ lt[pre + ".lora_A.weight"]
+                worst = max(worst, (got[name] - exp).abs().max().item() / (exp.abs().max().item() or 1))
+            ok = worst <= 1e-5
+        record("LoRA input (rslora=%s)" % rs, ok, "max rel err %.1e %s" % (worst, p.stderr.strip()))
+
+    # 4. sharded output, out_dtype, side files, recipe copy, model card.
+    rtext = "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n  - model: %s\n" \
+            "    parameters: {weight: 3}\nout_dtype: bfloat16\ntokenizer_source: %s\n" % (a, b, b)
+    r = recipe("sharded", rtext)
+    out = os.path.join(TMP, "out-sharded")
+    p = run("merge", r, out, "--out-shard-size", "4K")
+    ok = p.returncode == 0
+    msg = p.stderr.strip()
+    if ok:
+        idx = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+        shards = sorted(set(idx["weight_map"].values()))
+        got = st.load_dir(out)
+        total = sum(t.numel() * t.element_size() for t in got.values())
+        n = len(shards)
+        ok = n > 1 and shards[0] == "model-00001-of-%05d.safetensors" % n and idx["metadata"]["total_size"] == total
+        ok = ok and all(os.path.getsize(os.path.join(out, s)) <= 4000 + 4096 for s in shards)
+        ok = ok and all(t.dtype == torch.bfloat16 for t in got.values())
+        exp = ((A["model.norm.weight"] + 3 * B["model.norm.weight"]) / 4).to(torch.bfloat16)
+        ok = ok and torch.equal(got["model.norm.weight"], exp)
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        ok = ok and cfg["torch_dtype"] == "bfloat16"
+        ok = ok and filecmp.cmp(os.path.join(out, "tokenizer.json"), os.path.join(b, "tokenizer.json"), shallow=False)
+        ok = ok and open(os.path.join(out, "alloy_recipe.yml")).read() == rtext
+        ok = ok and "linear" in open(os.path.join(out, "README.md")).read()
+        msg = "%d shards" % n
+    record("sharded output + side files", ok, msg)
+
+    # 5. --no-copy-tokenizer, re-running into an earlier alloy output replaces it.
+    p = run("merge", r, out, "--no-copy-tokenizer")
+    ok = p.returncode == 0 and not os.path.exists(os.path.join(out, "tokenizer.json")) \
+        and os.path.exists(os.path.join(out, "model.safetensors"))
+    record("--no-copy-tokenizer, replace earlier output", ok, p.stderr.strip())
+
+    # 6. --dry-run writes nothing and describes the plan.
+    out = os.path.join(TMP, "out-dry")
+    p = run("merge", r, out, "--dry-run")
+    record("--dry-run", p.returncode == 0 and not os.path.exists(out) and "linear" in p.stdout, p.stderr.strip())
+
+    # 7. random methods: same seed → same bytes (any thread count); other seed → different.
+    r = recipe("dare", "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
+               "{weight: 0.5, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.5, density: 0.4}\n" % (base, a, b))
+    outs = []
+    for i, (seed, th) in enumerate(((1, 1), (1, 2), (2, 2))):
+        o = os.path.join(TMP, "out-dare%d" % i)
+        run("merge", r, o, "--seed", str(seed), "--threads", str(th))
+        outs.append(os.path.join(o, "model.safetensors"))
+    ok = all(os.path.exists(o) for o in outs) and filecmp.cmp(outs[0], outs[1], shallow=False) \
+        and not filecmp.cmp(outs[0], outs[2], shallow=False)
+    record("dare_ties reproducible across threads, seed-dependent", ok)
+
+    # 8. bad input.
+    good = "merge_method: ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 1, density: 0.5}\n"
+    out = os.path.join(TMP, "out-bad")
+
+    def bad_model(name, fn):
+        d = model(name, 9)
+        fn(os.path.join(d, "model.safetensors"))
+        return d
+
+    def truncate(path):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 100)
+
+    def header_past_eof(path):
+        with open(path, "r+b") as f:
+            f.write(struct.pack("<Q", 10 ** 7))
+
+    def rewrite_header(path, fn):
+        raw = open(path, "rb").read()
+        (n,) = struct.unpack("<Q", raw[:8])
+        h = json.loads(raw[8:8 + n])
+        fn(h)
+        hb = json.dumps(h).encode()
+        hb += b" " * (n - len(hb)) if len(hb) <= n else b""
+        open(path, "wb").write(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+
+    def overlap(h):
+        h["model.norm.weight"]["data_offsets"] = list(h["model.embed_tokens.weight"]["data_offsets"][:1]) + \
+            [h["model.embed_tokens.weight"]["data_offsets"][0] + 64]
+
+    def wrong_dtype(h):
+        h["model.norm.weight"]["dtype"] = "F16"
+
+    cases = [
+        ("truncated file", bad_model("trunc", truncate), ["model.safetensors"]),
+        ("header length past EOF", bad_model("hdr", header_past_eof), ["model.safetensors"]),
+        ("overlapping offsets", bad_model("ovl", lambda p: rewrite_header(p, overlap)), ["model.safetensors"]),
+        ("wrong dtype size", bad_model("dts", lambda p: rewrite_header(p, wrong_dtype)), ["model.norm.weight"]),
+    ]
+    for name, d, needles in cases:
+        expect_error(name, ["merge", recipe("bad-" + d, good % (base, d)), out], needles, out)
+
+    def drop_tensor(t):
+        del t["model.layers.1.mlp.up_proj.weight"]
+
+    def reshape(t):
+        t["model.layers.2.mlp.gate_proj.weight"] = torch.zeros(41, 16)
+
+    def nan(t):
+        t["lm_head.weight"][3, 5] = float("nan")
+
+    d = model("missing", 3, mutate=drop_tensor)
+    expect_error("missing tensor", ["merge", recipe("miss", good % (base, d)), out],
+                 ["model.layers.1.mlp.up_proj.weight", d], out)
+    d = model("shape", 3, mutate=reshape)
+    expect_error("shape mismatch", ["merge", recipe("shape", good % (base, d)), out],
+                 ["model.layers.2.mlp.gate_proj.weight", "[41, 16]", "[40, 16]"], out)
+    d = model("nan", 3, mutate=nan)
+    expect_error("NaN in a weight", ["merge", recipe("nan", good % (base, d)), out], ["lm_head.weight", d], out)
+    d = model("layers", 3, layers=2)
+    expect_error("layer count mismatch", ["merge", recipe("layers", good % (base, d)), out], ["layer"], out)
+    expect_error("unknown method", ["merge", recipe("unk", good.replace("ties", "tise") % (base, a)), out],
+                 ["tise", "ties"], out)
+    expect_error("bad YAML", ["merge", recipe("yaml", "merge_method: ties\nmodels: [\n  - {model: x\n"), out],
+                 ["yaml.yml"], out)
+    expect_error("missing weight", ["merge", recipe("now", good.replace("weight: 1, ", "") % (base, a)), out],
+                 ["weight"], out)
+    expect_error("density out of range", ["merge", recipe("dens", good.replace("0.5", "1.5") % (base, a)), out],
+                 ["density", "1.5"], out)
+    expect_error("model dir missing", ["merge", recipe("nodir", good % (base, "/nonexistent/model")), out],
+                 ["/nonexistent/model"], out)
+    expect_error("tokenizer_source union", ["merge", recipe("union", (good % (base, a)) + "tokenizer_source: union\n"),
+                                            out], ["union"], out)
+    expect_error("slerp needs one model", ["merge", recipe("slerp2", "merge_method: slerp\nbase_model: %s\nmodels:\n"
+                                                           "  - model: %s\n  - model: %s\nparameters: {t: 0.5}\n"
+                                                           % (base, a, b)), out], ["slerp"], out)
+    keep = os.path.join(TMP, "precious")
+    os.makedirs(keep)
+    open(os.path.join(keep, "data.txt"), "w").write("x")
+    expect_error("refuses to replace a foreign dir", ["merge", recipe("keep", good % (base, a)), keep], [keep])
+    record("foreign dir untouched", os.path.exists(os.path.join(keep, "data.txt")))
+
+    n_fail = sum(1 for _, ok in results if not ok)
+    print("merge cli: %d passed, %d failed" % (len(results) - n_fail, n_fail))
+    shutil.rmtree(TMP, ignore_errors=True)
+    return 1 if n_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
