@@ -316,8 +316,18 @@ static int add_outer_tensors(merge_plan *p, const nslice *ns, bool pre, alloy_er
 }
 
 /* Output layers of one normalised slice, starting at output layer p->out_layers. */
+static int count_layer_tensors(const plan_model *m, int layer) {
+    int n = 0;
+    for (int i = 0; i < m->st.ntensors; i++) {
+        size_t at, nd;
+        n += layer_of(m->st.tensors[i].name, &at, &nd) == layer;
+    }
+    return n;
+}
+
 static int add_slice_layers(merge_plan *p, const nslice *ns, alloy_err *err) {
-    const nsource *s0 = &ns->src[0];
+    /* The base (else the first source) is the template of each layer's tensors. */
+    const nsource *s0 = &ns->src[ns->base_src >= 0 ? ns->base_src : 0];
     const plan_model *tmpl = &p->models[s0->model];
     char **names = calloc((size_t)ns->n, sizeof *names);
     if (!names) return alloy_fail(err, "out of memory");
@@ -341,6 +351,14 @@ static int add_slice_layers(merge_plan *p, const nslice *ns, alloy_err *err) {
         }
         if (!rc && !found)
             rc = alloy_fail(err, "%s: layer %d has no tensors", tmpl->path, s0->start + idx);
+        /* A source with tensors the template lacks would lose them silently. */
+        for (int j = 0; j < ns->n && !rc; j++) {
+            const plan_model *m = &p->models[ns->src[j].model];
+            int have = count_layer_tensors(m, ns->src[j].start + idx);
+            if (have != found)
+                rc = alloy_fail(err, "%s: layer %d has %d tensors but layer %d of %s has %d", m->path,
+                                ns->src[j].start + idx, have, s0->start + idx, tmpl->path, found);
+        }
         p->out_layers++;
     }
     free(names);

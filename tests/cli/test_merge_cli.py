@@ -271,7 +271,7 @@ dtype: float32
         ("wrong dtype size", bad_model("dts", lambda p: rewrite_header(p, wrong_dtype)), ["model.norm.weight"]),
     ]
     for name, d, needles in cases:
-        expect_error(name, ["merge", recipe("bad-" + d, good % (base, d)), out], needles, out)
+        expect_error(name, ["merge", recipe("bad-" + os.path.basename(d), good % (base, d)), out], needles, out)
 
     def drop_tensor(t):
         del t["model.layers.1.mlp.up_proj.weight"]
