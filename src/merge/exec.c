@@ -94,7 +94,8 @@ static int write_side_files(const merge_plan *p, const char *dir, const alloy_me
     if (full) {
         memcpy(full, card, k);
         memcpy(full + k, p->rc.text, tl);
-        memcpy(full + k + tl, tl && p->rc.text[tl - 1] == '\n' ? "```\n" : "\n```\n", 6);
+        const char *fence = tl && p->rc.text[tl - 1] == '\n' ? "```\n" : "\n```\n";
+        memcpy(full + k + tl, fence, strlen(fence) + 1);
         rc = fs_write_file(path, full, strlen(full), err);
     } else {
         rc = alloy_fail(err, "out of memory");
