@@ -1,0 +1,241 @@
+/* sparsify.c — masks for task-vector sparsification (see sparsify.h).
+ *
+ * Source of the semantics: mergekit/sparsify.py (magnitude, bernoulli,
+ * magnitude_outliers, della_magprune, rescaled_masked_tensor). Selection by
+ * rank uses quickselect, never a full sort; della ranks within rows, which
+ * does need a sort per row. */
+#include "merge/sparsify.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "merge/vec.h"
+#include "util/err.h"
+#include "util/rng.h"
+
+static inline void swapf(float *a, float *b) {
+    float t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static inline float median3(float a, float b, float c) {
+    if (a < b) return b < c ? b : (a < c ? c : a);
+    return a < c ? a : (b < c ? c : b);
+}
+
+/* The k-th smallest (0-based) of a[0..n), leaving a[0..k) <= it <= a[k..n).
+ * Three-way partitions, so runs of equal values (zeros in deltas) are cheap. */
+static float select_kth(float *a, size_t n, size_t k) {
+    size_t l = 0, r = n;
+    while (r - l > 1) {
+        float p = median3(a[l], a[l + (r - l) / 2], a[r - 1]);
+        size_t lt = l, i = l, gt = r;
+        while (i < gt) {
+            if (a[i] < p)
+                swapf(&a[lt++], &a[i++]);
+            else if (a[i] > p)
+                swapf(&a[i], &a[--gt]);
+            else
+                i++;
+        }
+        if (k < lt)
+            r = lt;
+        else if (k >= gt)
+            l = gt;
+        else
+            return p;
+    }
+    return a[k];
+}
+
+void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float *scratch, uint8_t *mask,
+                        int threads) {
+    if (hi > n) hi = n;
+    if (lo >= hi) {
+        memset(mask, 0, n);
+        return;
+    }
+    if (lo == 0 && hi == n) {
+        memset(mask, 1, n);
+        return;
+    }
+    memcpy(scratch, key, n * sizeof *scratch);
+    float L = select_kth(scratch, n, lo);                       /* value of rank lo */
+    float U = select_kth(scratch + lo, n - lo, hi - 1 - lo);    /* value of rank hi-1 */
+    /* Per chunk: how many keys are below L and U, and how many equal them;
+     * prefix sums of the equal counts give each tie its order by index. */
+    size_t nc = vec_nchunks(n);
+    size_t lessL[VEC_CHUNKS_MAX], lessU[VEC_CHUNKS_MAX], eqL[VEC_CHUNKS_MAX], eqU[VEC_CHUNKS_MAX];
+#pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
+    for (size_t c = 0; c < nc; c++) {
+        size_t b, e, ll = 0, lu = 0, el = 0, eu = 0;
+        vec_chunk(n, c, &b, &e);
+        for (size_t i = b; i < e; i++) {
+            float v = key[i];
+            ll += v < L;
+            lu += v < U;
+            el += v == L;
+            eu += v == U;
+        }
+        lessL[c] = ll, lessU[c] = lu, eqL[c] = el, eqU[c] = eu;
+    }
+    size_t cL = 0, cU = 0, tl = 0, tu = 0;
+    for (size_t c = 0; c < nc; c++) {
+        size_t el = eqL[c], eu = eqU[c];
+        cL += lessL[c], cU += lessU[c];
+        eqL[c] = tl, eqU[c] = tu; /* now: ties before this chunk */
+        tl += el, tu += eu;
+    }
+#pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
+    for (size_t c = 0; c < nc; c++) {
+        size_t b, e, tL = eqL[c], tU = eqU[c];
+        vec_chunk(n, c, &b, &e);
+        for (size_t i = b; i < e; i++) {
+            float v = key[i];
+            bool ok_lo = v > L || (v == L && cL + tL >= lo);
+            bool ok_hi = v < U || (v == U && cU + tU < hi);
+            tL += v == L;
+            tU += v == U;
+            mask[i] = ok_lo && ok_hi;
+        }
+    }
+}
+
+typedef struct {
+    const float *x, *base;
+    const uint8_t *mask;
+} l1_ctx;
+
+static void l1_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const l1_ctx *c = p;
+    double before = 0.0, after = 0.0;
+    for (size_t e = lo; e < hi; e++) {
+        double d = fabs((double)(c->x[e] - c->base[e]));
+        before += d;
+        after += c->mask[e] ? d : 0.0;
+    }
+    acc[0] += before;
+    acc[1] += after;
+}
+
+double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask, size_t n, int threads) {
+    l1_ctx c = {x, base, mask};
+    double s[2] = {0, 0};
+    double part[VEC_CHUNKS_MAX][2];
+    size_t nc = vec_nchunks(n);
+#pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
+    for (size_t i = 0; i < nc; i++) {
+        size_t lo, hi;
+        vec_chunk(n, i, &lo, &hi);
+        part[i][0] = part[i][1] = 0.0;
+        l1_chunk(&c, lo, hi, part[i]);
+    }
+    for (size_t i = 0; i < nc; i++) s[0] += part[i][0], s[1] += part[i][1];
+    if (s[0] < 1e-7 || s[1] < 1e-7) return 1.0;
+    return s[0] / s[1];
+}
+
+typedef struct {
+    float a;
+    size_t j;
+} mag_idx;
+
+static int mag_cmp(const void *pa, const void *pb) {
+    const mag_idx *a = pa, *b = pb;
+    if (a->a < b->a) return -1;
+    if (a->a > b->a) return 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+/* della_magprune: in each row (axis 1; a 1-D tensor is one row) the element
+ * of ascending |delta| rank r (0-based, ties by index) is kept with
+ * probability p = (density - epsilon) + r/(len-1) * 2 epsilon. A row of one
+ * element (where mergekit divides 0 by 0) uses r/(len-1) = 1/2. */
+static int della_mask(const sparsify_args *a, const float *x, const float *base, int ndim, const int64_t *shape,
+                      size_t n, uint8_t *mask, int threads, alloy_err *err) {
+    vec_layout l = vec_layout_axis(ndim, shape, n, ndim >= 2 ? 1 : 0);
+    float lo_p = (float)(a->density - a->epsilon), two_eps = (float)(2.0 * a->epsilon);
+    int oom = 0;
+#pragma omp parallel num_threads(vec_threads(threads))
+    {
+        mag_idx *buf = malloc(sizeof *buf * (l.len ? l.len : 1));
+        if (!buf) {
+#pragma omp atomic write
+            oom = 1;
+        }
+#pragma omp for schedule(dynamic, 16)
+        for (size_t v = 0; v < l.count; v++) {
+            if (!buf) continue;
+            for (size_t j = 0; j < l.len; j++) {
+                size_t e = vec_at(&l, v, j);
+                buf[j].a = fabsf(x[e] - base[e]);
+                buf[j].j = j;
+            }
+            qsort(buf, l.len, sizeof *buf, mag_cmp);
+            for (size_t r = 0; r < l.len; r++) {
+                size_t e = vec_at(&l, v, buf[r].j);
+                float rn = l.len > 1 ? (float)r / (float)(l.len - 1) : 0.5f;
+                float p = lo_p + rn * two_eps;
+                mask[e] = rng_uniform(a->seed, a->stream, e) < (double)p;
+            }
+        }
+        free(buf);
+    }
+    if (oom) return alloy_fail(err, "out of memory (della row buffers)");
+    return 0;
+}
+
+int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int ndim, const int64_t *shape,
+                  size_t n, float *key, float *scratch, uint8_t *mask, int threads, const char *name,
+                  alloy_err *err) {
+    int nt = vec_threads(threads);
+    if (a->kind == SPARSIFY_NONE || a->density >= 1.0) return 1;
+    switch (a->kind) {
+    case SPARSIFY_MAGNITUDE: {
+        size_t k = (size_t)(a->density * (double)n);
+        if (k == 0)
+            return alloy_fail(err, "tensor '%s': density %g keeps no element of %zu (mergekit refuses this too)",
+                              name, a->density, n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (size_t e = 0; e < n; e++) key[e] = -fabsf(x[e] - base[e]);
+        sparsify_rank_mask(key, n, 0, k, scratch, mask, nt);
+        return 0;
+    }
+    case SPARSIFY_RANDOM: {
+        uint64_t seed = a->seed, stream = a->stream;
+        double p = a->density;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (size_t e = 0; e < n; e++) mask[e] = rng_uniform(seed, stream, e) < p;
+        return 0;
+    }
+    case SPARSIFY_OUTLIERS: {
+        /* Keep sorted positions [n_bot, n - n_top) of the ascending |delta|
+         * order. Deliberate deviation: when int(gamma*n) == 0, mergekit's
+         * slice indices[n_bot:-0] is empty and drops the whole task vector
+         * (small tensors: biases, norms); alloy keeps the top band instead,
+         * which is what the method describes (docs/merge_methods.md). */
+        int64_t target = (int64_t)(a->density * (double)n), top = (int64_t)(a->gamma * (double)n);
+        int64_t bot = (int64_t)n - target - top;
+        if (bot < 0) top += bot, bot = 0;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (size_t e = 0; e < n; e++) key[e] = fabsf(x[e] - base[e]);
+        sparsify_rank_mask(key, n, (size_t)bot, n - (size_t)top, scratch, mask, nt);
+        return 0;
+    }
+    case SPARSIFY_DELLA:
+        if (a->density <= 0.0) {
+            memset(mask, 0, n);
+            return 0;
+        }
+        if (a->density + a->epsilon >= 1.0 || a->density - a->epsilon <= 0.0)
+            return alloy_fail(err, "tensor '%s': della needs density +/- epsilon inside (0, 1), got density %g, "
+                              "epsilon %g", name, a->density, a->epsilon);
+        return della_mask(a, x, base, ndim, shape, n, mask, nt, err);
+    case SPARSIFY_NONE:
+        break;
+    }
+    return 1;
+}

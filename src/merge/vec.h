@@ -1,0 +1,55 @@
+/* vec.h — deterministic reductions and vector layouts shared by the merge methods.
+ *
+ * Sums over a tensor are split into fixed chunks whose size depends only on
+ * n (never on the thread count); each chunk is accumulated in double, in
+ * index order, and the chunk partials are added in chunk order. A reduction
+ * therefore gives the same bits with 1 or 64 threads. This file owns no
+ * method semantics; the methods live in one file per family. */
+#ifndef ALLOY_MERGE_VEC_H
+#define ALLOY_MERGE_VEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "alloy.h"
+
+/* A reduction never uses more than this many chunks. */
+#define VEC_CHUNKS_MAX 1024
+
+/* Accumulate chunk [lo, hi) of the reduction into acc[0..nacc) (zeroed by the caller). */
+typedef void (*vec_chunk_fn)(const void *ctx, size_t lo, size_t hi, double *acc);
+
+/* out[0..nacc) = the sums of f over [0, n), deterministic as described above.
+ * Returns 0, or -1 (out of memory, err filled). */
+int vec_reduce(size_t n, int threads, int nacc, vec_chunk_fn f, const void *ctx, double *out, alloy_err *err);
+
+/* Σ (a[e]-c[e]) (b[e]-c[e]) in double; c may be NULL (plain dot product).
+ * Uses a stack buffer, so it cannot fail. */
+double vec_dot_sub(const float *a, const float *b, const float *c, size_t n, int threads);
+
+/* Σ (a[e]-c[e]) m[e] in double; c may be NULL. Cannot fail. */
+double vec_dot_diff(const float *a, const float *c, const float *m, size_t n, int threads);
+
+/* Number of chunks vec_reduce uses for n elements, and the bounds of chunk i;
+ * for passes that need per-chunk prefix counts. */
+size_t vec_nchunks(size_t n);
+void vec_chunk(size_t n, size_t i, size_t *lo, size_t *hi);
+
+/* A tensor seen as `count` vectors of `len` elements along one axis: vector v
+ * holds elements vec_at(l, v, j), j < len. */
+typedef struct vec_layout {
+    size_t count, len, inner; /* inner = product of the dims after the axis (the stride) */
+} vec_layout;
+
+/* The layout of vectors along `axis` (clamped into [0, ndim)); ndim 0 is one vector. */
+vec_layout vec_layout_axis(int ndim, const int64_t *shape, size_t n, int axis);
+
+static inline size_t vec_at(const vec_layout *l, size_t v, size_t j) {
+    size_t outer = v / l->inner, in = v % l->inner;
+    return (outer * l->len + j) * l->inner + in;
+}
+
+/* Thread count to pass to OpenMP (at least 1). */
+static inline int vec_threads(int t) { return t > 0 ? t : 1; }
+
+#endif
