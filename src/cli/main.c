@@ -2,6 +2,7 @@
  *
  * Subcommands that a build does not contain yet are declared weak and
  * reported as unavailable instead of failing to link. */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,6 +45,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* Merges and models allocate and free buffers of hundreds of MB per
+     * tensor; keep them in the heap instead of mmap/munmap-ing (and
+     * re-faulting zeroed pages) each time. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 1 : 0;
