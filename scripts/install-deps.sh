@@ -35,3 +35,9 @@ for dir in tests/tokenizer; do
         (cd "$ROOT/$dir" && npm ci --no-audit --no-fund --silent)
     fi
 done
+if [ -f "$ROOT/tests/peer/package.json" ] && [ ! -d "$ROOT/tests/peer/node_modules" ]; then
+    echo "install-deps: npm packages for tests/peer (llama.cpp via node-llama-cpp)"
+    # --ignore-scripts: node-llama-cpp's postinstall would try to download or build;
+    # its prebuilt CPU binaries ship in the npm package itself.
+    (cd "$ROOT/tests/peer" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund --silent --ignore-scripts)
+fi

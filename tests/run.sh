@@ -16,7 +16,7 @@ run() {  # name, command...
 
 run "merge reference (PyTorch)" $PY tests/ref/test_merge_ref.py "$ALLOY"
 run "merge CLI" $PY tests/cli/test_merge_cli.py "$ALLOY"
-for t in tests/ref/test_*.sh tests/cli/test_*.sh; do
+for t in tests/ref/test_*.sh tests/cli/test_*.sh tests/peer/test_*.sh; do
     [ -e "$t" ] || continue
     run "$(basename "$t" .sh)" bash "$t" "$ALLOY"
 done
