@@ -7,6 +7,7 @@
 #include "merge/sparsify.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,74 @@ static float select_kth(float *a, size_t n, size_t k) {
     return a[k];
 }
 
+/* Order-preserving map of a float to an unsigned key (NaN excluded). */
+static inline uint32_t order_key(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static inline float order_value(uint32_t k) {
+    uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* The value of rank k (0-based, ascending) of key[0..n), by a two-pass radix
+ * select on the order-preserving bits: a parallel 16-bit histogram of the high
+ * halves finds the bucket holding rank k, a second of the low halves inside
+ * that bucket finds the value. Two streaming passes, no copy, no data
+ * movement: on large tensors several times faster than quickselect. */
+static float radix_kth(const float *key, size_t n, size_t k, int threads) {
+    enum { BINS = 1 << 16 };
+    int nt = threads > 0 ? threads : 1;
+    size_t *hist = calloc((size_t)nt * BINS, sizeof *hist);
+    size_t *tot = calloc(BINS, sizeof *tot);
+    if (!hist || !tot) { /* fall back to nothing clever: quickselect on a copy */
+        free(hist);
+        free(tot);
+        float *tmp = malloc(n * sizeof *tmp);
+        if (!tmp) return 0.0f;
+        memcpy(tmp, key, n * sizeof *tmp);
+        float v = select_kth(tmp, n, k);
+        free(tmp);
+        return v;
+    }
+    uint32_t hi = 0;
+    size_t below = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        memset(hist, 0, (size_t)nt * BINS * sizeof *hist);
+#pragma omp parallel num_threads(nt)
+        {
+            size_t *h = hist + (size_t)omp_get_thread_num() * BINS;
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i++) {
+                uint32_t q = order_key(key[i]);
+                if (pass == 0)
+                    h[q >> 16]++;
+                else if ((q >> 16) == hi)
+                    h[q & 0xffffu]++;
+            }
+        }
+        for (size_t b = 0; b < BINS; b++) {
+            size_t t = 0;
+            for (int j = 0; j < nt; j++) t += hist[(size_t)j * BINS + b];
+            tot[b] = t;
+        }
+        size_t b = 0;
+        while (b < BINS - 1 && below + tot[b] <= k) below += tot[b++];
+        if (pass == 0) {
+            hi = (uint32_t)b;
+        } else {
+            hi = (hi << 16) | (uint32_t)b;
+        }
+    }
+    free(hist);
+    free(tot);
+    return order_value(hi);
+}
+
 void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float *scratch, uint8_t *mask,
                         int threads) {
     if (hi > n) hi = n;
@@ -62,9 +131,15 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
         memset(mask, 1, n);
         return;
     }
-    memcpy(scratch, key, n * sizeof *scratch);
-    float L = select_kth(scratch, n, lo);                       /* value of rank lo */
-    float U = select_kth(scratch + lo, n - lo, hi - 1 - lo);    /* value of rank hi-1 */
+    float L, U;
+    if (n < (1u << 16)) { /* small: quickselect on a copy */
+        memcpy(scratch, key, n * sizeof *scratch);
+        L = select_kth(scratch, n, lo);                    /* value of rank lo */
+        U = select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
+    } else {
+        L = lo == 0 ? -INFINITY : radix_kth(key, n, lo, vec_threads(threads));
+        U = radix_kth(key, n, hi - 1, vec_threads(threads));
+    }
     /* Per chunk: how many keys are below L and U, and how many equal them;
      * prefix sums of the equal counts give each tie its order by index. */
     size_t nc = vec_nchunks(n);
