@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -231,7 +232,39 @@ dtype: float32
         and not filecmp.cmp(outs[0], outs[2], shallow=False)
     record("dare_ties reproducible across threads, seed-dependent", ok)
 
-    # 8. bad input.
+    # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.
+    gen = torch.Generator().manual_seed(11)
+    big = []
+    for i in range(2):
+        t = qwen_tensors(gen, hidden=256, inter=1024, vocab=8192, layers=4)
+        d = os.path.join(TMP, "big%d" % i)
+        cfg = config(layers=4)
+        cfg.update(hidden_size=256, intermediate_size=1024, vocab_size=8192)
+        st.save_dir(t, d, cfg)
+        big.append(d)
+    r = recipe("big", "merge_method: ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
+               "{weight: 1, density: 0.5}\n" % (big[0], big[1]))
+    out = os.path.join(TMP, "out-killed")
+    outcomes = set()
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.4):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen([ALLOY, "merge", r, out, "--threads", "1"], stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if os.path.exists(out):
+            # complete: it finished before the kill; every file of a finished merge is there
+            got = st.load_dir(out)
+            ok = os.path.exists(os.path.join(out, "alloy_recipe.yml")) and len(got) == len(st.load_dir(big[0]))
+            outcomes.add("complete" if ok else "PARTIAL")
+        else:
+            outcomes.add("absent")
+    record("kill -9 leaves no partial OUT_DIR", "PARTIAL" not in outcomes, "outcomes: %s" % sorted(outcomes))
+    p = run("merge", r, out)
+    record("merge after a killed one", p.returncode == 0 and os.path.exists(os.path.join(out, "model.safetensors")),
+           p.stderr.strip())
+
+    # 9. bad input.
     good = "merge_method: ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 1, density: 0.5}\n"
     out = os.path.join(TMP, "out-bad")
 
