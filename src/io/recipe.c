@@ -3,7 +3,8 @@
  *
  * Owns: structure and type checks with "<file>:<line>: ..." messages, the
  * list of accepted keys (and "did you mean" suggestions for typos), numbers
- * and booleans as YAML plain scalars, gradients and filter lists.
+ * and booleans as YAML plain scalars, gradients and filter lists, alloy's
+ * output keys `out: dense|lora` and `rank: N` (see recipe.h).
  * Does not own: whether models exist, methods are known or parameters fit a
  * method — that is src/merge/plan.c. */
 #include "io/recipe.h"
@@ -496,7 +497,31 @@ static int parse_slices(ctx *c, const yaml_node_t *v, recipe *r) {
 /* Keys offered as suggestions for typos at the top level. */
 static const char *const top_keys[] = {"merge_method", "base_model", "models",        "slices",
                                        "parameters",   "dtype",      "out_dtype",     "tokenizer_source",
-                                       "chat_template", "name",      NULL};
+                                       "chat_template", "name",      "out",           "rank",
+                                       NULL};
+
+/* `out: dense | lora`. */
+static int parse_out(ctx *c, const yaml_node_t *v, recipe *r) {
+    r->line_out = line_of(v);
+    if (v->type != YAML_SCALAR_NODE || is_null(v))
+        return fail_at(c, line_of(v), "out: expected 'dense' or 'lora', got %s", kind_name(v));
+    if (!strcmp(sval(v), "lora")) r->out_lora = true;
+    else if (strcmp(sval(v), "dense"))
+        return fail_at(c, line_of(v), "out: expected 'dense' or 'lora', got '%s'", sval(v));
+    return 0;
+}
+
+/* `rank: N`, the rank of an `out: lora` adapter. */
+static int parse_rank(ctx *c, const yaml_node_t *v, recipe *r) {
+    r->line_rank = line_of(v);
+    int n = 0;
+    if (v->type != YAML_SCALAR_NODE || !scalar_int(v, &n) || n < 1)
+        return fail_at(c, line_of(v), "rank: expected a positive integer (the out: lora adapter rank), got %s%s%s",
+                       v->type == YAML_SCALAR_NODE ? "'" : "", v->type == YAML_SCALAR_NODE ? sval(v) : kind_name(v),
+                       v->type == YAML_SCALAR_NODE ? "'" : "");
+    r->out_rank = n;
+    return 0;
+}
 
 static int parse_top(ctx *c, const yaml_node_t *root, recipe *r) {
     if (root->type != YAML_MAPPING_NODE)
@@ -517,6 +542,8 @@ static int parse_top(ctx *c, const yaml_node_t *root, recipe *r) {
         else if (!strcmp(key, "tokenizer_source")) rc = get_string(c, v, key, &r->tokenizer_source);
         else if (!strcmp(key, "chat_template")) rc = get_string(c, v, key, &r->chat_template);
         else if (!strcmp(key, "parameters")) rc = parse_params(c, v, &r->params);
+        else if (!strcmp(key, "out")) rc = parse_out(c, v, r);
+        else if (!strcmp(key, "rank")) rc = parse_rank(c, v, r);
         else if (!strcmp(key, "name")) continue; /* mergekit's label: ignored */
         else if (!strcmp(key, "tokenizer"))
             return fail_at(c, line_of(k), "tokenizer: not supported (use tokenizer_source)");

@@ -82,6 +82,14 @@ typedef struct recipe {
     recipe_slice *slices; /* `slices:` form */
     param_set params;     /* top-level `parameters:` */
     int line_method;      /* line of merge_method, for messages */
+    /* Output mode (alloy's keys, not mergekit's). `out: dense` (the default)
+     * writes a checkpoint; `out: lora` writes the merged delta against
+     * base_model as a PEFT adapter of rank `rank:` (a top-level integer >= 1;
+     * 0 when absent). This `rank:` is the adapter's rank only: drm's
+     * joint-rank cap is the separate method parameter `parameters: rank`. */
+    bool out_lora;
+    int out_rank;
+    int line_out, line_rank; /* 0 when the key is absent */
 } recipe;
 
 /* Parse the YAML in text (len bytes); name is used in messages

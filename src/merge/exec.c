@@ -1,7 +1,13 @@
-/* exec.c — the streaming merge executor (see exec.h), and alloy_merge(). */
+/* exec.c — the streaming merge executor (see exec.h), and alloy_merge().
+ *
+ * Two output modes: a dense checkpoint (every output tensor), or for
+ * `out: lora` a PEFT adapter of the merged deltas of the adapter-targeted
+ * tensors (truncated SVD in merge/svd.c, the directory in io/peft_write.c). */
 #include "merge/exec.h"
 
+#include <cblas.h>
 #include <dirent.h>
+#include <math.h>
 #include <omp.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -11,6 +17,8 @@
 #include <unistd.h>
 
 #include "io/checkpoint.h"
+#include "io/peft_write.h"
+#include "merge/svd.h"
 #include "util/dtype.h"
 #include "util/err.h"
 #include "util/fs.h"
@@ -106,11 +114,82 @@ static int write_side_files(const merge_plan *p, const char *dir, const alloy_me
     return rc;
 }
 
-int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, alloy_err *err) {
-    int threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
+/* Buffers of the executor, grown lazily to the largest tensor. */
+typedef struct work {
+    size_t maxn;
+    int maxk;
+    float **x;     /* [maxk] inputs */
+    float *base;   /* base input (or, for out: lora, the delta base) */
+    float *out;    /* merged tensor */
+    void *packed;  /* output dtype */
+} work;
+
+static int work_init(work *w, const merge_plan *p, alloy_err *err) {
+    memset(w, 0, sizeof *w);
+    w->maxn = 1;
+    w->maxk = 1;
+    for (int i = 0; i < p->ntensors; i++) {
+        const plan_tensor *pt = &p->tensors[i];
+        if ((size_t)pt->numel > w->maxn) w->maxn = (size_t)pt->numel;
+        if (pt->k > w->maxk) w->maxk = pt->k;
+    }
+    w->x = calloc((size_t)w->maxk, sizeof *w->x);
+    return w->x ? 0 : alloy_fail(err, "out of memory");
+}
+
+static void work_free(work *w) {
+    for (int j = 0; w->x && j < w->maxk; j++) free(w->x[j]);
+    free(w->x);
+    free(w->base);
+    free(w->out);
+    free(w->packed);
+}
+
+/* Load the inputs of merged tensor pt, run the method into w->out, check
+ * that the result is finite. w->base holds the base input when pt->has_base. */
+static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, const alloy_merge_options *opt,
+                        int threads, alloy_err *err) {
+    size_t n = (size_t)pt->numel;
+    if (!w->out) {
+        w->out = malloc(sizeof(float) * w->maxn);
+        w->base = malloc(sizeof(float) * w->maxn);
+        w->packed = malloc(sizeof(float) * w->maxn);
+        if (!w->out || !w->base || !w->packed) return alloy_fail(err, "out of memory");
+    }
+    for (int j = 0; j < pt->k; j++) {
+        if (!w->x[j] && !(w->x[j] = malloc(sizeof(float) * w->maxn))) return alloy_fail(err, "out of memory");
+        if (load_input(p, &pt->inputs[j], w->x[j], threads, err)) return -1;
+    }
+    if (pt->has_base && load_input(p, &pt->base, w->base, threads, err)) return -1;
+    merge_call call = {
+        .tensor_name = pt->name,
+        .ndim = pt->ndim,
+        .shape = pt->shape,
+        .n = n,
+        .base = pt->has_base ? w->base : NULL,
+        .k = pt->k,
+        .x = (const float *const *)w->x,
+        .gparam = pt->gparam,
+        .mparam = pt->mparam,
+        .nparams = p->method->nparams,
+        .seed = rng_mix64(opt->seed ^ rng_hash_str(pt->name)),
+        .threads = threads,
+    };
+    if (p->method->merge(&call, w->out, err)) return -1;
+    const float *out = w->out;
+    size_t bad = n;
+#pragma omp parallel for num_threads(threads) reduction(min : bad)
+    for (size_t e = 0; e < n; e++)
+        if (!(out[e] - out[e] == 0.0f) && e < bad) bad = e;
+    if (bad < n)
+        return alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu", pt->name,
+                          p->method->name, bad);
+    return 0;
+}
+
+static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
+                      alloy_err *err) {
     st_spec *specs = calloc((size_t)p->ntensors, sizeof *specs);
-    size_t maxn = 1;
-    int maxk = 1;
     uint64_t total = 0;
     if (!specs) return alloy_fail(err, "out of memory");
     for (int i = 0; i < p->ntensors; i++) {
@@ -119,8 +198,6 @@ int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_option
         specs[i].dtype = pt->out_dtype;
         specs[i].ndim = pt->ndim;
         memcpy(specs[i].shape, pt->shape, sizeof specs[i].shape);
-        if ((size_t)pt->numel > maxn) maxn = (size_t)pt->numel;
-        if (pt->k > maxk) maxk = pt->k;
         total += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
     }
     char *tmp = fs_make_temp_sibling(out_dir, err);
@@ -128,12 +205,10 @@ int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_option
         free(specs);
         return -1;
     }
-    int rc = 0;
-    st_writer *w = st_writer_open(tmp, specs, p->ntensors, opt->out_shard_bytes, err);
-    float **x = calloc((size_t)maxk, sizeof *x);
-    float *base = NULL, *out = NULL;
-    void *packed = NULL;
-    if (!w || !x) rc = w ? alloy_fail(err, "out of memory") : -1;
+    work wk;
+    int rc = work_init(&wk, p, err);
+    st_writer *w = rc ? NULL : st_writer_open(tmp, specs, p->ntensors, opt->out_shard_bytes, err);
+    if (!w) rc = -1;
     uint64_t done_bytes = 0;
     for (int i = 0; i < p->ntensors && !rc; i++) {
         const plan_tensor *pt = &p->tensors[i];
@@ -142,49 +217,14 @@ int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_option
         if (!pt->merge) {
             rc = st_writer_put(w, i, pt->copy.t->data, err);
         } else {
-            /* Buffers grow lazily to the largest tensor seen. */
-            if (!out) {
-                out = malloc(sizeof(float) * maxn);
-                base = malloc(sizeof(float) * maxn);
-                packed = malloc(sizeof(float) * maxn);
-                if (!out || !base || !packed) rc = alloy_fail(err, "out of memory");
-            }
-            for (int j = 0; j < pt->k && !rc; j++) {
-                if (!x[j] && !(x[j] = malloc(sizeof(float) * maxn))) rc = alloy_fail(err, "out of memory");
-                if (!rc) rc = load_input(p, &pt->inputs[j], x[j], threads, err);
-            }
-            if (!rc && pt->has_base) rc = load_input(p, &pt->base, base, threads, err);
-            if (!rc) {
-                merge_call call = {
-                    .tensor_name = pt->name,
-                    .ndim = pt->ndim,
-                    .shape = pt->shape,
-                    .n = n,
-                    .base = pt->has_base ? base : NULL,
-                    .k = pt->k,
-                    .x = (const float *const *)x,
-                    .gparam = pt->gparam,
-                    .mparam = pt->mparam,
-                    .nparams = p->method->nparams,
-                    .seed = rng_mix64(opt->seed ^ rng_hash_str(pt->name)),
-                    .threads = threads,
-                };
-                rc = p->method->merge(&call, out, err);
-            }
-            if (!rc) {
-                size_t bad = n;
-#pragma omp parallel for num_threads(threads) reduction(min : bad)
-                for (size_t e = 0; e < n; e++)
-                    if (!(out[e] - out[e] == 0.0f) && e < bad) bad = e;
-                if (bad < n)
-                    rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
-                                    pt->name, p->method->name, bad);
-            }
+            rc = merge_tensor(p, pt, &wk, opt, threads, err);
             if (!rc) {
                 size_t es = dtype_size(pt->out_dtype), chunk = 1 << 16;
+                const float *out = wk.out;
+                char *packed = wk.packed;
 #pragma omp parallel for num_threads(threads) schedule(static)
                 for (size_t lo = 0; lo < n; lo += chunk)
-                    dtype_from_f32(out + lo, pt->out_dtype, (char *)packed + lo * es, n - lo < chunk ? n - lo : chunk);
+                    dtype_from_f32(out + lo, pt->out_dtype, packed + lo * es, n - lo < chunk ? n - lo : chunk);
                 rc = st_writer_put(w, i, packed, err);
             }
         }
@@ -200,14 +240,178 @@ int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_option
     if (!rc) rc = fs_commit_dir(tmp, out_dir, err);
     if (w) st_writer_abort(w);
     if (rc) fs_remove_tree(tmp, NULL);
-    for (int j = 0; j < maxk; j++) free(x[j]);
-    free(x);
-    free(out);
-    free(base);
-    free(packed);
+    work_free(&wk);
     free(specs);
     free(tmp);
     return rc;
+}
+
+/* ---- out: lora ---- */
+
+/* delta = merged - base (m x n, f64) as B (m x r) · A (r x n) in f32 by
+ * truncated SVD: B = U_q S_q, A = Vt_q with q = min(r, m, n), rows/columns
+ * beyond q zero. *rel = ||delta - B A||_F / ||delta||_F of the f32 factors
+ * (0 for a zero delta). */
+static int factor_delta(const plan_tensor *pt, const float *merged, const float *base, int r, uint64_t seed,
+                        float *A, float *B, double *rel, alloy_err *err) {
+    int64_t m = pt->shape[0], n = pt->shape[1], mn = m < n ? m : n;
+    int q = r < mn ? r : (int)mn;
+    size_t sz = (size_t)(m * n);
+    memset(A, 0, (size_t)r * (size_t)n * sizeof *A);
+    memset(B, 0, (size_t)m * (size_t)r * sizeof *B);
+    double *d = malloc(sz * sizeof *d), *u = malloc((size_t)(m * q) * sizeof *u);
+    double *vt = malloc((size_t)(q * n) * sizeof *vt), *s = malloc((size_t)q * sizeof *s);
+    int rc = (!d || !u || !vt || !s) ? alloy_fail(err, "tensor '%s': out of memory", pt->name) : 0;
+    double norm = 0;
+    if (!rc) {
+        for (size_t e = 0; e < sz; e++) d[e] = (double)merged[e] - (double)base[e], norm += d[e] * d[e];
+        norm = sqrt(norm);
+    }
+    *rel = 0;
+    if (!rc && norm > 0) {
+        rc = svd_topr(d, m, n, q, seed, u, s, vt, pt->name, err);
+        if (!rc) {
+            for (int64_t i = 0; i < m; i++)
+                for (int j = 0; j < q; j++) B[i * r + j] = (float)(u[i * q + j] * s[j]);
+            for (int j = 0; j < q; j++)
+                for (int64_t c = 0; c < n; c++) A[j * n + c] = (float)vt[j * n + c];
+            /* the residual of what PEFT will apply: delta - B A with the f32 factors */
+            for (int64_t i = 0; i < m; i++)
+                for (int j = 0; j < q; j++) u[i * q + j] = B[i * r + j];
+            for (size_t e = 0; e < (size_t)(q * n); e++) vt[e] = A[e];
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, q, -1.0, u, q, vt, (int)n, 1.0, d,
+                        (int)n);
+            double res = 0;
+            for (size_t e = 0; e < sz; e++) res += d[e] * d[e];
+            *rel = sqrt(res) / norm;
+        }
+    }
+    free(d);
+    free(u);
+    free(vt);
+    free(s);
+    return rc;
+}
+
+/* alloy_recipe.yml (the marker of an alloy output) and a model card with the
+ * truncation error of each module. */
+static int write_lora_side_files(const merge_plan *p, const char *dir, const double *rel, alloy_err *err) {
+    char *path = fs_join(dir, "alloy_recipe.yml");
+    int rc = path ? fs_write_file(path, p->rc.text, strlen(p->rc.text), err) : alloy_fail(err, "out of memory");
+    free(path);
+    if (rc) return -1;
+    size_t tl = strlen(p->rc.text), cap = 4096 + tl + (size_t)p->nlora_targets * 160, k = 0;
+    char *card = malloc(cap);
+    if (!card) return alloy_fail(err, "out of memory");
+    k += (size_t)snprintf(card + k, cap - k,
+                          "---\nlibrary_name: peft\nbase_model: %s\ntags:\n- alloy\n- merge\n- lora\n---\n"
+                          "# Merged LoRA adapter\n\nProduced by alloy %s with the `%s` merge method and `out: lora`: "
+                          "the merged weights minus the base, cut to rank %d by truncated SVD.\n\n"
+                          "| module | relative truncation error |\n|---|---|\n",
+                          p->rc.base_model, ALLOY_VERSION, p->method->name, p->out_rank);
+    for (int i = 0, j = 0; i < p->ntensors && k < cap; i++)
+        if (p->tensors[i].lora_target)
+            k += (size_t)snprintf(card + k, cap - k, "| `%s` | %.3e |\n", p->tensors[i].name, rel[j++]);
+    if (k < cap) k += (size_t)snprintf(card + k, cap - k, "\n## Recipe\n\n```yaml\n%s%s```\n", p->rc.text,
+                                       tl && p->rc.text[tl - 1] == '\n' ? "" : "\n");
+    path = fs_join(dir, "README.md");
+    rc = path ? fs_write_file(path, card, k < cap ? k : cap - 1, err) : alloy_fail(err, "out of memory");
+    free(path);
+    free(card);
+    return rc;
+}
+
+static int exec_lora(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
+                     alloy_err *err) {
+    int nt = p->nlora_targets, r = p->out_rank;
+    peft_write_module *mods = calloc((size_t)nt, sizeof *mods);
+    char **names = calloc((size_t)nt, sizeof *names);
+    double *rel = calloc((size_t)nt, sizeof *rel);
+    int *idx = calloc((size_t)nt, sizeof *idx);
+    uint64_t total = 0, done_bytes = 0;
+    int rc = (!mods || !names || !rel || !idx) ? alloy_fail(err, "out of memory") : 0;
+    int64_t maxa = 1, maxb = 1;
+    for (int i = 0, j = 0; i < p->ntensors && !rc; i++) {
+        const plan_tensor *pt = &p->tensors[i];
+        if (!pt->lora_target) continue;
+        size_t len = strlen(pt->name);
+        names[j] = strdup(pt->name);
+        if (!names[j]) {
+            rc = alloy_fail(err, "out of memory");
+            break;
+        }
+        if (len > 7 && !strcmp(names[j] + len - 7, ".weight")) names[j][len - 7] = 0;
+        mods[j] = (peft_write_module){.module = names[j], .out_features = pt->shape[0], .in_features = pt->shape[1]};
+        if (r * pt->shape[1] > maxa) maxa = r * pt->shape[1];
+        if (r * pt->shape[0] > maxb) maxb = r * pt->shape[0];
+        total += (uint64_t)(r * (pt->shape[0] + pt->shape[1])) * sizeof(float);
+        idx[j++] = i;
+    }
+    /* The adapter is committed into tmp (then tmp, with the recipe, into
+     * out_dir), so out_dir only ever holds a complete adapter. */
+    char *tmp = rc ? NULL : fs_make_temp_sibling(out_dir, err);
+    if (!rc && !tmp) rc = -1;
+    peft_writer *pw = rc ? NULL
+                         : peft_writer_open(tmp, p->rc.base_model, r, (double)r, mods, nt, err);
+    if (!rc && !pw) rc = -1;
+    float *A = rc ? NULL : malloc((size_t)maxa * sizeof *A), *B = rc ? NULL : malloc((size_t)maxb * sizeof *B);
+    if (!rc && (!A || !B)) rc = alloy_fail(err, "out of memory");
+    work wk;
+    memset(&wk, 0, sizeof wk);
+    if (!rc) rc = work_init(&wk, p, err);
+    svd_set_threads(threads);
+    for (int j = 0; j < nt && !rc; j++) {
+        const plan_tensor *pt = &p->tensors[idx[j]];
+        if (j + 1 < nt) advise_tensor(&p->tensors[idx[j + 1]], MADV_WILLNEED);
+        rc = merge_tensor(p, pt, &wk, opt, threads, err);
+        if (!rc && !pt->has_base) rc = load_input(p, &pt->delta_base, wk.base, threads, err);
+        if (!rc)
+            rc = factor_delta(pt, wk.out, wk.base, r, rng_mix64(opt->seed ^ rng_hash_str(pt->name)), A, B, &rel[j],
+                              err);
+        if (!rc) rc = peft_writer_put(pw, j, A, B, err);
+        advise_tensor(pt, MADV_DONTNEED);
+        advise(pt->delta_base.t, MADV_DONTNEED);
+        done_bytes += (uint64_t)(r * (pt->shape[0] + pt->shape[1])) * sizeof(float);
+        if (!rc && opt->progress) opt->progress(opt->progress_user, j + 1, nt, done_bytes, total);
+    }
+    if (!rc) {
+        peft_writer *f = pw;
+        pw = NULL;
+        rc = peft_writer_finish(f, err);
+    }
+    if (!rc) rc = write_lora_side_files(p, tmp, rel, err);
+    if (!rc) rc = fs_commit_dir(tmp, out_dir, err);
+    if (pw) peft_writer_abort(pw);
+    if (rc && tmp) fs_remove_tree(tmp, NULL);
+    if (!rc && opt->plan_out) {
+        double worst = 0, mean = 0;
+        int at = 0;
+        for (int j = 0; j < nt; j++) {
+            const plan_tensor *pt = &p->tensors[idx[j]];
+            fprintf(opt->plan_out, "%-60s [%lld, %lld]  rank %d  rel. error %.3e\n", pt->name,
+                    (long long)pt->shape[0], (long long)pt->shape[1], r, rel[j]);
+            mean += rel[j] / nt;
+            if (rel[j] > worst) worst = rel[j], at = j;
+        }
+        fprintf(opt->plan_out, "wrote LoRA adapter %s: %d modules, rank %d, rel. truncation error max %.3e (%s), "
+                "mean %.3e\n", out_dir, nt, r, worst, p->tensors[idx[at]].name, mean);
+    }
+    work_free(&wk);
+    if (names)
+        for (int j = 0; j < nt; j++) free(names[j]);
+    free(names);
+    free(mods);
+    free(rel);
+    free(idx);
+    free(A);
+    free(B);
+    free(tmp);
+    return rc;
+}
+
+int exec_plan(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, alloy_err *err) {
+    int threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
+    return p->out_lora ? exec_lora(p, out_dir, opt, threads, err) : exec_dense(p, out_dir, opt, threads, err);
 }
 
 /* OUT_DIR may be new, an empty directory, or an earlier alloy output; never

@@ -9,6 +9,7 @@
 #include "merge/plan.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -501,6 +502,79 @@ static int pick_tokenizer(merge_plan *p, alloy_err *err) {
     return 0;
 }
 
+/* Whether two directory paths name the same directory. */
+static bool same_dir(const char *a, const char *b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (!realpath(a, ra) || !realpath(b, rb)) return !strcmp(a, b);
+    return !strcmp(ra, rb);
+}
+
+/* `out: lora` (see plan.h): check the inputs, mark the targeted tensors,
+ * pick their delta base and the output rank. */
+static int setup_lora_output(merge_plan *p, alloy_err *err) {
+    const recipe *r = &p->rc;
+    p->out_lora = true;
+    if (r->nslices)
+        return alloy_fail(err, "%s:%d: out: lora needs the 'models:' form (slices are not supported)", r->path,
+                          r->line_out);
+    if (p->base < 0)
+        return alloy_fail(err, "%s:%d: out: lora needs a base_model (the adapter holds merged - base)", r->path,
+                          r->line_out);
+    const plan_model *b = &p->models[p->base];
+    if (b->has_lora)
+        return alloy_fail(err, "%s: out: lora needs a plain base_model, not '%s' with an adapter", r->path, b->ref);
+    int sum_rank = 0, first = -1;
+    for (int i = 0; i < p->nmodels; i++) {
+        const plan_model *m = &p->models[i];
+        if (i == p->base) continue;
+        if (!same_dir(m->path, b->path))
+            return alloy_fail(err, "%s: out: lora: model '%s' is not base_model+ADAPTER (its checkpoint %s is not "
+                              "the base %s)", r->path, m->ref, m->path, b->path);
+        if (!m->has_lora) continue;
+        sum_rank += m->lora.rank;
+        if (first < 0) {
+            first = i;
+            continue;
+        }
+        /* Same module sets: each of the two has every module of the other. */
+        const peft_adapter *a0 = &p->models[first].lora, *a1 = &m->lora;
+        for (int pass = 0; pass < 2; pass++) {
+            const peft_adapter *x = pass ? a1 : a0, *y = pass ? a0 : a1;
+            for (int j = 0; j < x->nmodules; j++)
+                if (!peft_find(y, x->modules[j].weight_name))
+                    return alloy_fail(err, "%s: out: lora: adapters %s and %s target different modules ('%s' is "
+                                      "only in %s); every adapter must target the same modules", r->path,
+                                      a0->dir, a1->dir, x->modules[j].weight_name, x->dir);
+        }
+    }
+    if (first < 0)
+        return alloy_fail(err, "%s:%d: out: lora but no model is base_model+ADAPTER", r->path, r->line_out);
+    for (int i = 0; i < p->nmodels; i++)
+        if (i != p->base && !p->models[i].has_lora)
+            return alloy_fail(err, "%s: out: lora: model '%s' has no adapter (every model but the base must be "
+                              "base_model+ADAPTER)", r->path, p->models[i].ref);
+    int64_t cap = 0;
+    for (int t = 0; t < p->ntensors; t++) {
+        plan_tensor *pt = &p->tensors[t];
+        bool hit = pt->copy.lora != NULL;
+        for (int j = 0; j < pt->k && !hit; j++) hit = pt->inputs[j].lora != NULL;
+        if (!hit) continue;
+        if (!pt->merge || pt->ndim != 2)
+            return alloy_fail(err, "%s: out: lora: adapted tensor '%s' is not a 2-D float matrix", r->path, pt->name);
+        pt->lora_target = true;
+        pt->delta_base = (plan_input){.model = p->base, .t = st_find(&b->st, pt->name), .lora = NULL};
+        if (!pt->delta_base.t)
+            return alloy_fail(err, "%s: out: lora: base_model %s has no tensor '%s'", r->path, b->path, pt->name);
+        int64_t mn = pt->shape[0] < pt->shape[1] ? pt->shape[0] : pt->shape[1];
+        if (mn > cap) cap = mn;
+        p->nlora_targets++;
+    }
+    if (!p->nlora_targets)
+        return alloy_fail(err, "%s: out: lora: no merged tensor is targeted by an input adapter", r->path);
+    p->out_rank = r->out_rank ? r->out_rank : (int)(sum_rank < cap ? sum_rank : cap);
+    return 0;
+}
+
 int plan_build(merge_plan *p, const char *recipe_path, alloy_err *err) {
     memset(p, 0, sizeof *p);
     p->base = -1;
@@ -557,6 +631,13 @@ int plan_build(merge_plan *p, const char *recipe_path, alloy_err *err) {
                                      p->models[m].lora_path, mod->weight_name, 0))
                 goto fail;
         }
+    if (p->rc.out_lora) {
+        if (setup_lora_output(p, err)) goto fail;
+    } else if (p->rc.line_rank) {
+        alloy_fail(err, "%s:%d: rank: is the rank of an out: lora adapter and needs 'out: lora' (drm's joint-rank "
+                   "cap goes under parameters:)", recipe_path, p->rc.line_rank);
+        goto fail;
+    }
     if (check_unused_params(p) || build_config(p, err) || pick_tokenizer(p, err)) goto fail;
     free_nslices(ns, nns);
     return 0;
@@ -582,7 +663,11 @@ void plan_describe(const merge_plan *p, FILE *out) {
     }
     fprintf(out, "output:     %d tensors (%d merged, %d copied), %d layers, %.1f MB\n", p->ntensors, merged,
             p->ntensors - merged, p->out_layers, bytes / 1e6);
-    fprintf(out, "tokenizer:  from %s\n", p->tokenizer_dir);
+    if (p->out_lora)
+        fprintf(out, "output:     LoRA adapter of rank %d over %d targeted tensors (merged - base)\n", p->out_rank,
+                p->nlora_targets);
+    else
+        fprintf(out, "tokenizer:  from %s\n", p->tokenizer_dir);
     int shown = 0;
     for (int i = 0; i < p->ntensors && shown < 6; i++) {
         const plan_tensor *pt = &p->tensors[i];

@@ -8,7 +8,18 @@
  * filters on tensor names) and checks everything before any byte is written:
  * models exist and load, names/shapes/layer counts agree, the method is
  * known (with a suggestion when misspelled), required parameters are given,
- * values are in range. Executing the plan is exec.h's job. */
+ * values are in range. Executing the plan is exec.h's job.
+ *
+ * Output as a LoRA adapter (`out: lora` in the recipe): the models form only,
+ * with a plain base_model, and every other model base_model + an adapter
+ * ("BASE+ADAPTER" on the same base checkpoint). All adapters must target the
+ * same modules (else a clear error): a model without a delta on a module
+ * would enter DRM/KnOTS as an all-zero block, whose renormalisation is
+ * ill-posed. Their ranks and alphas may differ: the methods see the dense
+ * ΔW = scale·B·A. Only the targeted tensors are merged. The output rank is
+ * the recipe's top-level `rank:`; by default the sum of the input adapters'
+ * ranks (what a weighted sum of the deltas can need), capped at the largest
+ * min(out, in) of the targeted modules. */
 #ifndef ALLOY_MERGE_PLAN_H
 #define ALLOY_MERGE_PLAN_H
 
@@ -53,6 +64,8 @@ typedef struct plan_tensor {
     plan_input *inputs;      /* [k] */
     double *gparam;          /* [method->nparams] */
     double *mparam;          /* [k * method->nparams] */
+    bool lora_target;        /* out: lora: some input adapter targets it */
+    plan_input delta_base;   /* out: lora: the base tensor the delta is taken against */
 } plan_tensor;
 
 typedef struct merge_plan {
@@ -69,6 +82,9 @@ typedef struct merge_plan {
     cJSON *out_config;       /* config.json of the output */
     int nwarnings;
     char **warnings;
+    bool out_lora;           /* write a PEFT adapter of the merged delta (see above) */
+    int out_rank;            /* its rank */
+    int nlora_targets;       /* tensors with lora_target */
 } merge_plan;
 
 /* Parse, resolve and validate the recipe at path. On failure *p is freed and

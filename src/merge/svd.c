@@ -26,21 +26,44 @@ int svd_thin(const double *a, int64_t m, int64_t n, double *u, double *s, double
     if (!fits_lapack(m, n))
         return alloy_fail(err, "%s: cannot take the SVD of a %lld x %lld matrix", what, (long long)m, (long long)n);
     int64_t p = m < n ? m : n;
+    /* LAPACK gets the matrix tall (rows >= cols): OpenBLAS optimises the QR
+     * that dgesdd runs first on a tall matrix but not the LQ of a wide one.
+     * For m < n the row-major a is the tall column-major n x m a^T; for
+     * m >= n a transposed copy is the column-major m x n a. */
+    bool tall = m >= n;
     double *w = malloc((size_t)(m * n) * sizeof *w);
-    if (!w) return alloy_fail(err, "%s: out of memory for a %lld x %lld SVD", what, (long long)m, (long long)n);
-    memcpy(w, a, (size_t)(m * n) * sizeof *w);
-    /* Column-major a^T is n x m with leading dimension n. */
-    lapack_int info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, w, (lapack_int)n, s, vt,
-                                     (lapack_int)n, u, (lapack_int)p);
-    if (info > 0) { /* dgesdd's divide and conquer failed: the slower QR iteration usually converges */
-        memcpy(w, a, (size_t)(m * n) * sizeof *w);
-        double *superb = malloc((size_t)p * sizeof *superb);
-        info = superb ? LAPACKE_dgesvd(LAPACK_COL_MAJOR, 'S', 'S', (lapack_int)n, (lapack_int)m, w, (lapack_int)n, s,
-                                       vt, (lapack_int)n, u, (lapack_int)p, superb)
-                      : -1010;
-        free(superb);
+    double *uc = tall ? malloc((size_t)(m * p) * sizeof *uc) : NULL, *vc = tall ? malloc((size_t)(p * n) * sizeof *vc) : NULL;
+    if (!w || (tall && (!uc || !vc))) {
+        free(w), free(uc), free(vc);
+        return alloy_fail(err, "%s: out of memory for a %lld x %lld SVD", what, (long long)m, (long long)n);
     }
-    free(w);
+    lapack_int info = 0;
+    for (int attempt = 0; attempt < 2; attempt++) { /* dgesdd, then dgesvd when divide and conquer fails */
+        if (tall) {
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) w[j * m + i] = a[i * n + j];
+        } else {
+            memcpy(w, a, (size_t)(m * n) * sizeof *w);
+        }
+        lapack_int R = (lapack_int)(tall ? m : n), C = (lapack_int)(tall ? n : m);
+        double *lu = tall ? uc : vt, *lvt = tall ? vc : u;
+        if (attempt == 0) {
+            info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', R, C, w, R, s, lu, R, lvt, (lapack_int)p);
+        } else {
+            double *superb = malloc((size_t)p * sizeof *superb);
+            info = superb ? LAPACKE_dgesvd(LAPACK_COL_MAJOR, 'S', 'S', R, C, w, R, s, lu, R, lvt, (lapack_int)p, superb)
+                          : -1010;
+            free(superb);
+        }
+        if (info <= 0) break;
+    }
+    if (!info && tall) { /* column-major U (m x p) and VT (p x n) to row-major */
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < p; j++) u[i * p + j] = uc[j * m + i];
+        for (int64_t j = 0; j < p; j++)
+            for (int64_t c = 0; c < n; c++) vt[j * n + c] = vc[c * p + j];
+    }
+    free(w), free(uc), free(vc);
     if (info == -1010) return alloy_fail(err, "%s: out of memory in the SVD", what);
     if (info != 0)
         return alloy_fail(err, "%s: SVD of a %lld x %lld matrix failed (LAPACK info %d)", what, (long long)m,
