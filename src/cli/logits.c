@@ -1,27 +1,25 @@
 /* logits.c — `alloy logits`: one forward pass over a prompt, the logits of
- * every position written as a float32 .npy of shape [T, vocab]. Argument
- * parsing, tokenising and the .npy file only; the model is src/model. */
-#include <cblas.h>
-#include <omp.h>
+ * every position written as a float32 .npy of shape [T, vocab]. Any runnable
+ * model (model/lm.h): a checkpoint, with --lora, or a mixture, whose "logits"
+ * are the mixed log-probabilities. Argument parsing, tokenising and the .npy
+ * file only. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
-#include "model/forward.h"
-#include "model/weights.h"
+#include "cli/lm_args.h"
 #include "tokenizer/tokenizer.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: alloy logits -m DIR (--ids 1,2,3 | -p TEXT) -o OUT.npy [--threads N]\n\n"
-            "  -m DIR       checkpoint directory (config.json + safetensors)\n"
-            "  --ids LIST   comma-separated token ids\n"
-            "  -p TEXT      text, tokenised with DIR's tokenizer (special tokens added)\n"
-            "  -o OUT.npy   float32 array [T, vocab]: the logits at every position\n"
-            "  --threads N  worker threads (default: all cores)\n"
-            "  --batch N    tokens per forward call (default 512); 1 runs the prompt token by\n"
-            "               token through the KV cache, as decoding does\n");
+            "usage: alloy logits -m DIR (--ids 1,2,3 | -p TEXT) -o OUT.npy [--threads N] [--batch N]\n"
+            "                    [--lora DIR] [-m DIR2 ... --mix-weights a,b --mix arithmetic|geometric]\n\n"
+            "  --ids LIST        comma-separated token ids\n"
+            "  -p TEXT           text, tokenised with DIR's tokenizer (special tokens added)\n"
+            "  -o OUT.npy        float32 array [T, vocab]: the logits at every position\n"
+            "  --batch N         tokens per forward chunk (default 512); 1 runs the prompt token by\n"
+            "                    token through the KV cache, as decoding does\n" LM_ARGS_USAGE);
 }
 
 /* Parse "1,2,3" into ids; returns the count or -1. */
@@ -79,22 +77,22 @@ static int write_npy(const char *path, const float *data, int rows, int cols) {
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *dir = NULL, *ids_arg = NULL, *text = NULL, *out = NULL;
-    long threads = 0, batch = 512;
+    lm_args la = {0};
+    const char *ids_arg = NULL, *text = NULL, *out = NULL;
+    long batch = 512;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
+        int r = lm_args_parse(&la, "logits", argc, argv, &i);
+        if (r < 0) return 1;
+        if (r > 0) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "-m") && has) dir = argv[++i];
-        else if (!strcmp(a, "--ids") && has) ids_arg = argv[++i];
+        } else if (!strcmp(a, "--ids") && has) ids_arg = argv[++i];
         else if (!strcmp(a, "-p") && has) text = argv[++i];
         else if (!strcmp(a, "-o") && has) out = argv[++i];
-        else if (!strcmp(a, "--threads") && has) {
-            if (cli_parse_int(argv[++i], 1, 4096, &threads))
-                return cli_error("logits: --threads '%s' is not a positive integer", argv[i]);
-        } else if (!strcmp(a, "--batch") && has) {
+        else if (!strcmp(a, "--batch") && has) {
             if (cli_parse_int(argv[++i], 1, 1 << 20, &batch))
                 return cli_error("logits: --batch '%s' is not a positive integer", argv[i]);
         } else {
@@ -102,13 +100,9 @@ int cmd_logits(int argc, char **argv) {
             return cli_error("logits: unknown or incomplete option '%s'", a);
         }
     }
-    if (!dir || !out || (!ids_arg == !text)) {
+    if (la.npaths == 0 || !out || (!ids_arg == !text)) {
         usage(stderr);
         return cli_error("logits: need -m DIR, -o OUT.npy and exactly one of --ids / -p");
-    }
-    if (threads > 0) {
-        omp_set_num_threads((int)threads);
-        openblas_set_num_threads((int)threads);
     }
     alloy_err err;
     int32_t *ids = NULL;
@@ -117,9 +111,11 @@ int cmd_logits(int argc, char **argv) {
         n = parse_ids(ids_arg, &ids);
         if (n < 0) return cli_error("logits: --ids '%s' is not a comma-separated list of token ids", ids_arg);
     } else {
+        /* tokenised before the model opens, so that the KV cache is sized to
+         * the prompt */
         tokenizer *tok;
         tok_ids tv = {0};
-        if (tok_load(&tok, dir, &err)) return cli_fail(&err);
+        if (tok_load(&tok, la.paths[0], &err)) return cli_fail(&err);
         int rc = tok_encode(tok, text, strlen(text), true, &tv, &err);
         tok_free(tok);
         if (rc) {
@@ -133,32 +129,28 @@ int cmd_logits(int argc, char **argv) {
         ids = tv.v;
         n = (int)tv.n;
     }
-    Model m;
-    if (model_open(&m, dir, &err)) {
+    la.opt.n_ctx = n;
+    la.opt.max_batch = (int)batch;
+    lm *m;
+    if (lm_args_open(&la, "logits", &m)) {
         free(ids);
-        return cli_fail(&err);
+        return 1;
     }
-    const Config *c = &m.config;
-    int status = 0;
-    RunState s = {0};
+    int status = 0, vocab = lm_vocab_size(m);
     float *logits = NULL;
     for (int t = 0; t < n && !status; t++)
-        if (ids[t] >= c->vocab_size)
-            status = cli_error("logits: token id %d is outside the vocabulary of %s (size %d)", (int)ids[t], dir,
-                               c->vocab_size);
-    if (!status && n > c->max_pos)
-        status = cli_error("logits: %d tokens exceed max_position_embeddings (%d) of %s", n, c->max_pos, dir);
-    if (!status && model_state_alloc(&s, c, n, (int)batch, &err)) status = cli_fail(&err);
+        if (ids[t] >= vocab)
+            status = cli_error("logits: token id %d is outside the vocabulary of %s (size %d)", (int)ids[t],
+                               la.paths[0], vocab);
     if (!status) {
-        logits = malloc((size_t)n * c->vocab_size * sizeof(float));
-        if (!logits) status = cli_error("logits: out of memory for %d x %d logits", n, c->vocab_size);
+        logits = malloc((size_t)n * vocab * sizeof(float));
+        if (!logits) status = cli_error("logits: out of memory for %d x %d logits", n, vocab);
     }
-    if (!status && model_forward(&m, &s, ids, n, 0, logits, true, &err)) status = cli_fail(&err);
-    if (!status && write_npy(out, logits, n, c->vocab_size))
-        status = cli_error("logits: cannot write %s", out);
+    if (!status && (lm_begin(m, ids, n, &err) || lm_forward(m, ids, n, 0, logits, true, &err)))
+        status = cli_fail(&err);
+    if (!status && write_npy(out, logits, n, vocab)) status = cli_error("logits: cannot write %s", out);
     free(logits);
-    model_state_free(&s);
-    model_close(&m);
+    lm_free(m);
     free(ids);
     return status;
 }

@@ -1,23 +1,13 @@
 /* main.c — entry point of the `alloy` command: dispatches to subcommands.
  *
- * Subcommands that a build does not contain yet are declared weak and
- * reported as unavailable instead of failing to link. */
+ * Also sets the one process-wide default the library relies on: glibc keeps
+ * large buffers in the heap (see main()). */
 #include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
 
-#define WEAK __attribute__((weak))
-WEAK int cmd_tokenize(int, char **);
-WEAK int cmd_generate(int, char **);
-WEAK int cmd_ppl(int, char **);
-WEAK int cmd_logits(int, char **);
-WEAK int cmd_init(int, char **);
-WEAK int cmd_convert(int, char **);
-WEAK int cmd_extract_lora(int, char **);
-WEAK int cmd_train(int, char **);
-WEAK int cmd_experts(int, char **);
 
 static const struct {
     const char *name;
@@ -40,7 +30,7 @@ static void usage(FILE *f) {
     fprintf(f, "alloy %s — merge, run and train language models\n\nusage: alloy COMMAND [ARGS]\n\n",
             ALLOY_VERSION);
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
-        if (COMMANDS[i].fn) fprintf(f, "  %-13s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+        fprintf(f, "  %-13s %s\n", COMMANDS[i].name, COMMANDS[i].help);
     fprintf(f, "\nRun `alloy COMMAND --help` for the options of a command.\n");
 }
 
@@ -60,7 +50,6 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) != 0) continue;
-        if (!COMMANDS[i].fn) return cli_error("'%s' is not part of this build", argv[1]);
         return COMMANDS[i].fn(argc - 1, argv + 1);
     }
     return cli_error("unknown command '%s' (see `alloy --help`)", argv[1]);

@@ -19,6 +19,7 @@
 #include "io/checkpoint.h"
 #include "io/peft_write.h"
 #include "merge/svd.h"
+#include "mix/mod_recipe.h"
 #include "util/dtype.h"
 #include "util/err.h"
 #include "util/fs.h"
@@ -446,6 +447,24 @@ int alloy_merge(const char *recipe_path, const char *out_dir, const alloy_merge_
         opt = &defaults;
     }
     if (!opt->dry_run && check_out_dir(out_dir, err)) return -1;
+    /* MoD merges in output space: the result is a mixture directory (a
+     * manifest over the members), not tensors. */
+    recipe r;
+    if (recipe_load(&r, recipe_path, err)) return -1;
+    if (!strcmp(r.merge_method, "mod")) {
+        int rc = 0;
+        if (opt->dry_run) {
+            if (opt->plan_out) {
+                fprintf(opt->plan_out, "recipe:     %s\nmethod:     mod (mixture of output distributions)\n", r.path);
+                for (int i = 0; i < r.nmodels; i++) fprintf(opt->plan_out, "member %d:   %s\n", i, r.models[i].model);
+            }
+        } else {
+            rc = mix_write_from_recipe(&r, out_dir, err);
+        }
+        recipe_free(&r);
+        return rc;
+    }
+    recipe_free(&r);
     merge_plan p;
     if (plan_build(&p, recipe_path, err)) return -1;
     for (int i = 0; opt->warn_out && i < p.nwarnings; i++) fprintf(opt->warn_out, "alloy: warning: %s\n", p.warnings[i]);

@@ -1,6 +1,7 @@
 /* forward.c — the Qwen2 / Llama / Mistral forward pass (see forward.h). */
 #include "model/forward.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,7 @@ void model_state_free(RunState *s) {
     free(s->key_cache);
     free(s->value_cache);
     free(s->wbuf);
+    free(s->lrbuf);
     memset(s, 0, sizeof *s);
 }
 
@@ -81,20 +83,29 @@ static void attention(const Config *c, RunState *s, float *out, const float *q, 
             int start = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
             const float *qh = q + (size_t)t * q_dim + (size_t)h * hd;
             for (int j = start; j <= p; j++) {
-                const float *k = kc + (size_t)j * kv_dim + (size_t)kvh * hd;
-                float dot = 0;
-                for (int i = 0; i < hd; i++) dot += qh[i] * k[i];
-                att[j - start] = dot * scale;
+                att[j - start] = k_dot(qh, kc + (size_t)j * kv_dim + (size_t)kvh * hd, hd) * scale;
             }
             k_softmax(att, p - start + 1);
             float *o = out + (size_t)t * q_dim + (size_t)h * hd;
             memset(o, 0, (size_t)hd * sizeof(float));
             for (int j = start; j <= p; j++) {
-                const float *v = vc + (size_t)j * kv_dim + (size_t)kvh * hd;
-                float a = att[j - start];
-                for (int i = 0; i < hd; i++) o[i] += a * v[i];
+                k_axpy(o, att[j - start], vc + (size_t)j * kv_dim + (size_t)kvh * hd, hd);
             }
         }
+    }
+}
+
+/* out (n, ldo) = x W^T for the n rows of x (n, m->cols), plus the run-time
+ * low-rank terms when there are any (LoRA, Hu et al. 2021: h = W x + (α/r) B A x):
+ *   out += c_j (x A_j^T) B_j^T */
+static void project(float *out, int ldo, const float *x, int n, const Mat *m, const LowRank *d, RunState *s) {
+    k_matmul(out, ldo, x, n, m, s->wbuf, s->wbuf_floats);
+    for (int j = 0; j < d->n; j++) {
+        const LowRankTerm *t = &d->terms[j];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, t->rank, m->cols, 1.0f, x, m->cols, t->A, m->cols,
+                    0.0f, s->lrbuf, t->rank);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m->rows, t->rank, t->scale, s->lrbuf, t->rank,
+                    t->B, t->rank, 1.0f, out, ldo);
     }
 }
 
@@ -105,8 +116,6 @@ static void forward_chunk(const Model *m, RunState *s, const int32_t *tokens, in
     const Weights *w = &m->weights;
     int dim = c->dim, hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     int hidden = c->hidden_dim;
-    float *wb = s->wbuf;
-    size_t wbn = s->wbuf_floats;
 
     for (int t = 0; t < n; t++) k_row_f32(s->x + (size_t)t * dim, &w->embed, tokens[t]);
 
@@ -119,9 +128,9 @@ static void forward_chunk(const Model *m, RunState *s, const int32_t *tokens, in
         /* attention block: rmsnorm -> q, k, v -> RoPE -> attention -> o -> residual */
         for (int t = 0; t < n; t++)
             k_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ln1, dim, c->norm_eps);
-        k_matmul(s->q, q_dim, s->xb, n, &L->wq, wb, wbn);
-        k_matmul(k_new, kv_dim, s->xb, n, &L->wk, wb, wbn);
-        k_matmul(v_new, kv_dim, s->xb, n, &L->wv, wb, wbn);
+        project(s->q, q_dim, s->xb, n, &L->wq, &L->delta[LW_Q], s);
+        project(k_new, kv_dim, s->xb, n, &L->wk, &L->delta[LW_K], s);
+        project(v_new, kv_dim, s->xb, n, &L->wv, &L->delta[LW_V], s);
         add_bias(s->q, L->bq, n, q_dim);
         add_bias(k_new, L->bk, n, kv_dim);
         add_bias(v_new, L->bv, n, kv_dim);
@@ -130,17 +139,17 @@ static void forward_chunk(const Model *m, RunState *s, const int32_t *tokens, in
             k_rope(k_new + (size_t)t * kv_dim, c->n_kv_heads, hd, pos + t, m->rope_inv_freq);
         }
         attention(c, s, s->xb, s->q, kc, vc, n, pos, model_layer_window(c, l));
-        k_matmul(s->xb2, dim, s->xb, n, &L->wo, wb, wbn);
+        project(s->xb2, dim, s->xb, n, &L->wo, &L->delta[LW_O], s);
         add_bias(s->xb2, L->bo, n, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb2[i];
 
         /* MLP block: rmsnorm -> down(silu(gate(x)) * up(x)) -> residual */
         for (int t = 0; t < n; t++)
             k_rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ln2, dim, c->norm_eps);
-        k_matmul(s->hb, hidden, s->xb, n, &L->w_gate, wb, wbn);
-        k_matmul(s->hb2, hidden, s->xb, n, &L->w_up, wb, wbn);
+        project(s->hb, hidden, s->xb, n, &L->w_gate, &L->delta[LW_GATE], s);
+        project(s->hb2, hidden, s->xb, n, &L->w_up, &L->delta[LW_UP], s);
         k_swiglu(s->hb, s->hb2, (size_t)n * hidden);
-        k_matmul(s->xb2, dim, s->hb, n, &L->w_down, wb, wbn);
+        project(s->xb2, dim, s->hb, n, &L->w_down, &L->delta[LW_DOWN], s);
         for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb2[i];
     }
     for (int t = 0; t < n; t++)
@@ -157,6 +166,23 @@ int model_forward(const Model *m, RunState *s, const int32_t *tokens, int n, int
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return alloy_fail(err, "forward: token id %d at index %d is outside the vocabulary (size %d)",
                               (int)tokens[t], t, c->vocab_size);
+    int max_rank = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < LW_NMAT; k++) {
+            const LowRank *d = &m->weights.layers[l].delta[k];
+            for (int j = 0; j < d->n; j++) {
+                const LowRankTerm *t = &d->terms[j];
+                if (t->rank < 1 || !t->A || !t->B)
+                    return alloy_fail(err, "forward: layer %d projection %d: malformed low-rank term %d", l, k, j);
+                if (t->rank > max_rank) max_rank = t->rank;
+            }
+        }
+    size_t need = (size_t)max_rank * s->max_batch;
+    if (need > s->lrbuf_floats) {
+        float *p = realloc(s->lrbuf, need * sizeof *p);
+        if (!p) return alloy_fail(err, "forward: out of memory for rank-%d additions", max_rank);
+        s->lrbuf = p, s->lrbuf_floats = need;
+    }
     int vocab = c->vocab_size;
     for (int t0 = 0; t0 < n; t0 += s->max_batch) {
         int nb = n - t0 < s->max_batch ? n - t0 : s->max_batch;

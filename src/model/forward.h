@@ -27,6 +27,8 @@ typedef struct RunState {
     float *value_cache; /* (n_layers, n_ctx, n_kv_heads * head_dim) */
     float *wbuf;        /* weight rows converted to f32 for batched products */
     size_t wbuf_floats;
+    float *lrbuf;       /* (max_batch, rank) intermediate A x of the low-rank terms */
+    size_t lrbuf_floats;
 } RunState;
 
 /* Allocate s for contexts of n_ctx positions (1..max_position_embeddings)
@@ -35,7 +37,9 @@ int model_state_alloc(RunState *s, const Config *c, int n_ctx, int max_batch, al
 void model_state_free(RunState *s);
 
 /* Run tokens[0..n) at positions pos .. pos+n-1; the cache must already hold
- * positions < pos (from earlier calls on the same s). Writes the logits of
+ * positions < pos (from earlier calls on the same s). Low-rank terms in the
+ * layers (weights.h LowRank) are applied after their projections; s grows
+ * its scratch for them on first use. Writes the logits of
  * every one of the n positions to logits (n, vocab_size) when all_logits,
  * else only those of the last position (vocab_size). Errors: a token outside
  * the vocabulary, pos + n beyond n_ctx. */

@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -79,9 +81,28 @@ static inline __m256 load8_bf16(const unsigned char *p) {
 }
 #endif
 
+#ifdef __AVX512F__
+static inline __m512 load16_bf16(const unsigned char *p) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+#endif
+
 static float dot_bf16(const unsigned char *w, const float *x, int n) {
     int i = 0;
     float s = 0;
+#ifdef __AVX512F__
+    /* 64 weights per step in four independent accumulators */
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(),
+           b3 = _mm512_setzero_ps();
+    for (; i + 64 <= n; i += 64) {
+        b0 = _mm512_fmadd_ps(load16_bf16(w + 2 * i), _mm512_loadu_ps(x + i), b0);
+        b1 = _mm512_fmadd_ps(load16_bf16(w + 2 * i + 32), _mm512_loadu_ps(x + i + 16), b1);
+        b2 = _mm512_fmadd_ps(load16_bf16(w + 2 * i + 64), _mm512_loadu_ps(x + i + 32), b2);
+        b3 = _mm512_fmadd_ps(load16_bf16(w + 2 * i + 96), _mm512_loadu_ps(x + i + 48), b3);
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b0, b1), _mm512_add_ps(b2, b3)));
+#endif
 #ifdef HAVE_AVX2
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
            a3 = _mm256_setzero_ps();
@@ -92,7 +113,7 @@ static float dot_bf16(const unsigned char *w, const float *x, int n) {
         a3 = _mm256_fmadd_ps(load8_bf16(w + 2 * i + 48), _mm256_loadu_ps(x + i + 24), a3);
     }
     for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load8_bf16(w + 2 * i), _mm256_loadu_ps(x + i), a0);
-    s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    s += hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 #endif
     for (; i < n; i++) s += bf16_to_f32(load_u16(w + 2 * i)) * x[i];
     return s;
@@ -115,7 +136,8 @@ static float dot_f16(const unsigned char *w, const float *x, int n) {
     return s;
 }
 
-static float dot_f32(const float *w, const float *x, int n) {
+/* (AVX2 only: 512-bit loads measured slower on this memory-bound f32 path.) */
+float k_dot(const float *w, const float *x, int n) {
     int i = 0;
 #ifdef HAVE_AVX2
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
@@ -142,6 +164,16 @@ static float dot_f32(const float *w, const float *x, int n) {
     return s;
 }
 
+void k_axpy(float *y, float a, const float *x, int n) {
+    int i = 0;
+#ifdef HAVE_AVX2
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 static inline const unsigned char *row_ptr(const Mat *m, int r) {
     return (const unsigned char *)m->w + (size_t)r * m->cols * dtype_size(m->dtype);
 }
@@ -151,7 +183,7 @@ float k_dot_row(const Mat *m, int r, const float *x) {
     switch (m->dtype) {
     case ALLOY_BF16: return dot_bf16(p, x, m->cols);
     case ALLOY_F16: return dot_f16(p, x, m->cols);
-    default: return dot_f32((const float *)(const void *)p, x, m->cols);
+    default: return k_dot((const float *)(const void *)p, x, m->cols);
     }
 }
 
@@ -163,6 +195,9 @@ void k_row_f32(float *out, const Mat *m, int r) {
         return;
     }
     if (m->dtype == ALLOY_BF16) {
+#ifdef __AVX512F__
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, load16_bf16(p + 2 * i));
+#endif
 #ifdef HAVE_AVX2
         for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8_bf16(p + 2 * i));
 #endif
@@ -182,24 +217,44 @@ void k_matvec(float *out, const float *x, const Mat *m) {
     for (int r = 0; r < rows; r++) out[r] = k_dot_row(m, r, x);
 }
 
+/* rows [r0, r1) of out = x @ m^T on the calling thread's BLAS, converting
+ * bf16/f16 rows into scratch (scratch_floats >= m->cols) block by block. */
+static void matmul_rows(float *out, int ldo, const float *x, int n, const Mat *m, int r0, int r1, float *scratch,
+                        size_t scratch_floats, bool par_convert) {
+    int cols = m->cols;
+    if (m->dtype == ALLOY_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r1 - r0, cols, 1.0f, x, cols,
+                    (const float *)m->w + (size_t)r0 * cols, cols, 0.0f, out + r0, ldo);
+        return;
+    }
+    int block = (int)(scratch_floats / (size_t)cols);
+    for (int b0 = r0; b0 < r1; b0 += block) {
+        int b = r1 - b0 < block ? r1 - b0 : block;
+#pragma omp parallel for schedule(static) if (par_convert && (size_t)b * cols >= PAR_MIN_WEIGHTS)
+        for (int i = 0; i < b; i++) k_row_f32(scratch + (size_t)i * cols, m, b0 + i);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, b, cols, 1.0f, x, cols, scratch, cols, 0.0f,
+                    out + b0, ldo);
+    }
+}
+
 void k_matmul(float *out, int ldo, const float *x, int n, const Mat *m, float *scratch, size_t scratch_floats) {
     if (n == 1) {
         k_matvec(out, x, m);
         return;
     }
-    int rows = m->rows, cols = m->cols;
-    if (m->dtype == ALLOY_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols, (const float *)m->w,
-                    cols, 0.0f, out, ldo);
+    int rows = m->rows, cols = m->cols, nt = omp_get_max_threads();
+    /* With a single-threaded BLAS (lm_open_dense sets it so), each OpenMP
+     * thread multiplies its own slice of rows: one pool of threads, no
+     * hand-over between OpenMP and OpenBLAS workers at every product. */
+    size_t per = scratch_floats / (size_t)(nt > 0 ? nt : 1);
+    if (nt > 1 && openblas_get_num_threads() == 1 && per >= (size_t)cols && rows >= 16 * nt) {
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            int r0 = (int)((int64_t)rows * t / T), r1 = (int)((int64_t)rows * (t + 1) / T);
+            if (r1 > r0) matmul_rows(out, ldo, x, n, m, r0, r1, scratch + per * t, per, false);
+        }
         return;
     }
-    int block = (int)(scratch_floats / (size_t)cols);
-    if (block > rows) block = rows;
-    for (int r0 = 0; r0 < rows; r0 += block) {
-        int b = rows - r0 < block ? rows - r0 : block;
-#pragma omp parallel for schedule(static) if ((size_t)b * cols >= PAR_MIN_WEIGHTS)
-        for (int i = 0; i < b; i++) k_row_f32(scratch + (size_t)i * cols, m, r0 + i);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, b, cols, 1.0f, x, cols, scratch, cols, 0.0f,
-                    out + r0, ldo);
-    }
+    matmul_rows(out, ldo, x, n, m, 0, rows, scratch, scratch_floats, true);
 }

@@ -21,6 +21,24 @@ typedef struct Mat {
     int rows, cols;
 } Mat;
 
+/* Run-time low-rank additions to one Mat: y = W x + Σ_j c_j B_j (A_j x), with
+ * A_j (rank, cols) and B_j (rows, rank) in f32. A LoRA is one term with
+ * c = α/r; a weighted set of LoRAs (TTMM's un-merged mode) is one term per
+ * adapter. The base weights are never touched. n = 0: none. */
+typedef struct LowRankTerm {
+    const float *A, *B;
+    int rank;
+    float scale;
+} LowRankTerm;
+
+typedef struct LowRank {
+    const LowRankTerm *terms;
+    int n;
+} LowRank;
+
+/* The seven projections of a layer, in the order of LayerWeights.delta. */
+enum { LW_Q, LW_K, LW_V, LW_O, LW_GATE, LW_UP, LW_DOWN, LW_NMAT };
+
 typedef struct LayerWeights {
     const float *ln1;   /* (dim) input_layernorm */
     Mat wq;             /* (n_heads * head_dim, dim) */
@@ -35,6 +53,7 @@ typedef struct LayerWeights {
     Mat w_gate;         /* (hidden_dim, dim) */
     Mat w_up;           /* (hidden_dim, dim) */
     Mat w_down;         /* (dim, hidden_dim) */
+    LowRank delta[LW_NMAT]; /* run-time low-rank additions (rank 0 when none) */
 } LayerWeights;
 
 typedef struct Weights {

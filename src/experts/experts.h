@@ -1,0 +1,179 @@
+/* experts.h — TTMM: test-time model merging over a library of local LoRA
+ * experts (Bertolissi, Hübotter, Hakimi, Krause, "Local Mixtures of Experts:
+ * Essentially Free Test-Time Training via Model Merging", arXiv 2505.14136,
+ * COLM 2025).
+ *
+ * Train time (ex_build): embed every document, cluster the corpus with
+ * bisecting k-means, train one LoRA adapter per cluster (src/train), store
+ * the normalised cluster centroids. Test time (lm_open_experts, lm_experts.c):
+ * per prompt, embed its first 50 tokens, weight the experts with the paper's
+ * sparse kernel (ex_select), and run base + Σ w_k (α_k/r_k) B_k A_k — merged
+ * into f32 copies of the adapted weights, or applied un-merged as run-time
+ * low-rank terms, whichever is cheaper — or, as the paper's baseline, mix the
+ * selected experts' output distributions (ensemble).
+ *
+ * Files: embed.c (embeddings), kmeans.c (clustering), library.c (the
+ * directory format), build.c (the build pipeline), select.c (coefficients),
+ * lm_experts.c (the runnable model). Not here: training (src/train), the
+ * forward pass (src/model), the mixing math (src/mix). */
+#ifndef ALLOY_EXPERTS_H
+#define ALLOY_EXPERTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "alloy.h"
+#include "model/forward.h"
+#include "model/weights.h"
+#include "tokenizer/tokenizer.h"
+
+/* ---- embed.c ---- */
+
+/* Default embedding: the hidden state after the model's final RMSNorm,
+ * mean-pooled over the first max_tokens tokens of a text (encoded without
+ * special tokens) and L2-normalised. The paper embeds with a sentence encoder
+ * (all-mpnet-base-v2); alloy uses a model it can run instead. */
+typedef struct ex_embedder {
+    Model model;
+    RunState st;
+    tokenizer *tok;
+    float *logits;   /* (vocab) scratch for the forward pass */
+    int max_tokens;
+    int dim;
+} ex_embedder;
+
+#define EX_DOC_TOKENS 256  /* tokens of a document that its embedding sees */
+#define EX_QUERY_TOKENS 50 /* tokens of a prompt that its query sees (the paper's prefix) */
+
+/* Open the model and tokenizer of dir for embeddings of up to max_tokens
+ * tokens. On failure nothing stays allocated. */
+int ex_embedder_open(ex_embedder *e, const char *dir, int max_tokens, alloy_err *err);
+void ex_embedder_close(ex_embedder *e);
+/* Embed ids[0..n) (n is clipped to max_tokens) into out (dim), unit norm.
+ * n == 0 writes zeros. */
+int ex_embed_ids(ex_embedder *e, const int32_t *ids, int n, float *out, alloy_err *err);
+/* Encode text (no special tokens) and embed its first max_tokens tokens. */
+int ex_embed_text(ex_embedder *e, const char *text, size_t len, float *out, alloy_err *err);
+
+/* ---- kmeans.c ---- */
+
+/* Bisecting k-means of the n points X (n, d) into k clusters: starting from
+ * one cluster, repeatedly split the largest one (lowest index on ties) with
+ * 2-means (Lloyd, squared euclidean distance — on unit vectors the same
+ * ordering as cosine distance), best of n_init seeded starts. assign[i] gets
+ * the cluster of point i, in 0..k-1; every cluster is non-empty. A 2-means
+ * split that leaves a side empty (identical points) falls back to halving
+ * the cluster by index. Deterministic for a seed. Errors: k < 1, k > n. */
+int ex_kmeans_bisect(const float *X, int n, int d, int k, uint64_t seed, int *assign, alloy_err *err);
+
+/* Normalised means: C[c] = normalize(mean_{assign[i]==c} X[i]); sizes[c]
+ * (may be NULL) gets the cluster sizes. A cluster with no points is an error. */
+int ex_centroids(const float *X, int n, int d, const int *assign, int k, float *C, int *sizes,
+                 alloy_err *err);
+
+/* ---- select.c ---- */
+
+typedef struct ex_select_opts {
+    double beta;      /* kernel bandwidth β (0.2); κ = exp(−(1 − s)/β²) */
+    double tau;       /* sparsity threshold τ on normalised weights (0.01) */
+    int max_experts;  /* cap on kept experts, the largest κ (50) */
+    int top_k;        /* > 0: keep exactly the top_k largest κ instead of the τ rule */
+} ex_select_opts;
+
+void ex_select_defaults(ex_select_opts *o);
+
+/* Coefficients of the k experts with centroids C (k, d) for the unit query q
+ * (d). Writes the kept experts' indices (ascending) to idx and their weights
+ * (summing to 1) to w, both of capacity k, and returns their count: 0 means
+ * the plain base model. A NaN anywhere selects the single most similar
+ * expert (weight 1) when one has a finite similarity, else none. */
+int ex_select(const float *q, const float *C, int k, int d, const ex_select_opts *o, int *idx, double *w);
+
+/* ---- library.c ---- */
+
+#define EX_MANIFEST "alloy_experts.json"
+#define EX_CENTROIDS "centroids.safetensors"
+
+typedef struct ex_library {
+    char *dir;
+    char *base;             /* base checkpoint directory */
+    char *base_checksum;    /* hex, see ex_base_checksum */
+    char *embed_model;      /* embedding model directory (the base unless --embed) */
+    int doc_tokens, query_tokens;
+    ex_select_opts sel;
+    int k, dim;             /* experts, embedding size */
+    int *sizes;             /* (k) documents per cluster */
+    float *centroids;       /* (k, dim) unit rows */
+    int lora_rank;
+    double lora_alpha;
+    bool complete;          /* every expert trained */
+    char *fingerprint;      /* hex hash of the build's inputs and settings (build.c) */
+} ex_library;
+
+/* A 64-bit FNV-1a checksum (16 hex digits into hex[17]) of the base
+ * checkpoint dir: config.json, the safetensors index when present, each
+ * safetensors file's size and header, and 16 evenly spaced 4 KiB samples of
+ * its data — enough to notice a replaced or retrained base. */
+int ex_base_checksum(const char *dir, char hex[17], alloy_err *err);
+
+/* "expert-00003" */
+void ex_expert_name(int k, char out[32]);
+
+/* Write lib's manifest (atomically: temp file + rename) into lib->dir. */
+int ex_library_write_manifest(const ex_library *lib, alloy_err *err);
+/* Write lib->centroids as centroids.safetensors ("centroids" [k, dim] f32). */
+int ex_library_write_centroids(const ex_library *lib, alloy_err *err);
+
+/* Load the manifest and centroids of dir. With check_base, the base's
+ * current checksum must match the recorded one (else an error naming both
+ * directories). Errors name the file and key at fault. */
+int ex_library_load(ex_library *lib, const char *dir, bool check_base, alloy_err *err);
+void ex_library_free(ex_library *lib);
+
+/* ---- build.c ---- */
+
+typedef struct ex_log {
+    const char *msg; /* one line */
+} ex_log;
+
+typedef struct ex_build_opts {
+    const char *base_dir, *corpus, *out_dir;
+    const char *embed_dir;  /* NULL: the base */
+    int clusters;           /* 8 */
+    int lora_rank;          /* 8 */
+    float lora_alpha;       /* 2 * rank */
+    int64_t steps;          /* 0: one epoch of the cluster's data */
+    float lr;               /* 0: the trainer's default */
+    int batch, ctx;         /* 0: the trainer's defaults */
+    uint64_t seed;          /* 0 */
+    int threads;            /* 0: all */
+    int doc_tokens;         /* EX_DOC_TOKENS */
+    void (*on_log)(void *user, const char *line);
+    void *user;
+} ex_build_opts;
+
+void ex_build_defaults(ex_build_opts *o);
+
+/* Read a corpus: a directory of text files (each file one document, sorted
+ * by name, hidden files skipped) or a .jsonl with {"text": ...} per line.
+ * Empty documents are skipped. *docs (n strings) is malloc'd; free with
+ * ex_corpus_free. */
+int ex_corpus_read(const char *path, char ***docs, int *n, alloy_err *err);
+void ex_corpus_free(char **docs, int n);
+
+/* Build (or resume) the library o->out_dir. Clustering is recomputed
+ * (deterministic); experts whose adapter directory is complete are kept.
+ * A directory holding a library built with other settings (base, corpus,
+ * clusters, seed, rank, steps) is an error. */
+int ex_build(const ex_build_opts *o, alloy_err *err);
+
+/* ---- lm_experts.c ---- */
+
+struct lm;
+/* The selection the last lm_begin made on an expert-library lm (opened by
+ * lm_open_experts): count, indices and weights (owned by m). */
+int ex_lm_selection(const struct lm *m, const int **idx, const double **w);
+/* The mode the last lm_begin ran in: "merge", "unmerged" or "ensemble". */
+const char *ex_lm_mode(const struct lm *m);
+
+#endif
