@@ -15,3 +15,6 @@ cc $CFLAGS bench/infer_bench.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/ben
 /usr/bin/python3 bench/bench_svd.py "$BUILD" --threads "${THREADS:-2}"
 /usr/bin/python3 bench/bench_drm.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"
 /usr/bin/python3 bench/bench_infer.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"
+/usr/bin/python3 bench/bench_mod.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"
+/usr/bin/python3 bench/bench_train.py "$BUILD/alloy" --threads "${THREADS:-2}"
+/usr/bin/python3 bench/bench_ttmm.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"

@@ -22,6 +22,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_extract_lora(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_experts(int argc, char **argv);
+int cmd_ttt(int argc, char **argv);
 
 /* Print "alloy: error: <msg>" to stderr; returns 1 (the exit status). */
 int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -194,7 +194,9 @@ static int ex_cmd_logits(int argc, char **argv) {
         int n = ex_lm_selection(m, &idx, &w);
         fprintf(stderr, "experts: %d selected (%s)", n, ex_lm_mode(m));
         for (int j = 0; j < n; j++) fprintf(stderr, " %d:%.6f", idx[j], w[j]);
-        fprintf(stderr, "\n");
+        double te, ts, tm;
+        ex_lm_timings(m, &te, &ts, &tm);
+        fprintf(stderr, "\nexperts: embed %.6f s, select %.6f s, merge %.6f s\n", te, ts, tm);
         if (write_npy(out, logits, (int)ids.n, lm_vocab_size(m))) rc = cli_error("%s: cannot write", out);
     }
     free(logits);

@@ -24,6 +24,7 @@ static const struct {
     {"extract-lora", cmd_extract_lora, "extract a LoRA adapter from a fine-tune"},
     {"train", cmd_train, "LoRA or full fine-tuning"},
     {"experts", cmd_experts, "TTMM expert libraries"},
+    {"ttt", cmd_ttt, "test-time training baseline: LoRA on a prompt's nearest documents"},
 };
 
 static void usage(FILE *f) {

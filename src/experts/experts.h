@@ -175,5 +175,74 @@ struct lm;
 int ex_lm_selection(const struct lm *m, const int **idx, const double **w);
 /* The mode the last lm_begin ran in: "merge", "unmerged" or "ensemble". */
 const char *ex_lm_mode(const struct lm *m);
+/* Seconds the last lm_begin spent embedding the prompt, computing the
+ * coefficients, and merging (or preparing run-time adapters / members). */
+void ex_lm_timings(const struct lm *m, double *embed_s, double *select_s, double *merge_s);
+
+/* ---- ttt.c ---- */
+
+/* The test-time training baseline (TTT on nearest neighbours, Hardt & Sun
+ * 2024, as the TTMM paper compares against it): per prompt, a fresh LoRA is
+ * fine-tuned on the prompt's K nearest corpus documents, then the prompt runs
+ * through base + adapter. Defaults (ex_ttt_defaults) and why: */
+typedef struct ex_ttt_opts {
+    const char *base_dir, *corpus;
+    const char *embed_dir;   /* NULL: the base */
+    int neighbors;           /* 50: Hardt & Sun's largest (and best) neighbour count; clamped to the corpus */
+    int steps_per_neighbor;  /* 1: one gradient step per neighbour (Hardt & Sun); 0: no training (the base) */
+    bool nearest_last;       /* false: train nearest first (Hardt & Sun's order); true: farthest first */
+    int lora_rank;           /* 8: the rank of ex_build's experts, so TTT and TTMM adapters match */
+    float lora_alpha;        /* 0: 2 * rank (as ex_build) */
+    float lr;                /* 2e-4: the trainer's LoRA default (the experts' rate); constant, AdamW */
+    int train_ctx;           /* 512 (clipped to max_position_embeddings): tokens of a neighbour per step */
+    int doc_tokens;          /* EX_DOC_TOKENS: tokens of a document its embedding sees */
+    int query_tokens;        /* EX_QUERY_TOKENS: tokens of a prompt its query sees */
+    uint64_t seed;           /* 0: the adapter's A initialisation (the same for every prompt) */
+    int threads;             /* 0: all */
+    int n_ctx, max_batch;    /* inference, as lm_options (0: defaults) */
+    void (*on_log)(void *user, const char *line);
+    void *user;
+} ex_ttt_opts;
+
+void ex_ttt_defaults(ex_ttt_opts *o);
+
+/* Timings and the last prompt's run, for messages and benchmarks. */
+typedef struct ex_ttt_stats {
+    int ndocs;                  /* corpus documents */
+    int train_ctx;              /* inputs per training step (after clipping to the longest document) */
+    double embed_s, tokenize_s; /* one-time corpus embedding and tokenization */
+    int64_t prompts;            /* TTT runs so far (lm_begin calls) */
+    int neighbors;              /* last prompt: neighbours retrieved */
+    int64_t steps;              /* last prompt: gradient steps taken */
+    double mean_loss;           /* last prompt: mean training loss (NaN without steps) */
+    double retrieval_s, training_s;             /* last prompt */
+    double total_retrieval_s, total_training_s; /* every prompt */
+    const int *idx;             /* last prompt: neighbours (corpus order indices), nearest first */
+    const float *sim;           /* their cosine similarities */
+} ex_ttt_stats;
+
+struct lm;
+/* Open the TTT model of o as a runnable lm (free with lm_free): reads, embeds
+ * and tokenizes the corpus once. Each lm_begin(prompt) retrieves the
+ * min(neighbors, documents) nearest documents of the prompt's first
+ * query_tokens tokens, resets the adapter (B = 0) and AdamW, trains
+ * steps_per_neighbor steps of batch 1 per neighbour (nearest first unless
+ * nearest_last; step s on
+ * a neighbour uses its window s mod windows of train_ctx tokens), and makes
+ * lm_forward run base + adapter. Errors: corpus (unreadable, empty, a bad
+ * .jsonl line), neighbors < 1, steps < 0, rank < 1, lr <= 0, the model; at
+ * lm_begin: an empty prompt (no text in its first query_tokens tokens), a
+ * diverged step. Deterministic for a seed and thread count. */
+int ex_ttt_open(struct lm **out, const ex_ttt_opts *o, alloy_err *err);
+/* The statistics of a TTT lm (pointers owned by m, valid until the next
+ * lm_begin). */
+void ex_ttt_stats_get(const struct lm *m, ex_ttt_stats *s);
+
+/* The k nearest of the n unit rows X (n, d) to the unit query q by cosine
+ * similarity (the dot product): writes up to k indices to idx and their
+ * similarities to sim (capacity k each), most similar first, the lower index
+ * first on ties; NaN similarities rank last. Returns min(k, n) (0 when k < 1).
+ * Pure: no allocation. */
+int ex_nearest(const float *X, int n, int d, const float *q, int k, int *idx, float *sim);
 
 #endif

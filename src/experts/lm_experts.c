@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "experts/experts.h"
 #include "io/peft.h"
@@ -108,7 +109,14 @@ typedef struct ex_lm {
     int n_ctx, max_batch;
     xmember *mem;          /* (k) ensemble members, states allocated on use */
     const float **zrow;    /* (k) */
+    double t_embed, t_select, t_merge; /* seconds spent by the last lm_begin */
 } ex_lm;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void ex_free(lm *m) {
     ex_lm *x = m->impl;
@@ -221,9 +229,11 @@ static ex_mode cheaper_mode(const ex_lm *x, int n_tokens) {
 static int ex_begin(lm *m, const int32_t *ids, int n, alloy_err *err) {
     ex_lm *x = m->impl;
     x->nsel = 0;
+    x->t_embed = x->t_select = x->t_merge = 0;
     int nq = n < x->lib.query_tokens ? n : x->lib.query_tokens;
     if (nq > 0) {
         /* the paper decodes the prompt prefix and re-encodes it for its encoder */
+        double t0 = now_s();
         char *text = NULL;
         size_t len = 0;
         if (tok_decode(m->tok, ids, (size_t)nq, true, &text, &len, err)) return -1;
@@ -233,24 +243,27 @@ static int ex_begin(lm *m, const int32_t *ids, int n, alloy_err *err) {
         if (rc == 0 && x->emb.dim != x->lib.dim)
             rc = alloy_fail(err, "%s: embedding size %d differs from the centroids' %d", x->lib.dir, x->emb.dim,
                             x->lib.dim);
+        double t1 = now_s();
         if (rc == 0) x->nsel = ex_select(q, x->lib.centroids, x->lib.k, x->lib.dim, &x->sel, x->idx, x->w);
         free(q);
+        x->t_embed = t1 - t0, x->t_select = now_s() - t1;
         if (rc) return -1;
     }
+    double t2 = now_s();
     x->mode = x->forced != EX_AUTO ? x->forced : cheaper_mode(x, n + EX_AUTO_GEN_TOKENS);
+    int rc = 0;
     if (x->nsel == 0) { /* no expert near: the base model itself */
         x->run.weights.layers = x->base.weights.layers;
         if (x->mode == EX_ENSEMBLE) x->mode = EX_MERGE;
-        return 0;
+    } else if (x->mode == EX_MERGE) {
+        rc = merge_weights(x, err);
+    } else if (x->mode == EX_UNMERGED) {
+        set_terms(x);
+    } else {
+        for (int j = 0; j < x->nsel && rc == 0; j++) rc = member_ready(x, x->idx[j], m->vocab, err);
     }
-    switch (x->mode) {
-    case EX_MERGE: return merge_weights(x, err);
-    case EX_UNMERGED: set_terms(x); return 0;
-    default:
-        for (int j = 0; j < x->nsel; j++)
-            if (member_ready(x, x->idx[j], m->vocab, err)) return -1;
-        return 0;
-    }
+    x->t_merge = now_s() - t2;
+    return rc;
 }
 
 /* The ensemble: every selected expert runs the tokens, chunk by chunk, and
@@ -293,6 +306,11 @@ int ex_lm_selection(const lm *m, const int **idx, const double **w) {
 const char *ex_lm_mode(const lm *m) {
     const ex_lm *x = m->impl;
     return MODE_NAME[x->mode];
+}
+
+void ex_lm_timings(const lm *m, double *embed_s, double *select_s, double *merge_s) {
+    const ex_lm *x = m->impl;
+    *embed_s = x->t_embed, *select_s = x->t_select, *merge_s = x->t_merge;
 }
 
 /* f32 factors of one adapter tensor: the mapping itself when it is aligned

@@ -22,6 +22,7 @@
 #include "mix/mod_recipe.h"
 #include "util/dtype.h"
 #include "util/err.h"
+#include "util/mem.h"
 #include "util/fs.h"
 #include "util/rng.h"
 
@@ -152,13 +153,13 @@ static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, con
                         int threads, alloy_err *err) {
     size_t n = (size_t)pt->numel;
     if (!w->out) {
-        w->out = malloc(sizeof(float) * w->maxn);
-        w->base = malloc(sizeof(float) * w->maxn);
-        w->packed = malloc(sizeof(float) * w->maxn);
+        w->out = mem_big_alloc(sizeof(float) * w->maxn);
+        w->base = mem_big_alloc(sizeof(float) * w->maxn);
+        w->packed = mem_big_alloc(sizeof(float) * w->maxn);
         if (!w->out || !w->base || !w->packed) return alloy_fail(err, "out of memory");
     }
     for (int j = 0; j < pt->k; j++) {
-        if (!w->x[j] && !(w->x[j] = malloc(sizeof(float) * w->maxn))) return alloy_fail(err, "out of memory");
+        if (!w->x[j] && !(w->x[j] = mem_big_alloc(sizeof(float) * w->maxn))) return alloy_fail(err, "out of memory");
         if (load_input(p, &pt->inputs[j], w->x[j], threads, err)) return -1;
     }
     if (pt->has_base && load_input(p, &pt->base, w->base, threads, err)) return -1;

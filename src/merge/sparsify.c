@@ -157,19 +157,25 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
         }
         lessL[c] = ll, lessU[c] = lu, eqL[c] = el, eqU[c] = eu;
     }
-    size_t cL = 0, cU = 0, tl = 0, tu = 0;
+    size_t cL = 0, cU = 0, tl = 0, tu = 0, nL[VEC_CHUNKS_MAX], nU[VEC_CHUNKS_MAX];
     for (size_t c = 0; c < nc; c++) {
-        size_t el = eqL[c], eu = eqU[c];
+        nL[c] = eqL[c], nU[c] = eqU[c];
         cL += lessL[c], cU += lessU[c];
         eqL[c] = tl, eqU[c] = tu; /* now: ties before this chunk */
-        tl += el, tu += eu;
+        tl += nL[c], tu += nU[c];
     }
 #pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
     for (size_t c = 0; c < nc; c++) {
         size_t b, e, tL = eqL[c], tU = eqU[c];
         vec_chunk(n, c, &b, &e);
+        /* a branch-free, vectorised pass that is exact away from ties ... */
+#pragma omp simd
+        for (size_t i = b; i < e; i++) mask[i] = (uint8_t)((key[i] > L) & (key[i] < U));
+        if (nL[c] == 0 && nU[c] == 0) continue;
+        /* ... then the ties at L and U, kept in index order up to the rank bounds */
         for (size_t i = b; i < e; i++) {
             float v = key[i];
+            if (v != L && v != U) continue;
             bool ok_lo = v > L || (v == L && cL + tL >= lo);
             bool ok_hi = v < U || (v == U && cU + tU < hi);
             tL += v == L;

@@ -109,6 +109,11 @@ int mix_write_from_recipe(const recipe *r, const char *out_dir, alloy_err *err) 
         m.weights[i] = wdef;
         int got = scalar_param(&src->params, "weight", file, &m.weights[i], err);
         if (got < 0) goto done;
+        if (!(m.weights[i] >= 0) || !isfinite(m.weights[i])) {
+            alloy_fail(err, "%s:%d: model '%s': weight %g must be a finite number >= 0", file, src->line,
+                       src->model, m.weights[i]);
+            goto done;
+        }
         char real[PATH_MAX];
         if (!fs_is_dir(src->model) || !realpath(src->model, real)) {
             alloy_fail(err, "%s:%d: model '%s' is not a directory%s", file, src->line, src->model,

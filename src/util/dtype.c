@@ -137,6 +137,7 @@ int64_t dtype_to_f32(const void *src, alloy_dtype dt, float *dst, size_t n) {
     case ALLOY_BF16:
         if (((uintptr_t)p & 1) == 0) {
             const uint16_t *h = (const uint16_t *)(const void *)p;
+#pragma omp simd reduction(| : bad)
             for (size_t i = 0; i < n; i++) {
                 uint32_t w = (uint32_t)h[i] << 16;
                 memcpy(&dst[i], &w, 4);

@@ -114,8 +114,8 @@ mv "$TMP/C" "$TMP/C.gone"
 expect_fail "vanished member" "C" "$ALLOY" "${L[@]}" -m "$TMP/mix"
 mv "$TMP/C.gone" "$TMP/C"
 
-# `alloy merge` of a mod recipe, once merge_method mod is wired to
-# mix_write_from_recipe (src/mix/mod_recipe.h).
+# `alloy merge` of a mod recipe writes a mixture directory (src/mix/mod_recipe.h)
+# that runs like the ad-hoc mixture; no weights are copied.
 cat > "$TMP/mod.yml" <<EOF
 merge_method: mod
 models:
@@ -129,7 +129,12 @@ EOF
 if "$ALLOY" merge "$TMP/mod.yml" "$TMP/merged" >/dev/null 2>"$TMP/merge.err" && [ -f "$TMP/merged/alloy_mixture.json" ]; then
     "$ALLOY" logits -m "$TMP/merged" --ids $IDS -o "$TMP/merged.npy" &&
         $PY $REF same "$TMP/merged.npy" "$TMP/abc_arith.npy" 1e-6 || bad "alloy merge mod"
+    ls "$TMP/merged" | grep -q safetensors && bad "mod merge copied weights"
+    [ -f "$TMP/merged/tokenizer.json" ] || bad "mod merge: no tokenizer.json"
 else
-    echo "skip alloy merge mod: not wired yet ($(tail -1 "$TMP/merge.err"))"
+    bad "alloy merge mod: $(tail -1 "$TMP/merge.err")"
 fi
+printf 'merge_method: mod\nmodels:\n  - model: %s\n    parameters: {weight: -1}\n  - model: %s\n' "$TMP/A" "$TMP/B" > "$TMP/neg.yml"
+expect_fail "mod recipe negative weight" "weight" "$ALLOY" merge "$TMP/neg.yml" "$TMP/neg_out"
+[ -e "$TMP/neg_out" ] && bad "failed mod merge left $TMP/neg_out"
 exit $fail

@@ -142,6 +142,38 @@ rm -rf "$T/lib/expert-00001"
 build -o "$T/lib" 2>"$T/resume2.log" && [ "$(grep -c kept "$T/resume2.log")" = 1 ] && [ -d "$T/lib/expert-00001" ] \
     && ok "a removed expert is retrained, the other kept" || bad "partial resume"
 
+echo "-- ttt: test-time training on each window's nearest documents (small K and steps; 1 thread is the"
+echo "   fastest for this tiny model on a shared machine)"
+ttt() { "$ALLOY" ttt -m "$T/base" --corpus "$T/corpus" --neighbors 8 --steps-per-neighbor 4 --lr 3e-3 \
+    --lora-rank 4 --train-ctx 128 --threads 1 "$@"; }
+for h in py lic; do
+    "$ALLOY" ppl -m "$T/base" -f "$T/held/$h.txt" --ctx 128 --threads 1 >"$T/pb_$h.txt" 2>/dev/null
+    pb=$(awk '/^perplexity:/ {print $2}' "$T/pb_$h.txt")
+    ttt -f "$T/held/$h.txt" --ctx 128 >"$T/pt_$h.txt" 2>"$T/ttt_$h.log"
+    pt=$(awk '/^perplexity:/ {print $2}' "$T/pt_$h.txt")
+    if [ -n "$pb" ] && [ -n "$pt" ] && $PY -c "import sys; sys.exit(0 if $pt < $pb else 1)"; then
+        ok "$h: TTT $pt < base $pb; $(grep 'mean per-prompt' "$T/ttt_$h.log" | sed 's/^ttt: //')"
+    else bad "$h: TTT '$pt' vs base '$pb': $(tail -1 "$T/ttt_$h.log")"; fi
+    nw=$(grep -c '^ttt: prompt [0-9]*: 8 neighbours (retrieval [0-9.]* s), 32 steps (training [0-9.]* s)$' "$T/ttt_$h.log")
+    [ "$(grep '^tokens:' "$T/pt_$h.txt")" = "$(grep '^tokens:' "$T/pb_$h.txt")" ] && [ "$nw" -gt 1 ] \
+        && [ "$nw" = "$(grep -c '^ttt: prompt' "$T/ttt_$h.log")" ] \
+        && ok "$h: $nw windows, each retrieved and trained; same scored tokens as ppl" || bad "$h: per-window lines"
+done
+ttt -f "$T/held/py.txt" --ctx 128 --steps-per-neighbor 0 >"$T/p0.txt" 2>/dev/null
+cmp -s "$T/p0.txt" "$T/pb_py.txt" && ok "0 steps per neighbour: exactly the base's perplexity" \
+    || bad "0 steps: $(head -1 "$T/p0.txt") vs base $(head -1 "$T/pb_py.txt")"
+for run in 1 2; do
+    ttt -p "$(cat "$T/prompt_py.txt")" -n 24 --temp 0.8 --seed 5 >"$T/tg$run.txt" 2>"$T/tg$run.log" || bad "ttt -p: $(tail -1 "$T/tg$run.log")"
+done
+[ -s "$T/tg1.txt" ] && grep -q '^ttt: prompt 1: 8 neighbours .*32 steps' "$T/tg1.log" && cmp -s "$T/tg1.txt" "$T/tg2.txt" \
+    && ok "ttt -p generates, same text for the same seed" || bad "ttt -p output or determinism"
+out=$(ttt -p "def f():" --neighbors 0 2>&1) && bad "--neighbors 0 accepted" \
+    || { echo "$out" | grep -q "neighbors must be at least 1" && ok "--neighbors 0 refused" || bad "message: $out"; }
+out=$(ttt -p "" 2>&1) && bad "empty prompt accepted" \
+    || { echo "$out" | grep -q "prompt is empty" && ok "empty prompt refused" || bad "message: $out"; }
+ttt -p "def f():" -n 2 --neighbors 100 --steps-per-neighbor 0 2>&1 >/dev/null | grep -q "exceeds the corpus's 40 documents" \
+    && ok "--neighbors above the corpus size: all documents, with a note" || bad "no note for --neighbors 100"
+
 echo "-- bad inputs"
 mkdir -p "$T/small"; cp "$T/corpus/lic00.txt" "$T/corpus/py00.txt" "$T/small/"
 out=$(build -d "$T/small" -o "$T/lib_small" --clusters 5 2>&1) && bad "3 clusters from 2 documents accepted" \

@@ -283,7 +283,7 @@ static void test_recipe(void **state) {
     }
     /* failures: negative weight, all zero, mismatched tokenizer, missing dir, slices */
     const char *bad[][2] = {
-        {"-0.5", "weight 2 is negative"}, {"0", "all 2 weights are zero"}};
+        {"-0.5", "weight -0.5 must be a finite number >= 0"}, {"0", "all 2 weights are zero"}};
     for (int i = 0; i < 2; i++) {
         snprintf(text, sizeof text,
                  "merge_method: mod\nmodels:\n  - model: %s\n    parameters: {weight: %s}\n"
