@@ -217,9 +217,7 @@ static int load_file(st_model *m, const char *path, alloy_err *err) {
         return alloy_fail(err, "%s: file is %lld bytes, too short for a safetensors header", path,
                           (long long)sb.st_size);
     }
-    /* MAP_POPULATE: every tensor is read, and mapping the (usually cached)
-     * pages in one go costs a fraction of one page fault per 4 KiB later. */
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
     close(fd);
     if (map == MAP_FAILED) return alloy_fail(err, "%s: mmap failed: %s", path, strerror(map_errno));

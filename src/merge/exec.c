@@ -124,6 +124,8 @@ typedef struct work {
     float *base;   /* base input (or, for out: lora, the delta base) */
     float *out;    /* merged tensor */
     void *packed;  /* output dtype */
+    void *scratch; /* merge_call.work */
+    size_t scratch_bytes;
 } work;
 
 static int work_init(work *w, const merge_plan *p, alloy_err *err) {
@@ -145,6 +147,7 @@ static void work_free(work *w) {
     free(w->base);
     free(w->out);
     free(w->packed);
+    free(w->scratch);
 }
 
 /* Load the inputs of merged tensor pt, run the method into w->out, check
@@ -156,7 +159,11 @@ static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, con
         w->out = mem_big_alloc(sizeof(float) * w->maxn);
         w->base = mem_big_alloc(sizeof(float) * w->maxn);
         w->packed = mem_big_alloc(sizeof(float) * w->maxn);
-        if (!w->out || !w->base || !w->packed) return alloy_fail(err, "out of memory");
+        /* the methods' scratch: room for TIES-style masks and keys; only the
+         * pages a method touches become resident */
+        w->scratch_bytes = (2 * sizeof(float) + (size_t)w->maxk) * w->maxn + 1;
+        w->scratch = mem_big_alloc(w->scratch_bytes);
+        if (!w->out || !w->base || !w->packed || !w->scratch) return alloy_fail(err, "out of memory");
     }
     for (int j = 0; j < pt->k; j++) {
         if (!w->x[j] && !(w->x[j] = mem_big_alloc(sizeof(float) * w->maxn))) return alloy_fail(err, "out of memory");
@@ -171,6 +178,8 @@ static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, con
         .base = pt->has_base ? w->base : NULL,
         .k = pt->k,
         .x = (const float *const *)w->x,
+        .work = w->scratch,
+        .work_bytes = w->scratch_bytes,
         .gparam = pt->gparam,
         .mparam = pt->mparam,
         .nparams = p->method->nparams,
@@ -215,6 +224,7 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     for (int i = 0; i < p->ntensors && !rc; i++) {
         const plan_tensor *pt = &p->tensors[i];
         if (i + 1 < p->ntensors) advise_tensor(&p->tensors[i + 1], MADV_WILLNEED);
+        advise_tensor(pt, MADV_POPULATE_READ); /* map its pages in one call, not one fault per 4 KiB */
         size_t n = (size_t)pt->numel;
         if (!pt->merge) {
             rc = st_writer_put(w, i, pt->copy.t->data, err);
@@ -365,6 +375,7 @@ static int exec_lora(const merge_plan *p, const char *out_dir, const alloy_merge
     for (int j = 0; j < nt && !rc; j++) {
         const plan_tensor *pt = &p->tensors[idx[j]];
         if (j + 1 < nt) advise_tensor(&p->tensors[idx[j + 1]], MADV_WILLNEED);
+        advise_tensor(pt, MADV_POPULATE_READ);
         rc = merge_tensor(p, pt, &wk, opt, threads, err);
         if (!rc && !pt->has_base) rc = load_input(p, &pt->delta_base, wk.base, threads, err);
         if (!rc)

@@ -48,6 +48,8 @@ typedef struct merge_call {
     int nparams;
     uint64_t seed;             /* per-tensor seed (run seed mixed with the name) */
     int threads;               /* OpenMP threads the method may use */
+    void *work;                /* scratch the caller keeps across calls (may be NULL), */
+    size_t work_bytes;         /* 2 MiB aligned; methods needing more allocate their own */
 } merge_call;
 
 #define MPARAM(call, i, p) ((call)->mparam[(size_t)(i) * (size_t)(call)->nparams + (size_t)(p)])

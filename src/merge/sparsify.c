@@ -137,8 +137,9 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
         L = select_kth(scratch, n, lo);                    /* value of rank lo */
         U = select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
     } else {
+        /* open ends need no select: keys are finite (inputs were checked) */
         L = lo == 0 ? -INFINITY : radix_kth(key, n, lo, vec_threads(threads));
-        U = radix_kth(key, n, hi - 1, vec_threads(threads));
+        U = hi == n ? INFINITY : radix_kth(key, n, hi - 1, vec_threads(threads));
     }
     /* Per chunk: how many keys are below L and U, and how many equal them;
      * prefix sums of the equal counts give each tie its order by index. */
@@ -148,6 +149,7 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
     for (size_t c = 0; c < nc; c++) {
         size_t b, e, ll = 0, lu = 0, el = 0, eu = 0;
         vec_chunk(n, c, &b, &e);
+#pragma omp simd reduction(+ : ll, lu, el, eu)
         for (size_t i = b; i < e; i++) {
             float v = key[i];
             ll += v < L;
@@ -164,18 +166,28 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
         eqL[c] = tl, eqU[c] = tu; /* now: ties before this chunk */
         tl += nL[c], tu += nU[c];
     }
+    /* A tie at L is kept when at least lo - cL ties at L come before it, a
+     * tie at U when fewer than hi - cU do. Only the (at most two) chunks in
+     * which that cut falls need a walk in index order; everywhere else whole
+     * chunks keep or drop their ties, and one branch-free pass is exact. */
+    size_t needL = lo > cL ? lo - cL : 0, capU = hi > cU ? hi - cU : 0;
 #pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
     for (size_t c = 0; c < nc; c++) {
         size_t b, e, tL = eqL[c], tU = eqU[c];
         vec_chunk(n, c, &b, &e);
-        /* a branch-free, vectorised pass that is exact away from ties ... */
+        bool cutL = nL[c] > 0 && tL < needL && tL + nL[c] > needL;
+        bool cutU = nU[c] > 0 && tU < capU && tU + nU[c] > capU;
+        if (!cutL && !cutU) {
+            int incL = tL >= needL, incU = tU + nU[c] <= capU;
 #pragma omp simd
-        for (size_t i = b; i < e; i++) mask[i] = (uint8_t)((key[i] > L) & (key[i] < U));
-        if (nL[c] == 0 && nU[c] == 0) continue;
-        /* ... then the ties at L and U, kept in index order up to the rank bounds */
+            for (size_t i = b; i < e; i++) {
+                float v = key[i];
+                mask[i] = (uint8_t)(((v > L) | (incL & (v == L))) & ((v < U) | (incU & (v == U))));
+            }
+            continue;
+        }
         for (size_t i = b; i < e; i++) {
             float v = key[i];
-            if (v != L && v != U) continue;
             bool ok_lo = v > L || (v == L && cL + tL >= lo);
             bool ok_hi = v < U || (v == U && cU + tU < hi);
             tL += v == L;

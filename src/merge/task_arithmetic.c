@@ -127,14 +127,21 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     float *key = NULL, *scratch = NULL;
     int rc = 0;
     if (!w || !ws || !whole) rc = alloy_fail(err, "out of memory");
+    bool own = false; /* mask, key and scratch allocated here rather than in call->work */
     if (!rc && v->sparsify != SPARSIFY_NONE) {
-        mask = mem_big_alloc((size_t)k * n + 1);
-        if (v->sparsify == SPARSIFY_MAGNITUDE || v->sparsify == SPARSIFY_OUTLIERS) {
-            key = mem_big_alloc(n * sizeof *key + 1);
-            scratch = mem_big_alloc(n * sizeof *scratch + 1);
-            if (!key || !scratch) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        size_t need = 2 * n * sizeof(float) + (size_t)k * n + 1;
+        char *wk = call->work_bytes >= need ? call->work : NULL;
+        if (!wk) {
+            wk = mem_big_alloc(need);
+            own = true;
         }
-        if (!mask) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (!wk) {
+            rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        } else {
+            key = (float *)(void *)wk;
+            scratch = key + n;
+            mask = (uint8_t *)(scratch + n);
+        }
     }
     float wsum = 0.0f;
     for (int i = 0; i < k && !rc; i++) {
@@ -178,9 +185,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     free(w);
     free(ws);
     free(whole);
-    free(mask);
-    free(key);
-    free(scratch);
+    if (own) free(key);
     return rc;
 }
 
