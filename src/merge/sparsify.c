@@ -204,11 +204,14 @@ typedef struct {
 
 static void l1_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     const l1_ctx *c = p;
+    const float *restrict x = c->x, *restrict base = c->base;
+    const uint8_t *restrict mask = c->mask;
     double before = 0.0, after = 0.0;
+#pragma omp simd reduction(+ : before, after)
     for (size_t e = lo; e < hi; e++) {
-        double d = fabs((double)(c->x[e] - c->base[e]));
+        double d = fabs((double)(x[e] - base[e]));
         before += d;
-        after += c->mask[e] ? d : 0.0;
+        after += d * (double)(mask[e] != 0); /* d is finite: inputs were checked */
     }
     acc[0] += before;
     acc[1] += after;
@@ -298,10 +301,10 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
         return 0;
     }
     case SPARSIFY_RANDOM: {
-        uint64_t seed = a->seed, stream = a->stream;
+        uint64_t key = rng_stream_key(a->seed, a->stream);
         double p = a->density;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) mask[e] = rng_uniform(seed, stream, e) < p;
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+        for (size_t e = 0; e < n; e++) mask[e] = rng_uniform_at(key, e) < p;
         return 0;
     }
     case SPARSIFY_OUTLIERS: {

@@ -23,11 +23,19 @@ static inline uint64_t rng_hash_str(const char *s) {
     return rng_mix64(h);
 }
 
+/* The key of stream `stream` under `seed`; hoist it out of loops over index. */
+static inline uint64_t rng_stream_key(uint64_t seed, uint64_t stream) {
+    return rng_mix64(seed ^ rng_mix64(stream * 0xd1b54a32d192ed03ull + 1));
+}
+
+/* Uniform double in [0, 1) for element `index` of the stream with this key. */
+static inline double rng_uniform_at(uint64_t key, uint64_t index) {
+    return (double)(rng_mix64(key ^ index) >> 11) * (1.0 / 9007199254740992.0);
+}
+
 /* Uniform double in [0, 1) for element `index` of stream `stream`. */
 static inline double rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-    uint64_t z = rng_mix64(seed ^ rng_mix64(stream * 0xd1b54a32d192ed03ull + 1));
-    z = rng_mix64(z ^ index);
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+    return rng_uniform_at(rng_stream_key(seed, stream), index);
 }
 
 #endif
