@@ -207,18 +207,21 @@ def quality(alloy, bench, threads):
              "--lora-rank", "8", "--steps", str(steps_expert), "--lr", "3e-3", "--batch", "4", "--ctx", "128",
              "--doc-tokens", "64", "--seed", "7", "--threads", str(threads)], "experts build")
     print("\n== TTMM quality: held-out perplexity (base: %s, 128-wide, 4 layers, trained here)" % os.path.basename(d))
-    print("corpus: %d documents of licenses, Python, C headers, Perl; %d experts of rank 8, %d steps each"
-          % (len(os.listdir(corpus)), clusters, steps_expert))
-    cols = ["base", "multitask LoRA", "TTMM", "ensemble", "TTT"]
+    print("corpus: %d documents of licenses, Python, C headers, Perl; %d experts of rank 8, %d steps each; "
+          "multitask LoRA: rank 8, %d steps; TTT: 8 neighbours x 4 steps per 128-token window; lr 3e-3 for all"
+          % (len(os.listdir(corpus)), clusters, steps_expert, steps_expert * clusters))
+    cols = ["base", "multitask LoRA", "TTMM", "TTMM top-1", "ensemble", "TTT"]
     print("%-6s" % "domain" + "".join("%16s" % c for c in cols))
     sums = [0.0] * len(cols)
     for name in DOMAINS:
         f = os.path.join(held, name + ".txt")
         t0 = time.time()
         vals = [ppl(alloy, base, f, threads), ppl(alloy, base, f, threads, ["--lora", multi]),
-                ppl(alloy, lib, f, threads), ppl(alloy, lib, f, threads, ["--experts-mode", "ensemble"])]
+                ppl(alloy, lib, f, threads), ppl(alloy, lib, f, threads, ["--experts-top-k", "1"]),
+                ppl(alloy, lib, f, threads, ["--experts-mode", "ensemble"])]
         r, _ = run([alloy, "ttt", "-m", base, "--corpus", corpus, "-f", f, "--ctx", "128", "--threads", str(threads),
-                    "--neighbors", "8", "--steps-per-neighbor", "4"], "ttt ppl")
+                    "--neighbors", "8", "--steps-per-neighbor", "4", "--lr", "3e-3", "--lora-rank", "8",
+                    "--train-ctx", "128"], "ttt ppl")
         vals.append(float(re.search(r"^perplexity: ([0-9.eE+-]+)", r.stdout, re.M).group(1)))
         sums = [s + v for s, v in zip(sums, vals)]
         print("%-6s" % name + "".join("%16.3f" % v for v in vals) + "   (%.0f s)" % (time.time() - t0), flush=True)

@@ -16,7 +16,7 @@ static void usage(FILE *f) {
             "  -o OUT.gguf   output file (written to a temp file, renamed when complete)\n"
             "  --type T      type of the matrices: f32, f16 or bf16 (default f16);\n"
             "                norms and biases stay f32\n"
-            "Supported architectures: qwen2, llama.\n");
+            "Supported architectures: qwen2, llama, and mistral without a sliding window (as llama).\n");
 }
 
 int cmd_convert(int argc, char **argv) {

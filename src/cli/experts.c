@@ -17,13 +17,21 @@ static void usage(FILE *f) {
             "                           [--ctx T] [--seed S] [--threads N] [--doc-tokens N]\n"
             "       alloy experts info LIB_DIR [-p TEXT] [--top-k K]\n"
             "       alloy experts logits LIB_DIR -p TEXT -o OUT.npy [--top-k K] [--temperature T]\n"
-            "                            [--mode merge|unmerged] [--threads N]\n\n"
+            "                            [--mode auto|merge|unmerged|ensemble] [--threads N]\n\n"
             "  CORPUS          a directory of text files (one document each) or a .jsonl of {\"text\": ...}\n"
             "  --clusters K    experts to train (default 8); bisecting k-means on the embeddings\n"
             "  --embed DIR     embedding model (default: the base); mean-pooled final hidden state\n"
+            "  --doc-tokens N  tokens of each document its embedding sees (default 256)\n"
+            "  --lora-rank R   expert rank (default 8); --lora-alpha A (default 2R)\n"
             "  --steps N       training steps per expert (default: one epoch of its cluster)\n"
+            "  --lr, --batch, --ctx   as `alloy train` (defaults 2e-4, 8, 512)\n"
+            "  --seed S        clustering and initialisation seed (default 0)\n"
             "  --top-k K       fixed number of active experts instead of the beta/tau rule\n"
-            "  --temperature T kernel temperature beta^2 (default 0.04, beta = 0.2)\n");
+            "  --temperature T kernel temperature beta^2 (default 0.04, beta = 0.2)\n"
+            "  --mode M        auto (default: the cheaper of merge and unmerged), merge (weights\n"
+            "                  merged per prompt), unmerged (run-time adapters), ensemble (mixed\n"
+            "                  output distributions of the selected experts)\n"
+            "\nA build resumes: experts already trained are kept.\n");
 }
 
 static void on_log(void *user, const char *line) {
@@ -84,6 +92,7 @@ static int ex_cmd_info(int argc, char **argv) {
     int top_k = 0;
     long v;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return usage(stdout), 0;
         if (!strcmp(argv[i], "-p") && need_val(i, argc, "-p")) text = argv[++i];
         else if (!strcmp(argv[i], "--top-k") && i + 1 < argc && !cli_parse_int(argv[i + 1], 1, 1000000, &v))
             top_k = (int)v, i++;
@@ -161,6 +170,7 @@ static int ex_cmd_logits(int argc, char **argv) {
             dir = a;
             continue;
         }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(stdout), 0;
         if (!need_val(i, argc, a)) return 1;
         const char *s = argv[++i];
         if (!strcmp(a, "-p")) text = s;

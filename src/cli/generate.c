@@ -13,8 +13,9 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: alloy generate -m DIR -p TEXT [-n 128] [--temp 0.8] [--top-k 40] [--top-p 0.95]\n"
-               "                      [--min-p 0] [--seed S] [--threads N] [--chat] [--lora DIR]\n"
-               "                      [-m DIR2 ... --mix-weights a,b --mix arithmetic|geometric]\n\n"
+               "                      [--min-p 0] [--seed S] [--threads N] [--chat] [--ctx N] [--show-ids]\n"
+               "                      [--lora DIR] [-m DIR2 ... --mix-weights a,b --mix arithmetic|geometric]\n"
+               "                      [--experts-top-k K --experts-temperature T --experts-mode M]\n\n"
                "  -p TEXT           the prompt (special tokens added as the tokenizer does)\n"
                "  -n N              tokens to generate at most (default 128); stops earlier at an\n"
                "                    end-of-text / end-of-turn token or when the context is full\n"

@@ -23,7 +23,7 @@ typedef struct lm_args {
     "  --mix-weights L   comma-separated mixture weights, one per -m (default uniform)\n"      \
     "  --mix RULE        arithmetic | geometric: how a mixture combines distributions\n"      \
     "  --experts-top-k K       expert library: merge exactly the K nearest experts\n"           \
-    "                          (default: the paper's sparse rule, weights >= tau)\n"           \
+    "                          (default: the paper's sparse rule, weights > tau)\n"           \
     "  --experts-temperature T expert library: kernel temperature beta^2 (default 0.04)\n"     \
     "  --experts-mode M        auto | merge | unmerged | ensemble (default auto: the cheaper\n"\
     "                          of merging the weights and run-time adapters)\n"               \

@@ -85,6 +85,12 @@ int cmd_ppl(int argc, char **argv) {
         return 1;
     }
     if (ctx == 0) ctx = lm_n_ctx(m) < 512 ? lm_n_ctx(m) : 512;
+    if (ctx > lm_n_ctx(m)) {
+        int have = lm_n_ctx(m);
+        lm_free(m);
+        free(text);
+        return cli_error("ppl: --ctx %ld exceeds the model's context of %d positions", ctx, have);
+    }
     const tokenizer *tok = lm_tokenizer(m);
     int status = 0, vocab = lm_vocab_size(m);
     tok_ids ids = {0};

@@ -242,15 +242,26 @@ int ex_build(const ex_build_opts *o, alloy_err *err) {
                 free(mp);
                 goto out;
             }
-            int same = strcmp(old.fingerprint, fp) == 0;
+            int same = strcmp(old.fingerprint, fp) == 0, trained = 0;
+            for (int c = 0; c < old.k && !same; c++) {
+                char name[32];
+                ex_expert_name(c, name);
+                char *ed = fs_join(o->out_dir, name);
+                trained += ed && expert_done(ed);
+                free(ed);
+            }
             ex_library_free(&old);
-            if (!same) {
+            if (!same && trained == 0) {
+                /* a build that failed before its first expert: nothing to keep */
+                logf_(o, "replacing the untrained library in %s (other settings)", o->out_dir);
+            } else if (!same) {
                 alloy_fail(err, "%s holds a library built from another base, corpus or settings; remove it or "
                            "choose another -o", o->out_dir);
                 free(mp);
                 goto out;
+            } else {
+                logf_(o, "resuming the library in %s", o->out_dir);
             }
-            logf_(o, "resuming the library in %s", o->out_dir);
         } else if (fs_is_dir(o->out_dir)) {
             DIR *dd = opendir(o->out_dir);
             struct dirent *de;

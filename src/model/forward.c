@@ -95,11 +95,46 @@ static void attention(const Config *c, RunState *s, float *out, const float *q, 
     }
 }
 
+/* Decode-sized batches: all terms of a projection in two parallel passes
+ * (t = A_j x for every term, then out_i += Σ_j c_j B_j[i,:] t_j) instead of
+ * two BLAS calls per term, whose fixed cost dominates at one token. */
+#define LOWRANK_FUSED_MAX_TOKENS 4
+
+static void lowrank_fused(float *out, int ldo, const float *x, int n, const Mat *m, const LowRank *d, float *t) {
+    int R = 0;
+    for (int j = 0; j < d->n; j++) R += d->terms[j].rank;
+    for (int tok = 0; tok < n; tok++) {
+        const float *xt = x + (size_t)tok * m->cols;
+        float *tt = t + (size_t)tok * R;
+#pragma omp parallel for schedule(static) if (R * m->cols > 32768)
+        for (int q = 0; q < R; q++) {
+            int j = 0, off = q;
+            while (off >= d->terms[j].rank) off -= d->terms[j++].rank;
+            tt[q] = k_dot(d->terms[j].A + (size_t)off * m->cols, xt, m->cols);
+        }
+        float *ot = out + (size_t)tok * ldo;
+#pragma omp parallel for schedule(static) if (R * m->rows > 32768)
+        for (int i = 0; i < m->rows; i++) {
+            float acc = 0.0f;
+            for (int j = 0, off = 0; j < d->n; off += d->terms[j++].rank) {
+                const LowRankTerm *lt = &d->terms[j];
+                acc += lt->scale * k_dot(lt->B + (size_t)i * lt->rank, tt + off, lt->rank);
+            }
+            ot[i] += acc;
+        }
+    }
+}
+
 /* out (n, ldo) = x W^T for the n rows of x (n, m->cols), plus the run-time
  * low-rank terms when there are any (LoRA, Hu et al. 2021: h = W x + (α/r) B A x):
  *   out += c_j (x A_j^T) B_j^T */
 static void project(float *out, int ldo, const float *x, int n, const Mat *m, const LowRank *d, RunState *s) {
     k_matmul(out, ldo, x, n, m, s->wbuf, s->wbuf_floats);
+    if (d->n == 0) return;
+    if (n <= LOWRANK_FUSED_MAX_TOKENS) {
+        lowrank_fused(out, ldo, x, n, m, d, s->lrbuf);
+        return;
+    }
     for (int j = 0; j < d->n; j++) {
         const LowRankTerm *t = &d->terms[j];
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, t->rank, m->cols, 1.0f, x, m->cols, t->A, m->cols,
@@ -166,21 +201,24 @@ int model_forward(const Model *m, RunState *s, const int32_t *tokens, int n, int
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return alloy_fail(err, "forward: token id %d at index %d is outside the vocabulary (size %d)",
                               (int)tokens[t], t, c->vocab_size);
-    int max_rank = 0;
+    /* scratch: (max_batch, rank) for one term at a time, or (few tokens, Σ ranks) fused */
+    size_t need = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < LW_NMAT; k++) {
             const LowRank *d = &m->weights.layers[l].delta[k];
+            size_t total = 0;
             for (int j = 0; j < d->n; j++) {
                 const LowRankTerm *t = &d->terms[j];
                 if (t->rank < 1 || !t->A || !t->B)
                     return alloy_fail(err, "forward: layer %d projection %d: malformed low-rank term %d", l, k, j);
-                if (t->rank > max_rank) max_rank = t->rank;
+                total += (size_t)t->rank;
+                if ((size_t)t->rank * s->max_batch > need) need = (size_t)t->rank * s->max_batch;
             }
+            if (total * LOWRANK_FUSED_MAX_TOKENS > need) need = total * LOWRANK_FUSED_MAX_TOKENS;
         }
-    size_t need = (size_t)max_rank * s->max_batch;
     if (need > s->lrbuf_floats) {
         float *p = realloc(s->lrbuf, need * sizeof *p);
-        if (!p) return alloy_fail(err, "forward: out of memory for rank-%d additions", max_rank);
+        if (!p) return alloy_fail(err, "forward: out of memory for the low-rank terms");
         s->lrbuf = p, s->lrbuf_floats = need;
     }
     int vocab = c->vocab_size;

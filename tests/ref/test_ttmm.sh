@@ -97,6 +97,16 @@ done
     grep -q "(merge)" "$T/a.txt" && cmp_npy "$T/a.npy" "$T/m.npy" 1e-4 && ok "auto: $(cat "$T/a.txt")" \
     || bad "auto: $(cat "$T/a.txt")"
 
+# decode-sized batches (<= 4 tokens) take the fused low-rank path: same logits
+"$ALLOY" experts logits "$T/lib" -p "def f" --top-k 2 --mode merge -o "$T/sm.npy" 2>/dev/null &&
+"$ALLOY" experts logits "$T/lib" -p "def f" --top-k 2 --mode unmerged -o "$T/su.npy" 2>/dev/null &&
+    cmp_npy "$T/sm.npy" "$T/su.npy" 1e-4 && ok "merge == unmerged on a 3-token prompt (fused path)" \
+    || bad "fused low-rank path"
+gen() { "$ALLOY" generate -m "$T/lib" -p "$(cat "$T/prompt_py.txt")" -n 24 --temp 0 --show-ids "$@" 2>&1 >/dev/null | grep '^ids:'; }
+g_m=$(gen --experts-mode merge); g_u=$(gen --experts-mode unmerged)
+[ -n "$g_m" ] && [ "$g_m" = "$g_u" ] && ok "greedy generation identical in merge and unmerged modes" \
+    || bad "generation differs: '$g_m' vs '$g_u'"
+
 echo "-- ensemble: p = sum_k w_k p_k over base + expert k, against numpy"
 "$ALLOY" experts logits "$T/lib" -p "$(cat "$T/prompt_py.txt")" --top-k 2 --mode ensemble -o "$T/e.npy" \
     2>"$T/e.txt" || bad "ensemble: $(cat "$T/e.txt")"
