@@ -8,7 +8,6 @@
  * Not here: the library format (library.c), training itself (src/train). */
 #include <cJSON.h>
 #include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,16 +135,7 @@ int ex_corpus_read(const char *path, char ***docs, int *n, alloy_err *err) {
     return 0;
 }
 
-static void logf_(const ex_build_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(const ex_build_opts *o, const char *fmt, ...) {
-    if (!o->on_log) return;
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    o->on_log(o->user, buf);
-}
+#define logf_(o, ...) ex_logf((o)->on_log, (o)->user, __VA_ARGS__)
 
 static const char *const TOK_FILES[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                         "vocab.json", "merges.txt", "generation_config.json"};

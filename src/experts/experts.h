@@ -91,6 +91,11 @@ int ex_select(const float *q, const float *C, int k, int d, const ex_select_opts
 
 /* ---- library.c ---- */
 
+/* Format a progress line and hand it to on_log (nothing when on_log is NULL):
+ * how build and ttt report to their caller without printing themselves. */
+void ex_logf(void (*on_log)(void *user, const char *line), void *user, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define EX_MANIFEST "alloy_experts.json"
 #define EX_CENTROIDS "centroids.safetensors"
 
@@ -131,10 +136,6 @@ int ex_library_load(ex_library *lib, const char *dir, bool check_base, alloy_err
 void ex_library_free(ex_library *lib);
 
 /* ---- build.c ---- */
-
-typedef struct ex_log {
-    const char *msg; /* one line */
-} ex_log;
 
 typedef struct ex_build_opts {
     const char *base_dir, *corpus, *out_dir;

@@ -9,6 +9,7 @@
  * clusters (K), sizes ([K] documents per cluster), complete (bool).
  * Not here: building the library (build.c), using it (lm_experts.c). */
 #include <cJSON.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,16 @@
 #include "experts/experts.h"
 #include "util/err.h"
 #include "util/fs.h"
+
+void ex_logf(void (*on_log)(void *user, const char *line), void *user, const char *fmt, ...) {
+    if (!on_log) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    on_log(user, buf);
+}
 
 void ex_expert_name(int k, char out[32]) { snprintf(out, 32, "expert-%05d", k); }
 

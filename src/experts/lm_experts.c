@@ -24,6 +24,7 @@
  * the coefficients (select.c), the mixing math (src/mix). */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,11 +152,13 @@ static void ex_free(lm *m) {
  * every adapted linear layer (embeddings and lm_head never). */
 static int merge_weights(ex_lm *x, alloy_err *err) {
     memcpy(x->layers, x->base.weights.layers, (size_t)x->base.config.n_layers * sizeof *x->layers);
+    openblas_set_num_threads(omp_get_max_threads()); /* the merge GEMMs are large: BLAS's own threads */
     for (int t = 0; t < x->ntw; t++) {
         xw *tw = &x->tw[t];
         int rows = tw->base.rows, cols = tw->base.cols;
         if (!tw->buf && !(tw->buf = malloc((size_t)rows * cols * sizeof(float))))
-            return alloy_fail(err, "%s: out of memory for a merged copy of %s", x->lib.dir, tw->name);
+            return openblas_set_num_threads(1),
+                   alloy_fail(err, "%s: out of memory for a merged copy of %s", x->lib.dir, tw->name);
         dtype_to_f32(tw->base.w, tw->base.dtype, tw->buf, (size_t)rows * cols);
         for (int j = 0; j < x->nsel; j++) {
             const xfac *f = &x->fac[(size_t)x->idx[j] * x->ntw + t];
@@ -165,6 +168,7 @@ static int merge_weights(ex_lm *x, alloy_err *err) {
         }
         *layer_mat(&x->layers[tw->layer], tw->kind) = (Mat){tw->buf, ALLOY_F32, rows, cols};
     }
+    openblas_set_num_threads(1);
     x->run.weights.layers = x->layers;
     return 0;
 }
@@ -421,6 +425,9 @@ int lm_open_experts(lm *m, const char *dir, const lm_options *opt, alloy_err *er
                 !(f->B = factor_f32(x, pm->B, (size_t)rows * r, err)))
                 goto fail;
         }
+    /* as for dense models (lm_dense.c): the forward pass splits rows over
+     * OpenMP threads itself, so OpenBLAS runs single-threaded inside it */
+    openblas_set_num_threads(1);
     m->vocab = c->vocab_size;
     m->n_ctx = x->n_ctx;
     snprintf(m->desc, sizeof m->desc, "TTMM library, %d experts over %s (%s, %d layers), mode %s", K, x->lib.base,

@@ -26,7 +26,6 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,16 +102,7 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void logf_(const ex_ttt_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(const ex_ttt_opts *o, const char *fmt, ...) {
-    if (!o->on_log) return;
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    o->on_log(o->user, buf);
-}
+#define logf_(o, ...) ex_logf((o)->on_log, (o)->user, __VA_ARGS__)
 
 static void ttt_free(lm *m) {
     ttt_lm *x = m->impl;

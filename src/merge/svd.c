@@ -13,6 +13,7 @@
 
 #include "merge/svd.h"
 #include "util/err.h"
+#include "util/mem.h"
 #include "util/rng.h"
 
 void svd_set_threads(int threads) { openblas_set_num_threads(threads > 0 ? threads : 1); }
@@ -31,8 +32,9 @@ int svd_thin(const double *a, int64_t m, int64_t n, double *u, double *s, double
      * For m < n the row-major a is the tall column-major n x m a^T; for
      * m >= n a transposed copy is the column-major m x n a. */
     bool tall = m >= n;
-    double *w = malloc((size_t)(m * n) * sizeof *w);
-    double *uc = tall ? malloc((size_t)(m * p) * sizeof *uc) : NULL, *vc = tall ? malloc((size_t)(p * n) * sizeof *vc) : NULL;
+    double *w = mem_big_alloc((size_t)(m * n) * sizeof *w);
+    double *uc = tall ? mem_big_alloc((size_t)(m * p) * sizeof *uc) : NULL;
+    double *vc = tall ? mem_big_alloc((size_t)(p * n) * sizeof *vc) : NULL;
     if (!w || (tall && (!uc || !vc))) {
         free(w), free(uc), free(vc);
         return alloy_fail(err, "%s: out of memory for a %lld x %lld SVD", what, (long long)m, (long long)n);

@@ -35,6 +35,7 @@
 #include "model/lm_impl.h"
 #include "model/weights.h"
 #include "util/err.h"
+#include "util/fastmath.h"
 #include "util/fs.h"
 
 int mix_rule_parse(const char *s, mix_rule *out, alloy_err *err) {
@@ -61,11 +62,12 @@ int mix_normalize_weights(const double *w, int n, double *alpha, const char *whe
 
 double mix_logsumexp(const float *z, int n) {
     float mx = -INFINITY;
-    for (int v = 0; v < n; v++)
-        if (z[v] > mx) mx = z[v];
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < n; v++) mx = z[v] > mx ? z[v] : mx;
     if (mx == -INFINITY) return -INFINITY;
     double s = 0;
-    for (int v = 0; v < n; v++) s += exp((double)z[v] - mx);
+#pragma omp simd reduction(+ : s)
+    for (int v = 0; v < n; v++) s += fm_expf(z[v] - mx);
     return mx + log(s);
 }
 
@@ -88,20 +90,27 @@ void mix_log_probs(const float *const *z, const double *alpha, int k, int vocab,
     if (rule == MIX_ARITHMETIC) {
         /* log p[v] = log Σ_i exp(t_i), t_i = log α_i + log_softmax(z_i)[v]:
          * subtract max_i t_i so the largest term is exp(0) = 1. */
+        /* vectorised in blocks: t (m x B) member terms, their max, then the sum */
+        enum { B = 256 };
 #pragma omp parallel for schedule(static) if ((long)vocab * m > (1L << 17))
-        for (int v = 0; v < vocab; v++) {
-            float t[MIX_MAX_MEMBERS], mx = -INFINITY;
+        for (int v0 = 0; v0 < vocab; v0 += B) {
+            int nb = vocab - v0 < B ? vocab - v0 : B;
+            float mx[B], sum[B];
+            for (int j = 0; j < nb; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
             for (int i = 0; i < m; i++) {
-                t[i] = zz[i][v] + la[i];
-                if (t[i] > mx) mx = t[i];
+                const float *zi = zz[i] + v0;
+                float li = la[i];
+#pragma omp simd
+                for (int j = 0; j < nb; j++) mx[j] = zi[j] + li > mx[j] ? zi[j] + li : mx[j];
             }
-            if (mx == -INFINITY) {
-                out[v] = -INFINITY;
-                continue;
+            for (int i = 0; i < m; i++) {
+                const float *zi = zz[i] + v0;
+                float li = la[i];
+#pragma omp simd
+                for (int j = 0; j < nb; j++) sum[j] += fm_expf(zi[j] + li - mx[j]);
             }
-            float s = 0;
-            for (int i = 0; i < m; i++) s += expf(t[i] - mx);
-            out[v] = mx + logf(s);
+#pragma omp simd
+            for (int j = 0; j < nb; j++) out[v0 + j] = mx[j] == -INFINITY ? -INFINITY : mx[j] + fm_logf(sum[j]);
         }
         return;
     }
