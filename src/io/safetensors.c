@@ -217,8 +217,34 @@ static int load_file(st_model *m, const char *path, alloy_err *err) {
         return alloy_fail(err, "%s: file is %lld bytes, too short for a safetensors header", path,
                           (long long)sb.st_size);
     }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
+    void *map = MAP_FAILED;
+    int map_errno = 0;
+    if (m->flags & ST_OPEN_PRELOAD) {
+        long free_pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (free_pages > 0 && psz > 0 && (size_t)sb.st_size <= (size_t)free_pages * (size_t)psz / 2) {
+            map = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (map != MAP_FAILED) {
+                (void)madvise(map, (size_t)sb.st_size, MADV_HUGEPAGE);
+                size_t got = 0;
+                while (got < (size_t)sb.st_size) {
+                    ssize_t r = pread(fd, (char *)map + got, (size_t)sb.st_size - got, (off_t)got);
+                    if (r < 0 && errno == EINTR) continue;
+                    if (r <= 0) {
+                        int e = r < 0 ? errno : EIO;
+                        munmap(map, (size_t)sb.st_size);
+                        close(fd);
+                        return alloy_fail(err, "%s: read failed at byte %zu: %s", path, got, strerror(e));
+                    }
+                    got += (size_t)r;
+                }
+                (void)mprotect(map, (size_t)sb.st_size, PROT_READ);
+            }
+        }
+    }
+    if (map == MAP_FAILED) {
+        map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        map_errno = errno;
+    }
     close(fd);
     if (map == MAP_FAILED) return alloy_fail(err, "%s: mmap failed: %s", path, strerror(map_errno));
     f->map = map;
@@ -389,8 +415,11 @@ done:
     return rc;
 }
 
-int st_open_dir(st_model *m, const char *dir, alloy_err *err) {
+int st_open_dir(st_model *m, const char *dir, alloy_err *err) { return st_open_dir_ex(m, dir, 0, err); }
+
+int st_open_dir_ex(st_model *m, const char *dir, unsigned flags, alloy_err *err) {
     memset(m, 0, sizeof *m);
+    m->flags = flags;
     if (!fs_is_dir(dir)) return alloy_fail(err, "%s: not a directory", dir);
     if (!(m->source = strdup(dir))) return alloy_fail(err, "%s: out of memory", dir);
     char *path = fs_join(dir, ST_INDEX_NAME);

@@ -153,7 +153,8 @@ void model_weights_free(Weights *w) {
 int model_open(Model *m, const char *dir, alloy_err *err) {
     memset(m, 0, sizeof *m);
     if (model_config_load(&m->config, dir, err)) return -1;
-    if (st_open_dir(&m->st, dir, err)) return -1;
+    /* preloaded into huge pages when it fits: the forward pass streams every weight every token */
+    if (st_open_dir_ex(&m->st, dir, ST_OPEN_PRELOAD, err)) return -1;
     if (model_weights_load(&m->weights, &m->config, &m->st, err)) {
         st_close(&m->st);
         memset(m, 0, sizeof *m);
