@@ -8,8 +8,8 @@
  * first is scored: -log p(token | the window's tokens before it). Printed:
  *   perplexity: exp(mean of those negative log-likelihoods)
  *   tokens: the number of scored tokens (file tokens minus one per window)
- * Argument parsing, windows and the log-softmax only; the model is
- * model/lm.h. */
+ * Argument parsing and printing only; the scoring is eval/perplexity.h, the
+ * model model/lm.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +18,8 @@
 
 #include "cli/cli.h"
 #include "cli/lm_args.h"
+#include "eval/perplexity.h"
 #include "util/fs.h"
-
-/* Logits are computed this many positions at a time (bounds the buffer to
- * CHUNK x vocab floats). */
-#define CHUNK 128
 
 static void usage(FILE *f) {
     fprintf(f, "usage: alloy ppl -m DIR -f FILE [--ctx 512] [--threads N] [--lora DIR]\n"
@@ -32,15 +29,6 @@ static void usage(FILE *f) {
                "                    shorter); windows do not overlap\n"
                "                    and the first token of each is not scored\n" LM_ARGS_USAGE
                "\nprints `perplexity: X` and `tokens: N` (N = scored tokens) on stdout\n");
-}
-
-/* -log softmax(logits)[target], in double. */
-static double nll(const float *logits, int vocab, int32_t target) {
-    float mx = logits[0];
-    for (int i = 1; i < vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
-    return log(sum) - ((double)logits[target] - mx);
 }
 
 int cmd_ppl(int argc, char **argv) {
@@ -78,7 +66,7 @@ int cmd_ppl(int argc, char **argv) {
     }
     /* without --ctx: 512, or the model's whole context when shorter */
     la.opt.n_ctx = (int)ctx;
-    la.opt.max_batch = CHUNK;
+    la.opt.max_batch = EVAL_PPL_CHUNK;
     lm *m;
     if (lm_args_open(&la, "ppl", &m)) {
         free(text);
@@ -92,47 +80,24 @@ int cmd_ppl(int argc, char **argv) {
         return cli_error("ppl: --ctx %ld exceeds the model's context of %d positions", ctx, have);
     }
     const tokenizer *tok = lm_tokenizer(m);
-    int status = 0, vocab = lm_vocab_size(m);
+    int status = 0;
     tok_ids ids = {0};
-    float *logits = NULL;
     if (!tok) status = cli_error("ppl: %s has no tokenizer.json", la.paths[0]);
     if (!status && tok_encode(tok, text, len, true, &ids, &err)) status = cli_fail(&err);
     free(text);
     if (!status && ids.n < 2)
         status = cli_error("ppl: %s has %zu token(s); at least 2 are needed to score one", file, ids.n);
-    if (!status && !(logits = malloc((size_t)CHUNK * vocab * sizeof(float))))
-        status = cli_error("ppl: out of memory for %d x %d logits", CHUNK, vocab);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    double sum = 0;
-    long scored = 0;
-    for (size_t w0 = 0; !status && w0 < ids.n; w0 += (size_t)ctx) {
-        int wn = ids.n - w0 < (size_t)ctx ? (int)(ids.n - w0) : (int)ctx;
-        const int32_t *wt = ids.v + w0;
-        if (wn < 2) break; /* a final lone token has nothing before it in its window */
-        if (lm_begin(m, wt, wn, &err)) {
-            status = cli_fail(&err);
-            break;
-        }
-        /* positions 0..wn-2 predict tokens 1..wn-1 */
-        for (int c0 = 0; c0 < wn - 1 && !status; c0 += CHUNK) {
-            int cn = wn - 1 - c0 < CHUNK ? wn - 1 - c0 : CHUNK;
-            if (lm_forward(m, wt + c0, cn, c0, logits, true, &err)) {
-                status = cli_fail(&err);
-                break;
-            }
-            for (int t = 0; t < cn; t++) sum += nll(logits + (size_t)t * vocab, vocab, wt[c0 + t + 1]);
-            scored += cn;
-        }
-    }
+    eval_ppl r;
+    if (!status && eval_perplexity(m, ids.v, ids.n, (int)ctx, NULL, NULL, &r, &err)) status = cli_fail(&err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (!status) {
         double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        printf("perplexity: %.6f\ntokens: %ld\n", exp(sum / (double)scored), scored);
+        printf("perplexity: %.6f\ntokens: %ld\n", exp(r.nll_sum / (double)r.scored), r.scored);
         fprintf(stderr, "ppl: %zu tokens in windows of %ld, %.1f tokens/s (%s)\n", ids.n, ctx,
                 (double)ids.n / (secs > 0 ? secs : 1e-9), lm_describe(m));
     }
-    free(logits);
     tok_ids_free(&ids);
     lm_free(m);
     return status;

@@ -9,13 +9,11 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "eval/perplexity.h"
 #include "experts/experts.h"
 #include "model/lm.h"
 #include "model/sampler.h"
 #include "util/fs.h"
-
-/* Logits are computed this many positions at a time in -f mode. */
-#define CHUNK 128
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -60,15 +58,6 @@ static void usage(FILE *f) {
 static void on_log(void *user, const char *line) {
     (void)user;
     fprintf(stderr, "ttt: %s\n", line);
-}
-
-/* -log softmax(logits)[target], in double. */
-static double nll(const float *logits, int vocab, int32_t target) {
-    float mx = logits[0];
-    for (int i = 1; i < vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
-    return log(sum) - ((double)logits[target] - mx);
 }
 
 /* The per-prompt line (and the neighbours with -v). */
@@ -125,36 +114,15 @@ static int run_generate(lm *m, tok_ids *ids, long n_gen, const sampler_params *s
     return status;
 }
 
+static void on_window(void *user, lm *m) { report_prompt(m, *(const bool *)user); }
+
 /* Perplexity over windows of ctx tokens, each one TTT prompt. */
 static int run_ppl(lm *m, const tok_ids *ids, long ctx, bool verbose) {
     alloy_err err;
-    int vocab = lm_vocab_size(m), status = 0;
-    float *logits = malloc((size_t)CHUNK * vocab * sizeof *logits);
-    if (!logits) return cli_error("ttt: out of memory for %d x %d logits", CHUNK, vocab);
-    double sum = 0;
-    long scored = 0;
-    for (size_t w0 = 0; !status && w0 < ids->n; w0 += (size_t)ctx) {
-        int wn = ids->n - w0 < (size_t)ctx ? (int)(ids->n - w0) : (int)ctx;
-        const int32_t *wt = ids->v + w0;
-        if (wn < 2) break; /* a final lone token has nothing before it in its window */
-        if (lm_begin(m, wt, wn, &err)) {
-            status = cli_fail(&err);
-            break;
-        }
-        report_prompt(m, verbose);
-        for (int c0 = 0; c0 < wn - 1 && !status; c0 += CHUNK) {
-            int cn = wn - 1 - c0 < CHUNK ? wn - 1 - c0 : CHUNK;
-            if (lm_forward(m, wt + c0, cn, c0, logits, true, &err)) {
-                status = cli_fail(&err);
-                break;
-            }
-            for (int t = 0; t < cn; t++) sum += nll(logits + (size_t)t * vocab, vocab, wt[c0 + t + 1]);
-            scored += cn;
-        }
-    }
-    if (!status) printf("perplexity: %.6f\ntokens: %ld\n", exp(sum / (double)scored), scored);
-    free(logits);
-    return status;
+    eval_ppl r;
+    if (eval_perplexity(m, ids->v, ids->n, (int)ctx, on_window, &verbose, &r, &err)) return cli_fail(&err);
+    printf("perplexity: %.6f\ntokens: %ld\n", exp(r.nll_sum / (double)r.scored), r.scored);
+    return 0;
 }
 
 int cmd_ttt(int argc, char **argv) {
@@ -231,7 +199,7 @@ int cmd_ttt(int argc, char **argv) {
             return cli_error("ttt: %s is empty", file);
         }
         o.n_ctx = (int)ctx;
-        o.max_batch = CHUNK;
+        o.max_batch = EVAL_PPL_CHUNK;
     }
     o.on_log = on_log;
     lm *m;
