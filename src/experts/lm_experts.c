@@ -156,9 +156,10 @@ static int merge_weights(ex_lm *x, alloy_err *err) {
     for (int t = 0; t < x->ntw; t++) {
         xw *tw = &x->tw[t];
         int rows = tw->base.rows, cols = tw->base.cols;
-        if (!tw->buf && !(tw->buf = malloc((size_t)rows * cols * sizeof(float))))
-            return openblas_set_num_threads(1),
-                   alloy_fail(err, "%s: out of memory for a merged copy of %s", x->lib.dir, tw->name);
+        if (!tw->buf && !(tw->buf = malloc((size_t)rows * cols * sizeof(float)))) {
+            openblas_set_num_threads(1);
+            return alloy_fail(err, "%s: out of memory for a merged copy of %s", x->lib.dir, tw->name);
+        }
         dtype_to_f32(tw->base.w, tw->base.dtype, tw->buf, (size_t)rows * cols);
         for (int j = 0; j < x->nsel; j++) {
             const xfac *f = &x->fac[(size_t)x->idx[j] * x->ntw + t];
