@@ -29,7 +29,7 @@ static inline float fm_expf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    int32_t bits = (int32_t)((uint32_t)((int32_t)n + 127) << 23);
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -39,8 +39,8 @@ static inline float fm_logf(float x) {
     int32_t bits;
     memcpy(&bits, &x, sizeof bits);
     /* exponent relative to m in [√½, √2): bias the split point by 0x3f3504f3 (√½) */
-    int32_t e = ((bits - 0x3f3504f3) >> 23);
-    int32_t mb = bits - (e << 23);
+    int32_t e = (bits - 0x3f3504f3) >> 23; /* arithmetic shift: floor division by 2^23 */
+    int32_t mb = (int32_t)((uint32_t)bits - ((uint32_t)e << 23));
     float m;
     memcpy(&m, &mb, sizeof m);
     float u = (m - 1.0f) / (m + 1.0f), u2 = u * u;

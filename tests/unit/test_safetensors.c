@@ -256,6 +256,23 @@ static void test_round_trip_sharded(void **state) {
     }
     st_close(&m);
 
+    /* preloaded (read into anonymous memory) opens the same tensors, byte for byte */
+    st_model mp;
+    assert_int_equal(st_open_dir(&m, dir, &err), 0);
+    assert_int_equal(st_open_dir_ex(&mp, dir, ST_OPEN_PRELOAD, &err), 0);
+    assert_int_equal(mp.flags, ST_OPEN_PRELOAD);
+    check_model(&mp);
+    assert_int_equal(mp.ntensors, m.ntensors);
+    for (int i = 0; i < m.ntensors; i++) {
+        const st_tensor *a = &m.tensors[i], *b = st_find(&mp, a->name);
+        assert_non_null(b);
+        assert_int_equal(a->nbytes, b->nbytes);
+        assert_true(a->data != b->data);
+        if (a->nbytes) assert_memory_equal(a->data, b->data, a->nbytes);
+    }
+    st_close(&mp);
+    st_close(&m);
+
     /* a shard on its own opens as a plain file */
     char *p = fs_join(dir, files[1]);
     assert_int_equal(st_open_file(&m, p, &err), 0);
