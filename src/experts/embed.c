@@ -14,34 +14,44 @@
 #include "experts/experts.h"
 #include "util/err.h"
 
-int ex_embedder_open(ex_embedder *e, const char *dir, int max_tokens, alloy_err *err) {
-    memset(e, 0, sizeof *e);
-    if (model_open(&e->model, dir, err)) return -1;
+/* State, scratch and tokenizer of an embedder whose model is in e->model. */
+static int embedder_finish(ex_embedder *e, const char *dir, int max_tokens, alloy_err *err) {
     if (max_tokens > e->model.config.max_pos) max_tokens = e->model.config.max_pos;
     if (max_tokens < 1) max_tokens = 1;
     e->max_tokens = max_tokens;
     e->dim = e->model.config.dim;
-    if (model_state_alloc(&e->st, &e->model.config, max_tokens, max_tokens, err)) {
-        model_close(&e->model);
-        return -1;
-    }
-    e->logits = malloc((size_t)e->model.config.vocab_size * sizeof(float));
-    if (!e->logits) {
-        ex_embedder_close(e);
-        return alloy_fail(err, "%s: out of memory for the embedding model", dir);
-    }
-    if (tok_load(&e->tok, dir, err)) {
-        ex_embedder_close(e);
-        return alloy_wrap(err, "embedding model %s: ", dir);
-    }
-    return 0;
+    int rc = model_state_alloc(&e->st, &e->model.config, max_tokens, max_tokens, err);
+    if (rc == 0 && !(e->logits = malloc((size_t)e->model.config.vocab_size * sizeof(float))))
+        rc = alloy_fail(err, "%s: out of memory for the embedding model", dir);
+    if (rc == 0 && tok_load(&e->tok, dir, err)) rc = alloy_wrap(err, "embedding model %s: ", dir);
+    if (rc) ex_embedder_close(e);
+    return rc;
+}
+
+int ex_embedder_open(ex_embedder *e, const char *dir, int max_tokens, alloy_err *err) {
+    memset(e, 0, sizeof *e);
+    if (model_open(&e->model, dir, err)) return -1;
+    return embedder_finish(e, dir, max_tokens, err);
+}
+
+int ex_embedder_open_shared(ex_embedder *e, const Model *shared, const char *dir, int max_tokens, alloy_err *err) {
+    memset(e, 0, sizeof *e);
+    int L = shared->config.n_layers;
+    if (!(e->layers = malloc((size_t)L * sizeof *e->layers))) return alloy_fail(err, "%s: out of memory", dir);
+    memcpy(e->layers, shared->weights.layers, (size_t)L * sizeof *e->layers);
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < LW_NMAT; k++) e->layers[l].delta[k] = (LowRank){NULL, 0};
+    e->model = *shared;
+    e->model.weights.layers = e->layers;
+    return embedder_finish(e, dir, max_tokens, err);
 }
 
 void ex_embedder_close(ex_embedder *e) {
     if (e->tok) tok_free(e->tok);
     free(e->logits);
     model_state_free(&e->st);
-    model_close(&e->model);
+    if (e->layers) free(e->layers); /* borrowed weights: the owner closes them */
+    else model_close(&e->model);
     memset(e, 0, sizeof *e);
 }
 

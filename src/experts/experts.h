@@ -40,6 +40,7 @@ typedef struct ex_embedder {
     float *logits;   /* (vocab) scratch for the forward pass */
     int max_tokens;
     int dim;
+    LayerWeights *layers; /* own layer table when the weights are borrowed, else NULL */
 } ex_embedder;
 
 #define EX_DOC_TOKENS 256  /* tokens of a document that its embedding sees */
@@ -48,6 +49,11 @@ typedef struct ex_embedder {
 /* Open the model and tokenizer of dir for embeddings of up to max_tokens
  * tokens. On failure nothing stays allocated. */
 int ex_embedder_open(ex_embedder *e, const char *dir, int max_tokens, alloy_err *err);
+/* The same over the weights of an open model (the base of dir, which the
+ * caller keeps open longer than e) instead of loading them a second time. The
+ * embedder keeps its own layer table without run-time low-rank terms, so
+ * adapters the caller wires into `shared` never reach the embeddings. */
+int ex_embedder_open_shared(ex_embedder *e, const Model *shared, const char *dir, int max_tokens, alloy_err *err);
 void ex_embedder_close(ex_embedder *e);
 /* Embed ids[0..n) (n is clipped to max_tokens) into out (dim), unit norm.
  * n == 0 writes zeros. */

@@ -364,7 +364,11 @@ int lm_open_experts(lm *m, const char *dir, const lm_options *opt, alloy_err *er
     x->max_batch = opt && opt->max_batch > 0 ? opt->max_batch : 512;
     if (x->n_ctx > c->max_pos) x->n_ctx = c->max_pos;
     if (model_state_alloc(&x->st, c, x->n_ctx, x->max_batch, err)) goto fail;
-    if (ex_embedder_open(&x->emb, x->lib.embed_model, x->lib.query_tokens, err)) goto fail;
+    /* the base embeds by default: share its weights rather than load them twice */
+    if (strcmp(x->lib.embed_model, x->lib.base) == 0
+            ? ex_embedder_open_shared(&x->emb, &x->base, x->lib.base, x->lib.query_tokens, err)
+            : ex_embedder_open(&x->emb, x->lib.embed_model, x->lib.query_tokens, err))
+        goto fail;
     int K = x->lib.k;
     x->idx = malloc((size_t)K * sizeof *x->idx);
     x->w = malloc((size_t)K * sizeof *x->w);
@@ -426,9 +430,6 @@ int lm_open_experts(lm *m, const char *dir, const lm_options *opt, alloy_err *er
                 !(f->B = factor_f32(x, pm->B, (size_t)rows * r, err)))
                 goto fail;
         }
-    /* as for dense models (lm_dense.c): the forward pass splits rows over
-     * OpenMP threads itself, so OpenBLAS runs single-threaded inside it */
-    openblas_set_num_threads(1);
     m->vocab = c->vocab_size;
     m->n_ctx = x->n_ctx;
     snprintf(m->desc, sizeof m->desc, "TTMM library, %d experts over %s (%s, %d layers), mode %s", K, x->lib.base,

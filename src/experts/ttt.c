@@ -336,8 +336,11 @@ int ex_ttt_open(lm **out, const ex_ttt_opts *o, alloy_err *err) {
     wire_adapter(x, false);
 
     /* corpus: embeddings and training tokens */
+    /* the base embeds by default: share its weights rather than load them twice */
     const char *embed_dir = o->embed_dir ? o->embed_dir : o->base_dir;
-    if (ex_embedder_open(&x->emb, embed_dir, o->doc_tokens, err)) goto fail;
+    if (o->embed_dir ? ex_embedder_open(&x->emb, o->embed_dir, o->doc_tokens, err)
+                     : ex_embedder_open_shared(&x->emb, &x->base, o->base_dir, o->doc_tokens, err))
+        goto fail;
     x->dim = x->emb.dim;
     x->X = malloc((size_t)ndocs * x->dim * sizeof *x->X);
     x->doc_off = malloc((size_t)(ndocs + 1) * sizeof *x->doc_off);

@@ -24,7 +24,6 @@
  * fewer cores and measured no faster). Each member keeps its own KV cache
  * and maps its weights once. Members with weight 0 are validated but never
  * opened or run. */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,9 +239,6 @@ static int open_members(lm *m, mixture *x, const lm_options *opt, alloy_err *err
         e->logits = malloc((size_t)x->chunk * vocab * sizeof(float));
         if (!e->logits) return alloy_fail(err, "%s: out of memory for mixture logits", e->dir);
     }
-    /* as for dense models (lm_dense.c): the forward pass splits rows over
-     * OpenMP threads itself, so OpenBLAS runs single-threaded inside it */
-    openblas_set_num_threads(1);
     m->vocab = vocab;
     m->n_ctx = n_ctx;
     return 0;

@@ -243,7 +243,7 @@ void k_matmul(float *out, int ldo, const float *x, int n, const Mat *m, float *s
         return;
     }
     int rows = m->rows, cols = m->cols, nt = omp_get_max_threads();
-    /* With a single-threaded BLAS (lm_open_dense sets it so), each OpenMP
+    /* With a single-threaded BLAS (lm_open sets it so), each OpenMP
      * thread multiplies its own slice of rows: one pool of threads, no
      * hand-over between OpenMP and OpenBLAS workers at every product. */
     size_t per = scratch_floats / (size_t)(nt > 0 ? nt : 1);

@@ -44,6 +44,11 @@ int lm_open(lm **out, const char *const *paths, int npaths, const lm_options *op
         free(m);
         return -1;
     }
+    /* Every kind runs model_forward, whose batched products split their rows
+     * over OpenMP threads themselves (kernels.c k_matmul): OpenBLAS' own pool
+     * would only compete with them, so it runs single-threaded from here on
+     * (expert merges raise it around their large GEMMs). */
+    openblas_set_num_threads(1);
     /* The opener may have set the tokenizer itself; otherwise the first
      * directory's, when it has one (a checkpoint without tokenizer.json still
      * runs on token ids). */

@@ -8,7 +8,6 @@
  * per targeted weight. A bf16 base therefore runs its adapted matrices in f32
  * (more precise than re-rounding the merged weight to bf16).
  * Not here: the forward pass, mixtures (src/mix), expert libraries. */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,9 +144,6 @@ int lm_open_dense(lm *m, const char *dir, const lm_options *opt, alloy_err *err)
         dense_free(m);
         return -1;
     }
-    /* The batched products split their rows over OpenMP threads themselves
-     * (kernels.c k_matmul); OpenBLAS' own pool would only compete with them. */
-    openblas_set_num_threads(1);
     m->vocab = c->vocab_size;
     m->n_ctx = n_ctx;
     snprintf(m->desc, sizeof m->desc, "dense %s, %d layers, %s%s%s", model_arch_name(c->arch), c->n_layers,
