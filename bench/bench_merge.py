@@ -4,7 +4,9 @@
 For linear, ties and dare_ties over a base + 3 bf16 variants: wall time, peak
 RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 (stream_floor: reading every input byte once and writing the output through
-the same path), measured in the same run. Target: ratio <= 1.3.
+the same path), measured in the same run. Each is the best of ROUNDS runs,
+floor and merge alternating, each after a sync() so that neither pays for
+the other's writeback. Target: ratio <= 1.3.
 usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2]
 """
 import os
@@ -15,12 +17,14 @@ import time
 
 BUILD, BENCH = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+ROUNDS = 3
 ALLOY = os.path.join(BUILD, "alloy")
 FLOOR = os.path.join(BUILD, "bench", "stream_floor")
 M = os.path.join(BENCH, "qwen2-0.5b")
 
 
 def timed(cmd, env=None):
+    os.sync()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(p.pid, 0)
@@ -54,11 +58,14 @@ def main():
     print("%-10s %9s %12s %11s %7s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio"))
     for method in ("linear", "ties", "dare_ties"):
         r = recipe(method)
-        shutil.rmtree(out, ignore_errors=True)
-        floor, _, fout = timed([FLOOR, r, out], env)
-        floor = float(fout.strip() or floor)
-        shutil.rmtree(out, ignore_errors=True)
-        wall, rss, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env)
+        floor = wall = rss = float("inf")
+        for _ in range(ROUNDS):
+            shutil.rmtree(out, ignore_errors=True)
+            f, _, fout = timed([FLOOR, r, out], env)
+            floor = min(floor, float(fout.strip() or f))
+            shutil.rmtree(out, ignore_errors=True)
+            w, m, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env)
+            wall, rss = min(wall, w), min(rss, m)
         print("%-10s %9.2f %12.0f %11.2f %7.2f" % (method, wall, rss, floor, wall / floor), flush=True)
     shutil.rmtree(out, ignore_errors=True)
 

@@ -18,6 +18,7 @@
 
 #include "io/checkpoint.h"
 #include "io/peft_write.h"
+#include "io/st_async.h"
 #include "merge/svd.h"
 #include "mix/mod_recipe.h"
 #include "util/dtype.h"
@@ -123,7 +124,8 @@ typedef struct work {
     float **x;     /* [maxk] inputs */
     float *base;   /* base input (or, for out: lora, the delta base) */
     float *out;    /* merged tensor */
-    void *packed;  /* output dtype */
+    void *packed[2]; /* output dtype: one being filled, one being written */
+    merge_src *src; /* [maxk] sources handed to the method */
     void *scratch; /* merge_call.work */
     size_t scratch_bytes;
 } work;
@@ -146,38 +148,88 @@ static void work_free(work *w) {
     free(w->x);
     free(w->base);
     free(w->out);
-    free(w->packed);
+    free(w->packed[0]);
+    free(w->packed[1]);
     free(w->scratch);
+    free(w->src);
 }
 
-/* Load the inputs of merged tensor pt, run the method into w->out, check
- * that the result is finite. w->base holds the base input when pt->has_base. */
+/* The source of an input for a streaming method: its bytes where they lie,
+ * or (with a LoRA applied) an f32 copy in buf. */
+static int input_src(const merge_plan *p, const plan_input *in, float *buf, int threads, merge_src *src,
+                     alloy_err *err) {
+    if (!in->lora) {
+        *src = (merge_src){in->t->data, in->t->dtype};
+        return 0;
+    }
+    *src = (merge_src){buf, ALLOY_F32};
+    return load_input(p, in, buf, threads, err);
+}
+
+/* After MERGE_NONFINITE_INPUT: find the input at fault and name it. */
+static int name_nonfinite(const merge_plan *p, const plan_tensor *pt, float *buf, int threads, alloy_err *err) {
+    if (pt->has_base && load_input(p, &pt->base, buf, threads, err)) return -1;
+    for (int j = 0; j < pt->k; j++)
+        if (load_input(p, &pt->inputs[j], buf, threads, err)) return -1;
+    return alloy_fail(err, "tensor '%s': non-finite input value", pt->name);
+}
+
+/* First non-finite element of out[0..n), or n. */
+static size_t first_nonfinite(const float *out, size_t n, int threads) {
+    size_t bad = n;
+#pragma omp parallel for num_threads(threads) reduction(min : bad)
+    for (size_t e = 0; e < n; e++)
+        if (!(out[e] - out[e] == 0.0f) && e < bad) bad = e;
+    return bad;
+}
+
+/* Load (or, for a streaming method, point at) the inputs of merged tensor
+ * pt and run the method: into `packed` in the output dtype when given (a
+ * streaming method, which checks the result itself), else into w->out (f32,
+ * checked for non-finite values here for out: lora; exec_dense checks while
+ * packing).
+ * w->base holds the base input when pt->has_base and the method does not
+ * stream. */
 static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, const alloy_merge_options *opt,
-                        int threads, alloy_err *err) {
+                        int threads, void *packed, alloy_err *err) {
     size_t n = (size_t)pt->numel;
+    bool streams = p->method->streams;
     if (!w->out) {
         w->out = mem_big_alloc(sizeof(float) * w->maxn);
         w->base = mem_big_alloc(sizeof(float) * w->maxn);
-        w->packed = mem_big_alloc(sizeof(float) * w->maxn);
+        w->src = calloc((size_t)w->maxk, sizeof *w->src);
         /* the methods' scratch: room for TIES-style masks and keys; only the
          * pages a method touches become resident */
         w->scratch_bytes = (2 * sizeof(float) + (size_t)w->maxk) * w->maxn + 1;
         w->scratch = mem_big_alloc(w->scratch_bytes);
-        if (!w->out || !w->base || !w->packed || !w->scratch) return alloy_fail(err, "out of memory");
+        if (!w->out || !w->base || !w->src || !w->scratch) return alloy_fail(err, "out of memory");
     }
+    merge_src base_src = {0};
     for (int j = 0; j < pt->k; j++) {
-        if (!w->x[j] && !(w->x[j] = mem_big_alloc(sizeof(float) * w->maxn))) return alloy_fail(err, "out of memory");
-        if (load_input(p, &pt->inputs[j], w->x[j], threads, err)) return -1;
+        bool need = !streams || pt->inputs[j].lora;
+        if (need && !w->x[j] && !(w->x[j] = mem_big_alloc(sizeof(float) * w->maxn)))
+            return alloy_fail(err, "out of memory");
+        if (streams ? input_src(p, &pt->inputs[j], w->x[j], threads, &w->src[j], err)
+                    : load_input(p, &pt->inputs[j], w->x[j], threads, err))
+            return -1;
+        if (!streams) w->src[j] = (merge_src){w->x[j], ALLOY_F32};
     }
-    if (pt->has_base && load_input(p, &pt->base, w->base, threads, err)) return -1;
+    if (pt->has_base) {
+        if (streams ? input_src(p, &pt->base, w->base, threads, &base_src, err)
+                    : load_input(p, &pt->base, w->base, threads, err))
+            return -1;
+        if (!streams) base_src = (merge_src){w->base, ALLOY_F32};
+    }
     merge_call call = {
         .tensor_name = pt->name,
         .ndim = pt->ndim,
         .shape = pt->shape,
         .n = n,
-        .base = pt->has_base ? w->base : NULL,
+        .base = pt->has_base && !streams ? w->base : NULL,
         .k = pt->k,
-        .x = (const float *const *)w->x,
+        .x = streams ? NULL : (const float *const *)w->x,
+        .src = w->src,
+        .base_src = base_src,
         .work = w->scratch,
         .work_bytes = w->scratch_bytes,
         .gparam = pt->gparam,
@@ -185,19 +237,45 @@ static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, con
         .nparams = p->method->nparams,
         .seed = rng_mix64(opt->seed ^ rng_hash_str(pt->name)),
         .threads = threads,
+        .out_packed = packed,
+        .out_dtype = pt->out_dtype,
     };
-    if (p->method->merge(&call, w->out, err)) return -1;
-    const float *out = w->out;
-    size_t bad = n;
-#pragma omp parallel for num_threads(threads) reduction(min : bad)
-    for (size_t e = 0; e < n; e++)
-        if (!(out[e] - out[e] == 0.0f) && e < bad) bad = e;
+    int rc = p->method->merge(&call, w->out, err);
+    if (rc == MERGE_NONFINITE_INPUT) return name_nonfinite(p, pt, w->out, threads, err);
+    if (rc) return -1;
+    size_t bad = p->out_lora ? first_nonfinite(w->out, n, threads) : n; /* dense: checked while packing */
     if (bad < n)
         return alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu", pt->name,
                           p->method->name, bad);
     return 0;
 }
 
+/* out (n floats) into packed in dtype dt, and the first non-finite element
+ * of out (n when none): one pass for both. */
+static size_t pack_checked(const float *out, alloy_dtype dt, void *packed, size_t n, int threads) {
+    size_t es = dtype_size(dt), chunk = 1 << 14, bad = n;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : bad)
+    for (size_t lo = 0; lo < n; lo += chunk) {
+        size_t len = n - lo < chunk ? n - lo : chunk;
+        const float *o = out + lo;
+        int fin = 1;
+#pragma omp simd reduction(& : fin)
+        for (size_t e = 0; e < len; e++) fin &= o[e] - o[e] == 0.0f;
+        if (!fin) {
+            for (size_t e = 0; e < len; e++)
+                if (!(o[e] - o[e] == 0.0f)) {
+                    if (lo + e < bad) bad = lo + e;
+                    break;
+                }
+        }
+        dtype_from_f32(o, dt, (char *)packed + lo * es, len);
+    }
+    return bad;
+}
+
+
+/* Every output tensor in order: copied, or merged and packed into one of two
+ * buffers while the other is being written (st_async). */
 static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
                       alloy_err *err) {
     st_spec *specs = calloc((size_t)p->ntensors, sizeof *specs);
@@ -219,30 +297,39 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     work wk;
     int rc = work_init(&wk, p, err);
     st_writer *w = rc ? NULL : st_writer_open(tmp, specs, p->ntensors, opt->out_shard_bytes, err);
-    if (!w) rc = -1;
+    st_async *aw = w ? st_async_start(w, err) : NULL;
+    if (!aw) rc = -1;
+    bool streams = p->method->streams;
     uint64_t done_bytes = 0;
+    int cur = 0; /* the packed buffer not being written */
     for (int i = 0; i < p->ntensors && !rc; i++) {
         const plan_tensor *pt = &p->tensors[i];
         if (i + 1 < p->ntensors) advise_tensor(&p->tensors[i + 1], MADV_WILLNEED);
         advise_tensor(pt, MADV_POPULATE_READ); /* map its pages in one call, not one fault per 4 KiB */
         size_t n = (size_t)pt->numel;
         if (!pt->merge) {
-            rc = st_writer_put(w, i, pt->copy.t->data, err);
+            /* straight from the input mapping, which is dropped right after */
+            rc = st_async_wait(aw, err);
+            if (!rc) rc = st_writer_put(w, i, pt->copy.t->data, err);
         } else {
-            rc = merge_tensor(p, pt, &wk, opt, threads, err);
-            if (!rc) {
-                size_t es = dtype_size(pt->out_dtype), chunk = 1 << 16;
-                const float *out = wk.out;
-                char *packed = wk.packed;
-#pragma omp parallel for num_threads(threads) schedule(static)
-                for (size_t lo = 0; lo < n; lo += chunk)
-                    dtype_from_f32(out + lo, pt->out_dtype, packed + lo * es, n - lo < chunk ? n - lo : chunk);
-                rc = st_writer_put(w, i, packed, err);
-            }
+            if (!wk.packed[cur] && !(wk.packed[cur] = mem_big_alloc(sizeof(float) * wk.maxn)))
+                rc = alloy_fail(err, "out of memory");
+            if (!rc) rc = merge_tensor(p, pt, &wk, opt, threads, streams ? wk.packed[cur] : NULL, err);
+            size_t bad = rc || streams ? n : pack_checked(wk.out, pt->out_dtype, wk.packed[cur], n, threads);
+            if (bad < n)
+                rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu", pt->name,
+                                p->method->name, bad);
+            if (!rc) rc = st_async_put(aw, i, wk.packed[cur], err);
+            cur ^= 1;
         }
         advise_tensor(pt, MADV_DONTNEED);
         done_bytes += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
         if (!rc && opt->progress) opt->progress(opt->progress_user, i + 1, p->ntensors, done_bytes, total);
+    }
+    if (aw) {
+        alloy_err e2;
+        int r2 = st_async_stop(aw, rc ? &e2 : err);
+        if (!rc) rc = r2;
     }
     if (!rc) {
         rc = st_writer_finish(w, err);
@@ -376,8 +463,9 @@ static int exec_lora(const merge_plan *p, const char *out_dir, const alloy_merge
         const plan_tensor *pt = &p->tensors[idx[j]];
         if (j + 1 < nt) advise_tensor(&p->tensors[idx[j + 1]], MADV_WILLNEED);
         advise_tensor(pt, MADV_POPULATE_READ);
-        rc = merge_tensor(p, pt, &wk, opt, threads, err);
-        if (!rc && !pt->has_base) rc = load_input(p, &pt->delta_base, wk.base, threads, err);
+        rc = merge_tensor(p, pt, &wk, opt, threads, NULL, err);
+        /* the base in f32 (a streaming method did not convert it) */
+        if (!rc && (!pt->has_base || p->method->streams)) rc = load_input(p, &pt->delta_base, wk.base, threads, err);
         if (!rc)
             rc = factor_delta(pt, wk.out, wk.base, r, rng_mix64(opt->seed ^ rng_hash_str(pt->name)), A, B, &rel[j],
                               err);

@@ -10,7 +10,10 @@
 enum { P_NORMALIZE, P_WEIGHT };
 
 /* out = sum_i w_i x_i, divided by sum_i w_i when normalize is on.
- * Source: mergekit LinearMergeTask; "model soups", arXiv:2203.05482. */
+ * Source: mergekit LinearMergeTask; "model soups", arXiv:2203.05482.
+ * Streams its inputs in blocks, summing in model order. */
+#define LIN_BLOCK 2048
+
 static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
     int k = call->k;
     float wsum = 0.0f;
@@ -19,12 +22,32 @@ static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
     if (normalize && wsum == 0.0f)
         return alloy_fail(err, "tensor '%s': linear weights sum to zero, cannot normalize (set normalize: false)",
                           call->tensor_name);
-#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static)
-    for (size_t e = 0; e < call->n; e++) {
-        float s = 0.0f;
-        for (int i = 0; i < k; i++) s += (float)MPARAM(call, i, P_WEIGHT) * call->x[i][e];
-        out[e] = normalize ? s / wsum : s;
+    size_t n = call->n, nb = (n + LIN_BLOCK - 1) / LIN_BLOCK, obad = n;
+    int bad = 0;
+#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
+    reduction(min : obad)
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t b0 = bi * LIN_BLOCK, m = n - b0 < LIN_BLOCK ? n - b0 : LIN_BLOCK;
+        float x[LIN_BLOCK], o[LIN_BLOCK];
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) o[j] = 0.0f;
+        for (int i = 0; i < k; i++) {
+            float w = (float)MPARAM(call, i, P_WEIGHT);
+            bad |= merge_load(merge_input(call, i), b0, m, x);
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) o[j] += w * x[j];
+        }
+        if (normalize) {
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) o[j] /= wsum;
+        }
+        size_t at = merge_store(call, out, b0, o, m);
+        if (at < m && b0 + at < obad) obad = b0 + at;
     }
+    if (bad) return MERGE_NONFINITE_INPUT;
+    if (obad < n)
+        return alloy_fail(err, "tensor '%s': the linear merge produced a non-finite value at element %zu",
+                          call->tensor_name, obad);
     return 0;
 }
 
@@ -33,4 +56,4 @@ static const merge_param_def linear_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_linear = {"linear", BASE_NONE, 1, 0, linear_params, 2, linear_merge};
+const merge_method merge_linear = {"linear", BASE_NONE, 1, 0, linear_params, 2, linear_merge, true};

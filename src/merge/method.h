@@ -35,6 +35,18 @@ typedef enum {
     BASE_REQUIRED, /* task-vector methods, slerp, model_stock, ... */
 } merge_base_use;
 
+/* An input tensor as it lies in the checkpoint: n elements of a mergeable
+ * dtype (F32, F16, BF16), possibly unaligned. Streaming methods read these
+ * directly, block by block, instead of whole f32 copies. */
+typedef struct merge_src {
+    const void *data;
+    alloy_dtype dtype;
+} merge_src;
+
+/* Returned by a streaming method that met a NaN or infinity in its inputs;
+ * the executor then finds and names the file, tensor and element. */
+#define MERGE_NONFINITE_INPUT (-2)
+
 typedef struct merge_call {
     const char *tensor_name;
     int ndim;
@@ -42,7 +54,9 @@ typedef struct merge_call {
     size_t n;                  /* number of elements */
     const float *base;         /* NULL unless the method uses a base and one is given */
     int k;                     /* number of model tensors (base excluded when used) */
-    const float *const *x;     /* k tensors of n floats */
+    const float *const *x;     /* k tensors of n floats (NULL for streaming methods) */
+    const merge_src *src;      /* k sources of the same tensors, or NULL: then x */
+    merge_src base_src;        /* the base as a source (data NULL: none, or use base) */
     const double *gparam;      /* [nparams], global parameters, table order */
     const double *mparam;      /* [k * nparams], per-model parameters */
     int nparams;
@@ -50,6 +64,11 @@ typedef struct merge_call {
     int threads;               /* OpenMP threads the method may use */
     void *work;                /* scratch the caller keeps across calls (may be NULL), */
     size_t work_bytes;         /* 2 MiB aligned; methods needing more allocate their own */
+    /* Streaming methods only: when out_packed is set, the result goes there
+     * in out_dtype (a mergeable dtype) instead of to out, and a non-finite
+     * result is the method's error (merge_store tells). */
+    void *out_packed;
+    alloy_dtype out_dtype;
 } merge_call;
 
 #define MPARAM(call, i, p) ((call)->mparam[(size_t)(i) * (size_t)(call)->nparams + (size_t)(p)])
@@ -64,7 +83,33 @@ typedef struct merge_method {
     /* Write the merged tensor (n floats) into out, which never aliases an
      * input. Return 0, or -1 with a message naming call->tensor_name. */
     int (*merge)(const merge_call *call, float *out, alloy_err *err);
+    /* Streaming: the method reads call->src / call->base_src itself (x and
+     * base are NULL), checks them for non-finite values and returns
+     * MERGE_NONFINITE_INPUT when it meets one. Otherwise the executor
+     * converts every input to f32 first. */
+    bool streams;
 } merge_method;
+
+/* Input i (or the base, i = -1) of a call as a source, whether the caller
+ * gave sources or f32 arrays. */
+static inline merge_src merge_input(const merge_call *call, int i) {
+    if (i < 0) return call->base_src.data ? call->base_src : (merge_src){call->base, ALLOY_F32};
+    return call->src ? call->src[i] : (merge_src){call->x[i], ALLOY_F32};
+}
+
+static inline bool merge_has_base(const merge_call *call) { return call->base_src.data || call->base; }
+
+/* Elements [lo, lo + m) of s as f32 into dst. Returns true when one of them
+ * is not finite. */
+bool merge_load(merge_src s, size_t lo, size_t m, float *dst);
+
+/* Store result elements [lo, lo + m) from v: to call->out_packed in
+ * call->out_dtype when set, else to out (f32). Returns the offset in the
+ * block of the first non-finite value when storing packed, else m. */
+size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m);
+
+/* Element e of s as f32 into *dst (for sampling); true when not finite. */
+bool merge_load1(merge_src s, size_t e, float *dst);
 
 /* NULL when unknown. */
 const merge_method *merge_method_find(const char *name);

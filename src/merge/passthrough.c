@@ -23,4 +23,4 @@ static const merge_param_def passthrough_params[] = {
     {"scale", true, false, 1, -INFINITY, INFINITY},
 };
 
-const merge_method merge_passthrough = {"passthrough", BASE_NONE, 1, 1, passthrough_params, 1, passthrough_merge};
+const merge_method merge_passthrough = {"passthrough", BASE_NONE, 1, 1, passthrough_params, 1, passthrough_merge, false};

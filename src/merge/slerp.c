@@ -46,7 +46,7 @@ static const merge_param_def slerp_params[] = {
     {"t", false, true, 0, 0, 1},
 };
 
-const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge};
+const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge, false};
 
 /* ---- nuslerp ---- */
 
@@ -126,4 +126,4 @@ static const merge_param_def nuslerp_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge};
+const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge, false};

@@ -29,7 +29,7 @@ static inline float median3(float a, float b, float c) {
 
 /* The k-th smallest (0-based) of a[0..n), leaving a[0..k) <= it <= a[k..n).
  * Three-way partitions, so runs of equal values (zeros in deltas) are cheap. */
-static float select_kth(float *a, size_t n, size_t k) {
+float sparsify_select_kth(float *a, size_t n, size_t k) {
     size_t l = 0, r = n;
     while (r - l > 1) {
         float p = median3(a[l], a[l + (r - l) / 2], a[r - 1]);
@@ -82,7 +82,7 @@ static float radix_kth(const float *key, size_t n, size_t k, int threads) {
         float *tmp = malloc(n * sizeof *tmp);
         if (!tmp) return 0.0f;
         memcpy(tmp, key, n * sizeof *tmp);
-        float v = select_kth(tmp, n, k);
+        float v = sparsify_select_kth(tmp, n, k);
         free(tmp);
         return v;
     }
@@ -134,8 +134,8 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
     float L, U;
     if (n < (1u << 16)) { /* small: quickselect on a copy */
         memcpy(scratch, key, n * sizeof *scratch);
-        L = select_kth(scratch, n, lo);                    /* value of rank lo */
-        U = select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
+        L = sparsify_select_kth(scratch, n, lo);                    /* value of rank lo */
+        U = sparsify_select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
     } else {
         /* open ends need no select: keys are finite (inputs were checked) */
         L = lo == 0 ? -INFINITY : radix_kth(key, n, lo, vec_threads(threads));

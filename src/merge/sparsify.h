@@ -50,4 +50,7 @@ double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask
 void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float *scratch, uint8_t *mask,
                         int threads);
 
+/* The k-th smallest (0-based) of a[0..n) (reordered: a[0..k) <= it <= a[k..n)). */
+float sparsify_select_kth(float *a, size_t n, size_t k);
+
 #endif

@@ -14,16 +14,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "merge/method.h"
+#include "merge/rankcut.h"
 #include "merge/sparsify.h"
 #include "merge/vec.h"
 #include "util/err.h"
 #include "util/mem.h"
+#include "util/rng.h"
 
 /* Parameter order of every table below (gamma / epsilon only where used). */
 enum { P_INT8_MASK, P_NORMALIZE, P_RESCALE, P_LAMBDA, P_WEIGHT, P_DENSITY, P_EXTRA };
 
 typedef struct gta_variant {
+    const char *name;
     bool consensus; /* mergekit ConsensusMethod.sum */
     sparsify_kind sparsify;
 } gta_variant;
@@ -38,35 +43,71 @@ typedef struct gta_variant {
  * where [/ D] applies when normalize is on. Source: mergekit GTATask.execute;
  * TIES arXiv:2306.01708, DARE arXiv:2311.03099, breadcrumbs arXiv:2312.06795,
  * DELLA arXiv:2406.11617. int8_mask only changes mergekit's mask dtype.
- * Computed in blocks of GTA_BLOCK elements: the k weighted deltas of a block
- * first (d, k x GTA_BLOCK), then the consensus, so every inner loop is a
- * straight vectorisable pass. */
+ *
+ * The inputs are streamed where they lie (bf16 mmapped checkpoints, say) in
+ * blocks of GTA_BLOCK elements, never copied whole to f32. At most two
+ * passes: the first finds what the masks need (rank cuts of the magnitudes
+ * |x_i - base| for magnitude and breadcrumbs, rankcut.h; DARE's random masks
+ * and L1 sums), the second computes the merge, the k weighted deltas of a
+ * block first and then the consensus, every inner loop a straight
+ * vectorisable pass. Methods without sparsification take one pass. */
 #define GTA_BLOCK 1024
+
+typedef enum { KEEP_WHOLE, KEEP_RULE, KEEP_MASK } keep_kind;
+
+typedef struct gta_model {
+    merge_src src;
+    float w, s;         /* weight, L1 rescale factor */
+    keep_kind keep;     /* final only once the masks are known */
+    bool masked;        /* sparsified at all (else kept whole, no rescale) */
+    keep_rule rule;     /* KEEP_RULE */
+    uint8_t *mask;      /* KEEP_MASK, and DARE's mask (n bytes) */
+    int ncuts;          /* rank cuts still to resolve (magnitude 1, breadcrumbs up to 2) */
+    rank_cut cut[2];
+    bool cut_upper[2];  /* cut[c] bounds from above */
+    size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
+    bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
+    bool random;        /* DARE mask drawn in the first pass */
+    uint64_t rng_key;
+    double density;
+} gta_model;
 
 typedef struct gta_ctx {
     const merge_call *call;
-    const float *w, *s;
-    const bool *whole;
-    const uint8_t *mask;
+    gta_model *m;
+    merge_src base;
     bool consensus, normalize;
     float lambda, div_all;
 } gta_ctx;
 
-static void gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, float *restrict out) {
-    const merge_call *call = g->call;
-    int k = call->k;
-    const float *restrict base = call->base + b0;
+/* The merge of elements [b0, b0 + m): d is k x GTA_BLOCK scratch. Returns
+ * true when an input was not finite; *obad is the index of the first
+ * non-finite result in the block (n when none; packed output only). */
+static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, float *out, size_t *obad) {
+    int k = g->call->k;
+    float base[GTA_BLOCK], x[GTA_BLOCK];
+    bool bad = merge_load(g->base, b0, m, base);
     for (int i = 0; i < k; i++) {
-        const float *restrict x = call->x[i] + b0;
+        const gta_model *gm = &g->m[i];
         float *restrict di = d + (size_t)i * GTA_BLOCK;
-        float wi = g->w[i], si = g->s[i];
-        if (g->whole[i]) {
+        float wi = gm->w, si = gm->s;
+        bad |= merge_load(gm->src, b0, m, x);
+        if (gm->keep == KEEP_WHOLE) {
 #pragma omp simd
             for (size_t j = 0; j < m; j++) di[j] = (x[j] - base[j]) * wi;
-        } else {
-            const uint8_t *restrict mi = g->mask + (size_t)i * call->n + b0;
+        } else if (gm->keep == KEEP_MASK) {
+            const uint8_t *restrict mi = gm->mask + b0;
 #pragma omp simd
             for (size_t j = 0; j < m; j++) di[j] = (mi[j] ? (x[j] - base[j]) * si : 0.0f) * wi;
+        } else {
+            keep_rule r = gm->rule;
+            uint32_t e0 = (uint32_t)b0;
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) {
+                float v = x[j] - base[j];
+                bool keep = keep_rule_test(&r, fabsf(v), e0 + (uint32_t)j);
+                di[j] = (keep ? v * si : 0.0f) * wi;
+            }
         }
     }
     float sum[GTA_BLOCK], mixed[GTA_BLOCK], div[GTA_BLOCK];
@@ -85,7 +126,7 @@ static void gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
         for (size_t j = 0; j < m; j++) mixed[j] = 0.0f, div[j] = 0.0f;
         for (int i = 0; i < k; i++) {
             const float *restrict di = d + (size_t)i * GTA_BLOCK;
-            float wi = g->w[i];
+            float wi = g->m[i].w;
             /* sign(d_i) == g, g = +1 when the sum is >= 0: zeros never agree */
 #pragma omp simd
             for (size_t j = 0; j < m; j++) {
@@ -100,34 +141,326 @@ static void gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
         for (size_t j = 0; j < m; j++) div[j] = div[j] == 0.0f ? 1.0f : div[j];
     }
     float lambda = g->lambda;
+    float *restrict o = sum; /* free again */
     if (g->normalize) {
 #pragma omp simd
-        for (size_t j = 0; j < m; j++) out[b0 + j] = base[j] + (mixed[j] / div[j]) * lambda;
+        for (size_t j = 0; j < m; j++) o[j] = base[j] + (mixed[j] / div[j]) * lambda;
     } else {
 #pragma omp simd
-        for (size_t j = 0; j < m; j++) out[b0 + j] = base[j] + mixed[j] * lambda;
+        for (size_t j = 0; j < m; j++) o[j] = base[j] + mixed[j] * lambda;
     }
+    size_t at = merge_store(g->call, out, b0, o, m);
+    *obad = at < m ? b0 + at : g->call->n;
+    return bad;
+}
+
+/* |x_i - base| of elements [b0, b0 + m) into a; true when not finite. */
+static bool magnitudes(merge_src x, size_t b0, size_t m, const float *bblock, float *xblock, float *a) {
+    bool bad = merge_load(x, b0, m, xblock);
+#pragma omp simd
+    for (size_t j = 0; j < m; j++) a[j] = fabsf(xblock[j] - bblock[j]);
+    return bad;
+}
+
+/* Magnitudes for rank_cut_resolve: |x - base| of a block. */
+typedef struct mag_ctx {
+    merge_src x, base;
+} mag_ctx;
+
+static bool mag_block(const void *p, size_t lo, size_t m, float *a) {
+    const mag_ctx *c = p;
+    float base[RC_BLOCK], x[RC_BLOCK];
+    bool bad = merge_load(c->base, lo, m, base);
+    return magnitudes(c->x, lo, m, base, x, a) | bad;
+}
+
+/* The first pass: nonzero counts and rank-cut histograms of every model with
+ * cuts, DARE masks, and the L1 sums before (all models when rescaling) and
+ * after (DARE) the mask, per fixed chunk (rankcut.h) so the sums do not depend on
+ * the thread count. part: [nchunks][k][2]. Then the cuts are resolved; a
+ * model whose cuts miss keeps ncuts > 0 (the exact path). Returns -1 when
+ * out of memory, 1 when an input was not finite, else 0. */
+static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
+    const merge_call *call = g->call;
+    int k = call->k;
+    size_t n = call->n, nc = rank_cut_nchunks(n);
+    int bad = 0;
+    size_t nacc = (size_t)nt * (size_t)k * 2;
+    cut_acc *acc = calloc(nacc, sizeof *acc);
+    size_t *nzt = calloc((size_t)nt * (size_t)k, sizeof *nzt);
+    if (!acc || !nzt) {
+        free(acc);
+        free(nzt);
+        return -1;
+    }
+#pragma omp parallel num_threads(nt) reduction(| : bad)
+    {
+        int t = omp_get_thread_num();
+        float base[GTA_BLOCK], x[GTA_BLOCK], a[GTA_BLOCK];
+#pragma omp for schedule(static)
+        for (size_t c = 0; c < nc; c++) {
+            size_t lo, hi;
+            rank_cut_chunk(n, c, &lo, &hi);
+            for (size_t i = 0; i < 2 * (size_t)k; i++) part[c * (size_t)k * 2 + i] = 0;
+            for (size_t b0 = lo; b0 < hi; b0 += GTA_BLOCK) {
+                size_t m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
+                bad |= merge_load(g->base, b0, m, base);
+                for (int i = 0; i < k; i++) {
+                    gta_model *gm = &g->m[i];
+                    bool sums = rescale && gm->masked;
+                    if (gm->ncuts <= 0 && !gm->random && !sums) continue;
+                    bad |= magnitudes(gm->src, b0, m, base, x, a);
+                    double *pi = part + (c * (size_t)k + (size_t)i) * 2;
+                    if (gm->ncuts > 0) {
+                        size_t z = 0;
+#pragma omp simd reduction(+ : z)
+                        for (size_t j = 0; j < m; j++) z += a[j] > 0.0f;
+                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
+                        for (int cu = 0; cu < gm->ncuts; cu++)
+                            rank_cut_scan(&gm->cut[cu], &acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu], c,
+                                          a, b0, m);
+                    }
+                    if (gm->random) {
+                        uint8_t *restrict mi = gm->mask + b0;
+                        uint64_t key = gm->rng_key;
+                        double p = gm->density;
+#pragma omp simd
+                        for (size_t j = 0; j < m; j++) mi[j] = rng_uniform_at(key, b0 + j) < p;
+                    }
+                    if (sums) {
+                        double before = 0.0, after = 0.0;
+                        const uint8_t *restrict mi = gm->random ? gm->mask + b0 : NULL;
+                        if (mi) {
+#pragma omp simd reduction(+ : before, after)
+                            for (size_t j = 0; j < m; j++) {
+                                double dj = (double)a[j];
+                                before += dj;
+                                after += dj * (double)(mi[j] != 0);
+                            }
+                        } else {
+#pragma omp simd reduction(+ : before)
+                            for (size_t j = 0; j < m; j++) before += (double)a[j];
+                        }
+                        pi[0] += before;
+                        pi[1] += after;
+                    }
+                }
+            }
+        }
+    }
+    int rc = bad ? 1 : 0;
+    cut_acc *mine = malloc((size_t)nt * sizeof *mine);
+    if (!mine) rc = -1;
+    for (int i = 0; i < k; i++) {
+        gta_model *gm = &g->m[i];
+        if (gm->ncuts <= 0) continue;
+        size_t nz = 0;
+        for (int t = 0; t < nt; t++) nz += nzt[(size_t)t * (size_t)k + (size_t)i];
+        mag_ctx mc = {gm->src, g->base};
+        bool resolved = true;
+        for (int cu = 0; cu < gm->ncuts; cu++) {
+            int r = 0;
+            if (!rc) {
+                for (int t = 0; t < nt; t++) mine[t] = acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu];
+                r = rank_cut_resolve(&gm->cut[cu], mine, nt, n - nz, mag_block, &mc, nt);
+                if (r < 0) rc = 1;
+            } else {
+                rank_cut_free(&gm->cut[cu]);
+            }
+            resolved &= r == 1;
+        }
+        if (resolved) {
+            const rank_cut *lower = NULL, *upper = NULL;
+            for (int cu = 0; cu < gm->ncuts; cu++) *(gm->cut_upper[cu] ? &upper : &lower) = &gm->cut[cu];
+            gm->rule = keep_rule_between(lower, upper);
+            gm->keep = KEEP_RULE;
+            gm->ncuts = 0;
+        }
+    }
+    free(mine);
+    free(acc);
+    free(nzt);
+    return rc;
+}
+
+/* The exact path: the sparsify key of model i over the whole tensor in key,
+ * then the rank mask (sparsify.c). True when an input was not finite. */
+static bool gta_exact_mask(const gta_ctx *g, gta_model *gm, float *key, float *scratch, int nt) {
+    size_t n = g->call->n, nb = (n + GTA_BLOCK - 1) / GTA_BLOCK;
+    int bad = 0;
+    float sign = gm->neg_key ? -1.0f : 1.0f;
+#pragma omp parallel num_threads(nt) reduction(| : bad)
+    {
+        float base[GTA_BLOCK], x[GTA_BLOCK];
+#pragma omp for schedule(static)
+        for (size_t bi = 0; bi < nb; bi++) {
+            size_t b0 = bi * GTA_BLOCK, m = n - b0 < GTA_BLOCK ? n - b0 : GTA_BLOCK;
+            bad |= merge_load(g->base, b0, m, base);
+            bad |= magnitudes(gm->src, b0, m, base, x, key + b0);
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) key[b0 + j] *= sign;
+        }
+    }
+    if (!bad) sparsify_rank_mask(key, n, gm->lo, gm->hi, scratch, gm->mask, nt);
+    gm->keep = KEEP_MASK;
+    return bad;
+}
+
+/* L1 sum of the kept magnitudes of model i (rescale with a rank mask or
+ * rule), per fixed chunk: part [nchunks][k][2], slot 1. */
+static void gta_l1_after(const gta_ctx *g, int i, double *part, int nt) {
+    const merge_call *call = g->call;
+    const gta_model *gm = &g->m[i];
+    size_t n = call->n, nc = rank_cut_nchunks(n);
+    int k = call->k;
+#pragma omp parallel num_threads(nt)
+    {
+        float base[GTA_BLOCK], x[GTA_BLOCK], a[GTA_BLOCK];
+#pragma omp for schedule(static)
+        for (size_t c = 0; c < nc; c++) {
+            size_t lo, hi;
+            rank_cut_chunk(n, c, &lo, &hi);
+            double after = 0.0;
+            for (size_t b0 = lo; b0 < hi; b0 += GTA_BLOCK) {
+                size_t m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
+                merge_load(g->base, b0, m, base);
+                magnitudes(gm->src, b0, m, base, x, a);
+                if (gm->keep == KEEP_MASK) {
+                    const uint8_t *restrict mi = gm->mask + b0;
+#pragma omp simd reduction(+ : after)
+                    for (size_t j = 0; j < m; j++) after += (double)a[j] * (double)(mi[j] != 0);
+                } else {
+                    keep_rule r = gm->rule;
+#pragma omp simd reduction(+ : after)
+                    for (size_t j = 0; j < m; j++)
+                        after += keep_rule_test(&r, a[j], (uint32_t)(b0 + j)) ? (double)a[j] : 0.0;
+                }
+            }
+            part[(c * (size_t)k + (size_t)i) * 2 + 1] = after;
+        }
+    }
+}
+
+/* The magnitudes of every model with rank cuts at the sample positions
+ * (rankcut.h) into sample[i * ns ...]; true when an input was not finite. */
+static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
+    const merge_call *call = g->call;
+    size_t n = call->n, runs = ns / RC_RUN;
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+    for (size_t r = 0; r < runs; r++) {
+        size_t at = rank_cut_sample_run(n, runs, r, call->seed);
+        float base[RC_RUN], x[RC_RUN];
+        bad |= merge_load(g->base, at, RC_RUN, base);
+        for (int i = 0; i < call->k; i++)
+            if (g->m[i].ncuts > 0) bad |= magnitudes(g->m[i].src, at, RC_RUN, base, x, sample + (size_t)i * ns + r * RC_RUN);
+    }
+    return bad;
+}
+
+/* Set up model i's sparsification: whole, a random mask, rank cuts (or the
+ * exact rank path for small tensors), or della's mask (non-streaming). */
+static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm, int i, uint8_t *mask, bool stream_cuts,
+                     int nt, alloy_err *err) {
+    size_t n = call->n;
+    gm->keep = KEEP_WHOLE;
+    gm->mask = mask;
+    double density = MPARAM(call, i, P_DENSITY);
+    gm->density = density;
+    if (v->sparsify == SPARSIFY_NONE || density >= 1.0) return 0;
+    switch (v->sparsify) {
+    case SPARSIFY_MAGNITUDE: {
+        size_t keep = (size_t)(density * (double)n);
+        if (keep == 0)
+            return alloy_fail(err, "tensor '%s': density %g keeps no element of %zu (mergekit refuses this too)",
+                              call->tensor_name, density, n);
+        /* the largest |delta| first, ties by index: in ascending order of
+         * (|delta|, -index) the ranks [n - keep, n); key -|delta|: [0, keep) */
+        gm->neg_key = true;
+        gm->lo = 0, gm->hi = keep;
+        if (stream_cuts) {
+            gm->ncuts = 1;
+            gm->cut[0].rank = n - keep;
+            gm->cut_upper[0] = false;
+        }
+        break;
+    }
+    case SPARSIFY_OUTLIERS: {
+        /* Keep sorted positions [n_bot, n - n_top) of the ascending |delta|
+         * order. Deliberate deviation: when int(gamma*n) == 0, mergekit's
+         * slice indices[n_bot:-0] is empty and drops the whole task vector
+         * (small tensors: biases, norms); alloy keeps the top band instead,
+         * which is what the method describes (docs/merge_methods.md). */
+        int64_t target = (int64_t)(density * (double)n), top = (int64_t)(MPARAM(call, i, P_EXTRA) * (double)n);
+        int64_t bot = (int64_t)n - target - top;
+        if (bot < 0) top += bot, bot = 0;
+        gm->neg_key = false;
+        gm->lo = (size_t)bot, gm->hi = n - (size_t)top;
+        if (gm->lo >= gm->hi) {
+            memset(mask, 0, n);
+            gm->keep = KEEP_MASK;
+            gm->masked = true;
+            return 0;
+        }
+        if (stream_cuts) {
+            if (gm->lo > 0) gm->cut[gm->ncuts].rank = gm->lo, gm->cut_upper[gm->ncuts++] = false;
+            if (gm->hi < n) gm->cut[gm->ncuts].rank = gm->hi - 1, gm->cut_upper[gm->ncuts++] = true;
+            if (!gm->ncuts) gm->keep = KEEP_RULE, gm->rule = keep_rule_between(NULL, NULL);
+        }
+        break;
+    }
+    case SPARSIFY_RANDOM:
+        gm->random = true;
+        gm->keep = KEEP_MASK;
+        gm->rng_key = rng_stream_key(call->seed, (uint64_t)i);
+        break;
+    case SPARSIFY_DELLA: {
+        if (!call->x || !call->base)
+            return alloy_fail(err, "tensor '%s': della needs f32 inputs (not a streaming method)", call->tensor_name);
+        sparsify_args a = {.kind = v->sparsify, .density = density, .epsilon = MPARAM(call, i, P_EXTRA),
+                           .seed = call->seed, .stream = (uint64_t)i};
+        int r = sparsify_mask(&a, call->x[i], call->base, call->ndim, call->shape, n, NULL, NULL, mask, nt,
+                              call->tensor_name, err);
+        if (r < 0) return -1;
+        gm->keep = r == 1 ? KEEP_WHOLE : KEEP_MASK;
+        gm->masked = r != 1;
+        return 0;
+    }
+    case SPARSIFY_NONE:
+        break;
+    }
+    gm->masked = true;
+    if (v->sparsify != SPARSIFY_RANDOM && !stream_cuts) gm->ncuts = -1; /* exact */
+    return 0;
 }
 
 static int gta_merge(const gta_variant *v, const merge_call *call, float *out, alloy_err *err) {
     int k = call->k, nt = vec_threads(call->threads);
     size_t n = call->n;
-    const float *base = call->base;
-    if (!base) return alloy_fail(err, "tensor '%s': this method needs a base model", call->tensor_name);
+    if (!merge_has_base(call)) return alloy_fail(err, "tensor '%s': this method needs a base model", call->tensor_name);
     bool normalize = call->gparam[P_NORMALIZE] != 0.0, rescale = call->gparam[P_RESCALE] != 0.0;
     float lambda = (float)call->gparam[P_LAMBDA];
+    gta_ctx g = {.call = call, .base = merge_input(call, -1), .consensus = v->consensus, .normalize = normalize,
+                 .lambda = lambda};
+    size_t nb = (n + GTA_BLOCK - 1) / GTA_BLOCK;
     if (k == 0) {
-        memcpy(out, base, n * sizeof *out);
-        return 0;
+        int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+        for (size_t bi = 0; bi < nb; bi++) {
+            size_t b0 = bi * GTA_BLOCK, m = n - b0 < GTA_BLOCK ? n - b0 : GTA_BLOCK;
+            float o[GTA_BLOCK];
+            bad |= merge_load(g.base, b0, m, o);
+            merge_store(call, out, b0, o, m);
+        }
+        return bad ? MERGE_NONFINITE_INPUT : 0;
     }
-    float *w = calloc((size_t)k, sizeof *w);   /* w_i */
-    float *ws = calloc((size_t)k, sizeof *ws); /* s_i */
-    bool *whole = calloc((size_t)k, sizeof *whole);
-    uint8_t *mask = NULL;
-    float *key = NULL, *scratch = NULL;
-    int rc = 0;
-    if (!w || !ws || !whole) rc = alloy_fail(err, "out of memory");
-    bool own = false; /* mask, key and scratch allocated here rather than in call->work */
+    gta_model *gm = calloc((size_t)k, sizeof *gm);
+    double *part = NULL;
+    float *key = NULL, *scratch = NULL, *sample = NULL;
+    uint8_t *masks = NULL;
+    bool own = false; /* key, scratch and masks allocated here rather than in call->work */
+    int rc = !gm ? alloy_fail(err, "out of memory") : 0;
+    size_t ns = rank_cut_sample_size(n);
     if (!rc && v->sparsify != SPARSIFY_NONE) {
         size_t need = 2 * n * sizeof(float) + (size_t)k * n + 1;
         char *wk = call->work_bytes >= need ? call->work : NULL;
@@ -140,51 +473,96 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         } else {
             key = (float *)(void *)wk;
             scratch = key + n;
-            mask = (uint8_t *)(scratch + n);
+            masks = (uint8_t *)(scratch + n);
         }
     }
     float wsum = 0.0f;
+    bool survey = false, cuts = false;
     for (int i = 0; i < k && !rc; i++) {
-        w[i] = (float)MPARAM(call, i, P_WEIGHT);
-        wsum += w[i];
-        float s = 1.0f;
-        whole[i] = true;
-        if (v->sparsify != SPARSIFY_NONE) {
-            sparsify_args a = {.kind = v->sparsify,
-                               .density = MPARAM(call, i, P_DENSITY),
-                               .gamma = v->sparsify == SPARSIFY_OUTLIERS ? MPARAM(call, i, P_EXTRA) : 0.0,
-                               .epsilon = v->sparsify == SPARSIFY_DELLA ? MPARAM(call, i, P_EXTRA) : 0.0,
-                               .seed = call->seed,
-                               .stream = (uint64_t)i};
-            uint8_t *m = mask + (size_t)i * n;
-            int r = sparsify_mask(&a, call->x[i], base, call->ndim, call->shape, n, key, scratch, m, nt,
-                                  call->tensor_name, err);
-            if (r < 0) rc = -1;
-            whole[i] = r == 1;
-            if (r == 0 && rescale) s = (float)sparsify_l1_factor(call->x[i], base, m, n, nt);
+        gm[i].src = merge_input(call, i);
+        gm[i].w = (float)MPARAM(call, i, P_WEIGHT);
+        gm[i].s = 1.0f;
+        wsum += gm[i].w;
+        rc = gta_setup(v, call, &gm[i], i, masks ? masks + (size_t)i * n : NULL, ns > 0, nt, err);
+        cuts |= gm[i].ncuts > 0;
+        survey |= gm[i].ncuts > 0 || gm[i].random || (rescale && gm[i].masked);
+    }
+    g.m = gm;
+    g.div_all = fabsf(wsum) < 1e-8f ? 1.0f : wsum;
+    if (!rc && cuts) { /* sample the magnitudes for the rank cuts, plan the cuts */
+        sample = malloc((size_t)k * ns * sizeof *sample);
+        if (!sample) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (!rc && gta_sample(&g, ns, sample, nt)) rc = MERGE_NONFINITE_INPUT;
+        int oom = 0;
+        if (!rc) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : oom)
+            for (int ic = 0; ic < 2 * k; ic++) {
+                gta_model *m = &gm[ic / 2];
+                /* two cuts of one model share its sample: the second works on a copy */
+                if (ic % 2 >= m->ncuts) continue;
+                float *smp = sample + (size_t)(ic / 2) * ns, *copy = NULL;
+                if (ic % 2) {
+                    copy = malloc(ns * sizeof *copy);
+                    if (copy) memcpy(copy, smp, ns * sizeof *copy);
+                    smp = copy;
+                }
+                rank_cut *cu = &m->cut[ic % 2];
+                if (!smp || !rank_cut_plan(cu, n, cu->rank, m->neg_key, smp, ns)) oom = 1;
+                free(copy);
+            }
         }
-        ws[i] = s;
+        for (int i = 0; i < k && !rc && oom; i++) /* no memory for the histograms: the exact path */
+            if (gm[i].ncuts > 0) {
+                for (int cu = 0; cu < gm[i].ncuts; cu++) rank_cut_free(&gm[i].cut[cu]);
+                gm[i].ncuts = -1;
+            }
+    }
+    size_t nc = rank_cut_nchunks(n);
+    if (!rc && survey) {
+        part = calloc(nc * (size_t)k * 2 + 1, sizeof *part);
+        int r = part ? gta_survey(&g, rescale, part, nt) : -1;
+        if (r < 0) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (r > 0) rc = MERGE_NONFINITE_INPUT;
+    }
+    for (int i = 0; i < k && !rc; i++) {
+        if (gm[i].ncuts != 0 && gta_exact_mask(&g, &gm[i], key, scratch, nt)) rc = MERGE_NONFINITE_INPUT;
+        if (rc || !rescale || !gm[i].masked) continue;
+        /* mergekit's rescaled_masked_tensor with the L1 norm: the factor
+         * sum|delta| / sum|delta*mask|, or 1 when either is below 1e-7 */
+        if (!gm[i].random) gta_l1_after(&g, i, part, nt);
+        double before = 0.0, after = 0.0;
+        for (size_t c = 0; c < nc; c++)
+            before += part[(c * (size_t)k + (size_t)i) * 2], after += part[(c * (size_t)k + (size_t)i) * 2 + 1];
+        gm[i].s = before < 1e-7 || after < 1e-7 ? 1.0f : (float)(before / after);
     }
     if (!rc) {
-        gta_ctx g = {call, w, ws, whole, mask, v->consensus, normalize, lambda, fabsf(wsum) < 1e-8f ? 1.0f : wsum};
-        size_t nblocks = (n + GTA_BLOCK - 1) / GTA_BLOCK;
-        int oom = 0;
-#pragma omp parallel num_threads(nt) reduction(| : oom)
+        int oom = 0, bad = 0;
+        size_t obad = n;
+#pragma omp parallel num_threads(nt) reduction(| : oom, bad) reduction(min : obad)
         {
             float *d = malloc((size_t)k * GTA_BLOCK * sizeof *d);
             if (!d) oom = 1;
 #pragma omp for schedule(static)
-            for (size_t bi = 0; bi < nblocks; bi++) {
-                size_t b0 = bi * GTA_BLOCK;
-                if (d) gta_block(&g, b0, n - b0 < GTA_BLOCK ? n - b0 : GTA_BLOCK, d, out);
+            for (size_t bi = 0; bi < nb; bi++) {
+                size_t b0 = bi * GTA_BLOCK, ob = n;
+                if (d) bad |= gta_block(&g, b0, n - b0 < GTA_BLOCK ? n - b0 : GTA_BLOCK, d, out, &ob);
+                if (ob < obad) obad = ob;
             }
             free(d);
         }
-        if (oom) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (oom)
+            rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        else if (bad)
+            rc = MERGE_NONFINITE_INPUT;
+        else if (obad < n)
+            rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
+                            call->tensor_name, v->name, obad);
     }
-    free(w);
-    free(ws);
-    free(whole);
+    for (int i = 0; gm && i < k; i++)
+        for (int cu = 0; cu < 2; cu++) rank_cut_free(&gm[i].cut[cu]);
+    free(gm);
+    free(part);
+    free(sample);
     if (own) free(key);
     return rc;
 }
@@ -204,37 +582,37 @@ static const merge_param_def della_params[] = {GTA_GLOBALS(1, 1), GTA_MODEL, {"e
 static const merge_param_def della_lin_params[] = {GTA_GLOBALS(0, 1), GTA_MODEL,
                                                    {"epsilon", true, false, 0.15, 0, 1}};
 
-#define GTA_METHOD(fn, cons, kind)                                          \
+#define GTA_METHOD(fn, name, cons, kind)                                          \
     static int fn(const merge_call *call, float *out, alloy_err *err) {     \
-        static const gta_variant v = {cons, kind};                          \
+        static const gta_variant v = {name, cons, kind};                          \
         return gta_merge(&v, call, out, err);                               \
     }
 
 /* task_arithmetic (arXiv:2212.04089): base + lambda * sum w_i delta_i. */
-GTA_METHOD(ta_merge, false, SPARSIFY_NONE)
+GTA_METHOD(ta_merge, "task_arithmetic", false, SPARSIFY_NONE)
 /* ties: magnitude top-k per task vector, sign election, normalised by default. */
-GTA_METHOD(ties_merge, true, SPARSIFY_MAGNITUDE)
+GTA_METHOD(ties_merge, "ties", true, SPARSIFY_MAGNITUDE)
 /* dare_ties / dare_linear: bernoulli(density) drops with L1 rescale by default. */
-GTA_METHOD(dare_ties_merge, true, SPARSIFY_RANDOM)
-GTA_METHOD(dare_linear_merge, false, SPARSIFY_RANDOM)
+GTA_METHOD(dare_ties_merge, "dare_ties", true, SPARSIFY_RANDOM)
+GTA_METHOD(dare_linear_merge, "dare_linear", false, SPARSIFY_RANDOM)
 /* breadcrumbs / breadcrumbs_ties: drop the largest gamma fraction and the smallest. */
-GTA_METHOD(bc_merge, false, SPARSIFY_OUTLIERS)
-GTA_METHOD(bc_ties_merge, true, SPARSIFY_OUTLIERS)
+GTA_METHOD(bc_merge, "breadcrumbs", false, SPARSIFY_OUTLIERS)
+GTA_METHOD(bc_ties_merge, "breadcrumbs_ties", true, SPARSIFY_OUTLIERS)
 /* della / della_linear: rank-dependent drop probabilities (della_magprune). */
-GTA_METHOD(della_merge, true, SPARSIFY_DELLA)
-GTA_METHOD(della_linear_merge, false, SPARSIFY_DELLA)
+GTA_METHOD(della_merge, "della", true, SPARSIFY_DELLA)
+GTA_METHOD(della_linear_merge, "della_linear", false, SPARSIFY_DELLA)
 
 #define NP(t) ((int)(sizeof t / sizeof t[0]))
 
-const merge_method merge_task_arithmetic = {"task_arithmetic", BASE_REQUIRED, 1, 0, ta_params, NP(ta_params), ta_merge};
-const merge_method merge_ties = {"ties", BASE_REQUIRED, 1, 0, ties_params, NP(ties_params), ties_merge};
+const merge_method merge_task_arithmetic = {"task_arithmetic", BASE_REQUIRED, 1, 0, ta_params, NP(ta_params), ta_merge, true};
+const merge_method merge_ties = {"ties", BASE_REQUIRED, 1, 0, ties_params, NP(ties_params), ties_merge, true};
 const merge_method merge_dare_ties = {"dare_ties", BASE_REQUIRED, 1, 0, dare_params, NP(dare_params),
-                                      dare_ties_merge};
+                                      dare_ties_merge, true};
 const merge_method merge_dare_linear = {"dare_linear", BASE_REQUIRED, 1, 0, dare_params, NP(dare_params),
-                                        dare_linear_merge};
-const merge_method merge_breadcrumbs = {"breadcrumbs", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params), bc_merge};
+                                        dare_linear_merge, true};
+const merge_method merge_breadcrumbs = {"breadcrumbs", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params), bc_merge, true};
 const merge_method merge_breadcrumbs_ties = {"breadcrumbs_ties", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params),
-                                             bc_ties_merge};
-const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params, NP(della_params), della_merge};
+                                             bc_ties_merge, true};
+const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params, NP(della_params), della_merge, false};
 const merge_method merge_della_linear = {"della_linear", BASE_REQUIRED, 1, 0, della_lin_params,
-                                         NP(della_lin_params), della_linear_merge};
+                                         NP(della_lin_params), della_linear_merge, false};

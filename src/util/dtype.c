@@ -176,9 +176,21 @@ void dtype_from_f32(const float *src, alloy_dtype dt, void *dst, size_t n) {
         memcpy(p, src, n * 4);
         break;
     case ALLOY_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h = f32_to_bf16(src[i]);
-            memcpy(p + 2 * i, &h, 2);
+        if (((uintptr_t)p & 1) == 0) {
+            /* f32_to_bf16, branch-free so that it vectorises */
+            uint16_t *h = (uint16_t *)dst;
+#pragma omp simd
+            for (size_t i = 0; i < n; i++) {
+                uint32_t u;
+                memcpy(&u, &src[i], 4);
+                uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+                h[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+            }
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                uint16_t h = f32_to_bf16(src[i]);
+                memcpy(p + 2 * i, &h, 2);
+            }
         }
         break;
     case ALLOY_F16:

@@ -48,17 +48,19 @@ def qwen_tensors(gen, hidden=16, inter=40, vocab=64, layers=N_LAYERS, tied=False
     return t
 
 
-def config(layers=N_LAYERS, tied=False, dtype="float32"):
-    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 16,
-            "intermediate_size": 40, "num_hidden_layers": layers, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": 64, "tie_word_embeddings": tied, "torch_dtype": dtype,
+def config(layers=N_LAYERS, tied=False, dtype="float32", hidden=16, inter=40, vocab=64):
+    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
+            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": vocab, "tie_word_embeddings": tied, "torch_dtype": dtype,
             "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128}
 
 
-def make_family(name, dtype=torch.float32, tied=False, n_variants=3, shard=None, seed=0):
-    """Base + fine-tunes whose deltas have mixed signs and magnitudes."""
+def make_family(name, dtype=torch.float32, tied=False, n_variants=3, shard=None, seed=0, shape=None):
+    """Base + fine-tunes whose deltas have mixed signs and magnitudes. shape:
+    dict(hidden, inter, vocab, layers) for larger tensors."""
     gen = torch.Generator().manual_seed(seed)
-    base = qwen_tensors(gen, tied=tied)
+    shape = shape or {}
+    base = qwen_tensors(gen, tied=tied, **shape)
     dirs = []
     cfg_dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
     for v in range(n_variants + 1):
@@ -72,7 +74,7 @@ def make_family(name, dtype=torch.float32, tied=False, n_variants=3, shard=None,
                 t[k] = x + d
         t = {k: x.to(dtype) for k, x in t.items()}
         d = os.path.join(TMP, "%s-%s" % (name, "base" if v == 0 else "ft%d" % v))
-        st.save_dir(t, d, config(tied=tied, dtype=cfg_dtype), shard_max=shard if v == 1 else None)
+        st.save_dir(t, d, config(tied=tied, dtype=cfg_dtype, **shape), shard_max=shard if v == 1 else None)
         with open(os.path.join(d, "tokenizer.json"), "w") as f:
             json.dump({"model": {"type": "BPE", "vocab": {}, "merges": []}, "marker": name}, f)
         dirs.append(d)
@@ -205,6 +207,20 @@ def main():
         check_method("della-" + tag, "della", fam, [dict(d, epsilon=0.1) for d in w3d], None, dtype=dt, seed=3)
         check_method("della_linear-" + tag, "della_linear", fam, [dict(d, epsilon=0.1) for d in w3d], None,
                      dtype=dt, seed=3)
+    # Tensors of >= 2^18 elements take the streaming rank cuts (merge/rankcut.c)
+    # instead of the exact select: bf16 deltas (large tie groups) and f32.
+    big = {"hidden": 64, "inter": 96, "vocab": 8192, "layers": 1}
+    for dt in (torch.bfloat16, torch.float32):
+        tag = "big-" + ("bf16" if dt == torch.bfloat16 else "f32")
+        fam = make_family(tag, dt, seed=5, shape=big)
+        check_method("ties-" + tag, "ties", fam, w3d, None, dtype=dt)
+        check_method("ties-dense-" + tag, "ties", fam, [dict(d, density=0.95) for d in w3d], None, dtype=dt)
+        check_method("ties-rescale-" + tag, "ties", fam, w3d, {"rescale": True}, dtype=dt)
+        check_method("breadcrumbs_ties-" + tag, "breadcrumbs_ties", fam, [dict(d, gamma=0.05) for d in w3d], None,
+                     dtype=dt)
+        check_method("task_arithmetic-" + tag, "task_arithmetic", fam, w3, None, dtype=dt)
+        check_method("linear-" + tag, "linear", fam, w3, None, use_base=False, dtype=dt)
+        check_method("dare_ties-" + tag, "dare_ties", fam, w3d, None, dtype=dt, seed=11)
     n_fail = sum(1 for _, ok in results if not ok)
     print("merge reference: %d passed, %d failed" % (len(results) - n_fail, n_fail))
     shutil.rmtree(TMP, ignore_errors=True)

@@ -1,0 +1,325 @@
+/* rankcut.c — one-pass rank cuts of task-vector magnitudes (see rankcut.h). */
+#include "merge/rankcut.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "merge/sparsify.h"
+#include "merge/vec.h"
+#include "util/rng.h"
+
+#define SAMPLE_MAX ((size_t)1 << 14)
+#define STREAM_MIN ((size_t)1 << 18)
+
+static inline uint32_t fbits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u;
+}
+
+static inline float fvalue(uint32_t u) {
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+static size_t chunk_len(size_t n) {
+    size_t c = (n + RC_CHUNKS - 1) / RC_CHUNKS;
+    return (c + RC_BLOCK - 1) / RC_BLOCK * RC_BLOCK;
+}
+
+size_t rank_cut_nchunks(size_t n) { return n ? (n + chunk_len(n) - 1) / chunk_len(n) : 0; }
+
+void rank_cut_chunk(size_t n, size_t i, size_t *lo, size_t *hi) {
+    size_t c = chunk_len(n);
+    *lo = i * c;
+    *hi = *lo + c < n ? *lo + c : n;
+}
+
+size_t rank_cut_sample_size(size_t n) {
+    if (n < STREAM_MIN || n > UINT32_MAX) return 0;
+    size_t ns = n / 16 < SAMPLE_MAX ? n / 16 : SAMPLE_MAX;
+    return ns / RC_RUN * RC_RUN;
+}
+
+size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed) {
+    /* n < 2^32 and runs <= 2^16: the products fit in 64 bits */
+    size_t lo = run * n / runs, hi = (run + 1) * n / runs;
+    return lo + (size_t)(rng_mix64(seed ^ (run * 0x9e3779b97f4a7c15ull)) % (hi - lo - RC_RUN + 1));
+}
+
+/* The sample quantile of rank r/n has standard deviation sqrt(ns q (1-q))
+ * sample positions (a little more: the sample is in runs); the band spans
+ * five of them either side plus a few for tiny q, so it misses with
+ * probability ~1e-6, and a miss only costs the exact path. */
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sample, size_t ns) {
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    c->rank = rank;
+    c->idx_desc = idx_desc;
+    double q = (double)rank / (double)n, centre = q * (double)ns;
+    double margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
+    double lo = centre - margin, hi = centre + margin;
+    c->blo = lo < 0 ? 0.0f : sparsify_select_kth(sample, ns, (size_t)lo);
+    c->bhi = hi >= (double)ns ? INFINITY : sparsify_select_kth(sample, ns, (size_t)hi);
+    /* buckets over the positive bit patterns strictly inside (blo, bhi) */
+    c->lo_bits = fbits(c->blo) + 1;
+    uint32_t span = fbits(c->bhi) - c->lo_bits;
+    while ((span >> c->shift) >= RC_BUCKETS) c->shift++;
+    c->nchunks = rank_cut_nchunks(n);
+    c->hist = calloc(c->nchunks * RC_BUCKETS, sizeof *c->hist);
+    c->eq = calloc(c->nchunks * 2, sizeof *c->eq);
+    return c->hist && c->eq;
+}
+
+void rank_cut_free(rank_cut *c) {
+    free(c->hist);
+    free(c->eq);
+    c->hist = NULL;
+    c->eq = NULL;
+}
+
+void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m) {
+    (void)b0;
+    float blo = c->blo, bhi = c->bhi;
+    uint32_t lo_bits = c->lo_bits;
+    rc_cell *row = c->hist + chunk * RC_BUCKETS;
+    int shift = c->shift, two = bhi > blo;
+    size_t below = 0, eqlo = 0, eqhi = 0;
+    uint8_t in[RC_BLOCK];
+    for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
+        size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
+        const float *aj = a + j0;
+        unsigned any = 0;
+#pragma omp simd reduction(+ : below, eqlo, eqhi) reduction(| : any)
+        for (size_t j = 0; j < len; j++) {
+            float v = aj[j];
+            int pos = v > 0.0f;
+            below += pos & (v < blo);
+            eqlo += pos & (v == blo);
+            eqhi += two & (v == bhi);
+            unsigned f = (unsigned)((v > blo) & (v < bhi));
+            in[j] = (uint8_t)f;
+            any |= f;
+        }
+        if (!any) continue;
+        /* strictly inside the band: few, when magnitudes tie in large groups */
+        for (size_t j = 0; j < len; j += 8) {
+            uint64_t word = 0;
+            memcpy(&word, in + j, len - j < 8 ? len - j : 8);
+            while (word) {
+                size_t t = j + (size_t)(__builtin_ctzll(word) >> 3);
+                word &= word - 1;
+                uint32_t u = fbits(aj[t]);
+                rc_cell *cl = &row[(u - lo_bits) >> shift];
+                if (!cl->count++) {
+                    cl->lo = cl->hi = u;
+                    cl->nlo = cl->nhi = 1;
+                    continue;
+                }
+                if (u <= cl->lo) cl->nlo = u == cl->lo ? cl->nlo + 1 : 1, cl->lo = u;
+                if (u >= cl->hi) cl->nhi = u == cl->hi ? cl->nhi + 1 : 1, cl->hi = u;
+            }
+        }
+    }
+    acc->below += below;
+    c->eq[chunk * 2] += eqlo;
+    c->eq[chunk * 2 + 1] += eqhi;
+}
+
+/* The k-th smallest (0-based) of distinct keys a[0..n) (reordered):
+ * Hoare's FIND, pivot the median of three. */
+static uint64_t select_u64(uint64_t *a, size_t n, size_t k) {
+    ptrdiff_t l = 0, r = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;
+    while (l < r) {
+        uint64_t x = a[l], y = a[l + (r - l) / 2], z = a[r];
+        uint64_t p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        ptrdiff_t i = l, j = r;
+        do {
+            while (a[i] < p) i++;
+            while (p < a[j]) j--;
+            if (i <= j) {
+                uint64_t t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < kk) l = i;
+        if (kk < i) r = j;
+    }
+    return a[kk];
+}
+
+/* Elements of chunk ch whose magnitude bits lie in [lo, hi], in index order,
+ * as (bits << 32 | index, complemented when idx_desc) into out (stopping
+ * after `limit`); *got their number. False on a non-finite input. */
+static bool collect_chunk(const rank_cut *c, size_t ch, uint32_t lo, uint32_t hi, size_t limit, rank_cut_mag_fn f,
+                          const void *ctx, uint64_t *out, size_t *got) {
+    size_t b, e, at = 0;
+    rank_cut_chunk(c->n, ch, &b, &e);
+    float a[RC_BLOCK];
+    uint8_t in[RC_BLOCK];
+    float flo = fvalue(lo), fhi = fvalue(hi);
+    for (size_t b0 = b; b0 < e && at < limit; b0 += RC_BLOCK) {
+        size_t m = e - b0 < RC_BLOCK ? e - b0 : RC_BLOCK;
+        if (f(ctx, b0, m, a)) return false;
+        /* positive floats order as their bit patterns */
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) in[j] = (uint8_t)((a[j] >= flo) & (a[j] <= fhi));
+        for (size_t j = 0; j < m && at < limit; j += 8) {
+            uint64_t word = 0;
+            memcpy(&word, in + j, m - j < 8 ? m - j : 8);
+            while (word && at < limit) {
+                size_t t = j + (size_t)(__builtin_ctzll(word) >> 3);
+                word &= word - 1;
+                uint32_t idx = (uint32_t)(b0 + t);
+                out[at++] = (uint64_t)fbits(a[t]) << 32 | (c->idx_desc ? ~idx : idx);
+            }
+        }
+    }
+    *got = at;
+    return true;
+}
+
+/* The cut is value u, the want-th (0-based, ascending index) of its
+ * elements; per[ch] of them lie in chunk ch. */
+static int cut_on_value(rank_cut *c, uint32_t u, size_t want, const size_t *per, rank_cut_mag_fn f, const void *ctx) {
+    size_t ch = 0, before = 0;
+    while (before + per[ch] <= want) before += per[ch++];
+    size_t got = 0, need = want - before + 1;
+    uint64_t *cand = malloc(need * sizeof *cand);
+    if (!cand) return 0;
+    int rc = collect_chunk(c, ch, u, u, need, f, ctx, cand, &got) ? 1 : -1;
+    if (rc == 1 && got == need) {
+        uint32_t low = (uint32_t)cand[need - 1];
+        c->idx = c->idx_desc ? ~low : low;
+        c->v = fvalue(u);
+        c->zero = false;
+    } else if (rc == 1) {
+        rc = 0; /* cannot happen: the pass counted them */
+    }
+    free(cand);
+    return rc;
+}
+
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, size_t zeros, rank_cut_mag_fn f, const void *ctx,
+                     int threads) {
+    size_t below = 0, nb = c->nchunks;
+    for (int t = 0; t < nacc; t++) below += acc[t].below;
+    size_t *per = NULL;
+    int rc = 0;
+    if (c->rank < zeros) {
+        c->zero = true;
+        c->v = 0.0f;
+        c->idx = 0;
+        rc = 1;
+        goto done;
+    }
+    if (c->rank - zeros < below) goto done;
+    size_t r = c->rank - zeros - below, bk = 0, count = 0;
+    per = malloc((nb + 1) * sizeof *per);
+    if (!per) goto done;
+    /* on an end of the band? */
+    for (int end = 0; end < 2; end++) {
+        size_t ties = 0;
+        for (size_t ch = 0; ch < nb; ch++) ties += per[ch] = c->eq[ch * 2 + (size_t)end];
+        if (end == 0 && r < ties) {
+            rc = cut_on_value(c, fbits(c->blo), c->idx_desc ? ties - 1 - r : r, per, f, ctx);
+            goto done;
+        }
+        if (end == 0) {
+            r -= ties;
+            size_t inside = 0;
+            for (size_t ch = 0; ch < nb * RC_BUCKETS; ch++) inside += c->hist[ch].count;
+            if (r < inside) break;
+            r -= inside;
+        } else if (r < ties) {
+            rc = cut_on_value(c, fbits(c->bhi), c->idx_desc ? ties - 1 - r : r, per, f, ctx);
+            goto done;
+        } else {
+            goto done; /* past the band */
+        }
+    }
+    for (; bk < RC_BUCKETS; bk++) {
+        count = 0;
+        for (size_t ch = 0; ch < nb; ch++) count += c->hist[ch * RC_BUCKETS + bk].count;
+        if (r < count) break;
+        r -= count;
+    }
+    if (bk == RC_BUCKETS) goto done; /* cannot happen: r < inside */
+    uint32_t glo = UINT32_MAX, ghi = 0;
+    size_t nlo = 0, nhi = 0;
+    for (size_t ch = 0; ch < nb; ch++) {
+        const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
+        if (!cl->count) continue;
+        if (cl->lo < glo) glo = cl->lo;
+        if (cl->hi > ghi) ghi = cl->hi;
+    }
+    for (size_t ch = 0; ch < nb; ch++) {
+        const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
+        if (cl->count && cl->lo == glo) nlo += cl->nlo;
+        if (cl->count && cl->hi == ghi) nhi += cl->nhi;
+    }
+    if (r < nlo || r >= count - nhi) {
+        /* the cut is the bucket's smallest (or largest) value: the r-th of
+         * its elements in the order, counted from the end when idx_desc */
+        bool low = r < nlo;
+        size_t ties = low ? nlo : nhi, rr = low ? r : r - (count - nhi);
+        for (size_t ch = 0; ch < nb; ch++) {
+            const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
+            per[ch] = !cl->count ? 0 : low ? (cl->lo == glo ? cl->nlo : 0) : (cl->hi == ghi ? cl->nhi : 0);
+        }
+        rc = cut_on_value(c, low ? glo : ghi, c->idx_desc ? ties - 1 - rr : rr, per, f, ctx);
+        goto done;
+    }
+    /* several values around the cut: collect the bucket and select */
+    per[0] = 0;
+    for (size_t ch = 0; ch < nb; ch++) per[ch + 1] = per[ch] + c->hist[ch * RC_BUCKETS + bk].count;
+    uint64_t *cand = malloc(count * sizeof *cand);
+    if (!cand) goto done;
+    int bad = 0, short_count = 0;
+#pragma omp parallel for num_threads(vec_threads(threads)) schedule(dynamic, 4) reduction(| : bad, short_count)
+    for (size_t ch = 0; ch < nb; ch++) {
+        size_t want = per[ch + 1] - per[ch], got = 0;
+        if (!want) continue;
+        bad |= !collect_chunk(c, ch, glo, ghi, want, f, ctx, cand + per[ch], &got);
+        short_count |= got != want;
+    }
+    if (bad) {
+        rc = -1;
+    } else if (!short_count) {
+        uint64_t key = select_u64(cand, count, r);
+        uint32_t lowbits = (uint32_t)key;
+        c->v = fvalue((uint32_t)(key >> 32));
+        c->idx = c->idx_desc ? ~lowbits : lowbits;
+        c->zero = false;
+        rc = 1;
+    }
+    free(cand);
+done:
+    free(per);
+    rank_cut_free(c);
+    return rc;
+}
+
+keep_rule keep_rule_between(const rank_cut *lower, const rank_cut *upper) {
+    keep_rule r = {.L = -1.0f, .U = INFINITY, .tlo = 0, .thi = UINT32_MAX, .tu = UINT32_MAX};
+    if (lower) {
+        r.L = lower->v;
+        if (!lower->zero) {
+            /* kept from the cut on: ties after it in the order */
+            if (lower->idx_desc)
+                r.thi = lower->idx;
+            else
+                r.tlo = lower->idx;
+        }
+    }
+    if (upper) {
+        r.U = upper->v;
+        if (!upper->zero) r.tu = upper->idx;
+    }
+    return r;
+}

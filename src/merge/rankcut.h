@@ -1,0 +1,123 @@
+/* rankcut.h — rank thresholds of task-vector magnitudes in one streaming pass.
+ *
+ * TIES (magnitude) and breadcrumbs (magnitude_outliers) keep the elements of
+ * a task vector whose magnitude a_e = |x_e - base_e| lies in a range of
+ * ranks, ties ordered by index (mergekit's topk / sort). An exact select
+ * needs the whole vector in memory, or several passes over it. Here one pass
+ * usually suffices:
+ *   1. a stratified sample of the magnitudes brackets the wanted rank in a
+ *      band [blo, bhi], five standard deviations of the sample quantile wide;
+ *   2. the pass counts, per fixed chunk of the tensor, the magnitudes below
+ *      the band and those equal to either end of it (vectorised), and
+ *      histograms those strictly inside it over RC_BUCKETS buckets of their
+ *      bit patterns, keeping per chunk and bucket the smallest and largest
+ *      value and how often each occurs;
+ *   3. the counts name where the cut lies. Deltas of bf16 checkpoints are
+ *      multiples of a few ulps, so their magnitudes tie in large groups: the
+ *      cut usually falls on an end of the band or on a bucket's smallest or
+ *      largest value. The cut is then the r-th element of that value in index
+ *      order, found by walking the one chunk where the per-chunk counts of
+ *      that value cross r. Otherwise the elements of the bucket (one of
+ *      RC_BUCKETS inside the band, a small set) are collected from the
+ *      chunks that hold any, in a second pass, and selected exactly.
+ * When the band misses (an unlucky sample) the caller falls back to the exact
+ * select of sparsify.c. The result is identical either way.
+ *
+ * Zero magnitudes (elements a fine-tune left unchanged) rank first. When a
+ * cut falls among them, which zeros are kept does not matter to any method
+ * here (a zero delta adds nothing to a sum, never agrees with an elected
+ * sign, and adds nothing to an L1 norm), so it is left open. */
+#ifndef ALLOY_MERGE_RANKCUT_H
+#define ALLOY_MERGE_RANKCUT_H
+
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RC_BUCKETS 512
+
+/* One bucket of one chunk: elements, smallest and largest bit pattern, and
+ * how many elements have each (lo, hi undefined while count is 0). */
+typedef struct rc_cell {
+    uint32_t count, lo, nlo, hi, nhi;
+} rc_cell;
+
+/* The element of ascending rank `rank` among n magnitudes, ordered by
+ * magnitude and then by index (descending when idx_desc). */
+typedef struct rank_cut {
+    size_t n, rank;
+    bool idx_desc;
+    float blo, bhi;     /* the band from the sample */
+    uint32_t lo_bits;   /* first bit pattern above blo */
+    int shift;          /* bucket = (bits - lo_bits) >> shift */
+    size_t nchunks;
+    rc_cell *hist;      /* [nchunks][RC_BUCKETS]: blo < a < bhi */
+    size_t *eq;         /* [nchunks][2]: a == blo, a == bhi (> blo) */
+    /* result of rank_cut_resolve */
+    bool zero;          /* the cut is a zero magnitude */
+    float v;            /* its magnitude */
+    uint32_t idx;       /* its index (unless zero) */
+} rank_cut;
+
+/* What one thread's share of the pass found besides the histograms. */
+typedef struct cut_acc {
+    size_t below;       /* 0 < a < blo */
+} cut_acc;
+
+/* Magnitudes of elements [lo, lo + m), m <= RC_BLOCK, into a; true when an
+ * input is not finite. */
+#define RC_BLOCK 1024
+typedef bool (*rank_cut_mag_fn)(const void *ctx, size_t lo, size_t m, float *a);
+
+/* The pass runs over at most RC_CHUNKS fixed chunks (a function of n only,
+ * so sums per chunk do not depend on the thread count). */
+#define RC_CHUNKS 64
+size_t rank_cut_nchunks(size_t n);
+void rank_cut_chunk(size_t n, size_t i, size_t *lo, size_t *hi);
+
+/* Sample size for n elements; 0 when n is too small for the streaming path
+ * (an exact select on a copy is cheaper there). */
+size_t rank_cut_sample_size(size_t n);
+
+/* The sample is ns / RC_RUN runs of RC_RUN consecutive elements (cheap to
+ * read: a cache line or two each), one run at a random place in each of
+ * ns / RC_RUN equal strata. First element of run `run` of `runs`, a pure
+ * function of (n, runs, run, seed). */
+#define RC_RUN 32
+size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed);
+
+/* Set up cut c from the sample's magnitudes (reordered in place). Returns
+ * false when out of memory. */
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sample, size_t ns);
+
+/* Count and histogram magnitudes a[0..m) of elements b0.. (inside chunk
+ * `chunk`; one thread per chunk) into c and acc. */
+void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m);
+
+/* Combine the accumulators with the number of zero magnitudes and find the
+ * cut, re-reading magnitudes through f where needed. Returns 1 when found
+ * (c->zero, v, idx set), 0 when the band missed or memory ran out (take the
+ * exact path), -1 when f met a non-finite input. Frees c->hist. */
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, size_t zeros, rank_cut_mag_fn f, const void *ctx,
+                     int threads);
+
+void rank_cut_free(rank_cut *c);
+
+/* Which magnitudes are kept: (a > L or a == L with tlo <= e <= thi) and
+ * (a < U or a == U with e <= tu). */
+typedef struct keep_rule {
+    float L, U;
+    uint32_t tlo, thi, tu;
+} keep_rule;
+
+/* Keep everything at or after cut `lower` (NULL: no lower bound) and at or
+ * before cut `upper` (NULL: no upper bound; an upper cut orders ties by
+ * ascending index). */
+keep_rule keep_rule_between(const rank_cut *lower, const rank_cut *upper);
+
+static inline bool keep_rule_test(const keep_rule *r, float a, uint32_t e) {
+    return ((a > r->L) | ((a == r->L) & (e >= r->tlo) & (e <= r->thi))) & ((a < r->U) | ((a == r->U) & (e <= r->tu)));
+}
+
+#endif

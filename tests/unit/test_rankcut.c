@@ -1,0 +1,172 @@
+/* test_rankcut.c — the one-pass rank cuts of merge/rankcut.c against a
+ * brute-force sort: on continuous magnitudes (the cut bucket holds many
+ * values: collect and select), on bf16-like magnitudes that tie in large
+ * groups (the cut on a bucket's or the band's end: the one-chunk walk), with
+ * most magnitudes zero (the cut among the zeros), for both index orders and
+ * ranks from the first to the last; and a sample that misses the band, which
+ * must report the miss instead of a wrong cut. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "merge/rankcut.h"
+#include "util/dtype.h"
+#include "util/rng.h"
+
+typedef struct order {
+    const float *a;
+    bool desc;
+} order;
+
+static int by_order(const void *pa, const void *pb, void *ctx) {
+    const order *o = ctx;
+    size_t i = *(const size_t *)pa, j = *(const size_t *)pb;
+    if (o->a[i] != o->a[j]) return o->a[i] < o->a[j] ? -1 : 1;
+    int c = (i > j) - (i < j);
+    return o->desc ? -c : c;
+}
+
+static bool mags(const void *ctx, size_t lo, size_t m, float *a) {
+    memcpy(a, (const float *)ctx + lo, m * sizeof *a);
+    return false;
+}
+
+static double unit(uint64_t seed, uint64_t i) { return (double)(rng_mix64(seed * 0x9e3779b97f4a7c15ull + i) >> 11) * 0x1p-53; }
+
+static double gauss(uint64_t seed, uint64_t i) {
+    double u = unit(seed, 2 * i) + 1e-300, v = unit(seed, 2 * i + 1);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Plan from the sample positions the library would use (or a given sample),
+ * scan everything in chunks, resolve. */
+static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float *forced, rank_cut *c) {
+    size_t ns = rank_cut_sample_size(n), runs = ns / RC_RUN;
+    assert_true(ns > 0);
+    float *sample = malloc(ns * sizeof *sample);
+    assert_non_null(sample);
+    for (size_t r = 0; r < runs; r++) {
+        size_t at = rank_cut_sample_run(n, runs, r, 42);
+        assert_true(at + RC_RUN <= n);
+        memcpy(sample + r * RC_RUN, forced ? forced + r * RC_RUN : a + at, RC_RUN * sizeof *sample);
+    }
+    assert_true(rank_cut_plan(c, n, rank, desc, sample, ns));
+    cut_acc acc[2];
+    memset(acc, 0, sizeof acc);
+    size_t zeros = 0;
+    for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
+        size_t lo, hi;
+        rank_cut_chunk(n, ch, &lo, &hi);
+        for (size_t b0 = lo; b0 < hi; b0 += RC_BLOCK) {
+            size_t m = hi - b0 < RC_BLOCK ? hi - b0 : RC_BLOCK;
+            rank_cut_scan(c, &acc[ch % 2], ch, a + b0, b0, m); /* two "threads" */
+        }
+    }
+    for (size_t e = 0; e < n; e++) zeros += a[e] == 0.0f;
+    free(sample);
+    return rank_cut_resolve(c, acc, 2, zeros, mags, a, 2);
+}
+
+static void check(const float *a, size_t n, size_t rank, bool desc) {
+    size_t *idx = malloc(n * sizeof *idx), *pos = malloc(n * sizeof *pos);
+    assert_true(idx && pos);
+    for (size_t i = 0; i < n; i++) idx[i] = i;
+    order o = {a, desc};
+    qsort_r(idx, n, sizeof *idx, by_order, &o);
+    for (size_t r = 0; r < n; r++) pos[idx[r]] = r;
+    rank_cut c;
+    assert_int_equal(run_cut(a, n, rank, desc, NULL, &c), 1);
+    float v = a[idx[rank]];
+    if (v == 0.0f) {
+        assert_true(c.zero);
+    } else {
+        assert_false(c.zero);
+        assert_true(c.v == v);
+        assert_int_equal(c.idx, idx[rank]);
+    }
+    /* kept from the cut on (a lower cut), and up to it (an upper cut, ascending index order only) */
+    keep_rule lower = keep_rule_between(&c, NULL), upper = keep_rule_between(NULL, &c);
+    for (size_t e = 0; e < n; e++) {
+        if (a[e] == 0.0f && v == 0.0f) continue; /* which zeros: left open */
+        assert_int_equal(keep_rule_test(&lower, a[e], (uint32_t)e), pos[e] >= rank);
+        if (!desc) assert_int_equal(keep_rule_test(&upper, a[e], (uint32_t)e), pos[e] <= rank);
+    }
+    free(idx);
+    free(pos);
+}
+
+static void check_ranks(const float *a, size_t n) {
+    size_t ranks[] = {0, n / 10, n / 3, n / 2, n - n / 10, n - 1};
+    for (size_t r = 0; r < sizeof ranks / sizeof ranks[0]; r++)
+        for (int desc = 0; desc < 2; desc++) check(a, n, ranks[r], desc);
+}
+
+static void test_continuous(void **state) {
+    (void)state;
+    size_t n = 300007;
+    float *a = malloc(n * sizeof *a);
+    for (size_t e = 0; e < n; e++) a[e] = (float)fabs(gauss(1, e));
+    check_ranks(a, n);
+    free(a);
+}
+
+/* |bf16(b + d) - bf16(b)|: multiples of a few ulps, large tie groups */
+static void test_bf16_ties(void **state) {
+    (void)state;
+    size_t n = (size_t)1 << 18;
+    float *a = malloc(n * sizeof *a);
+    for (size_t e = 0; e < n; e++) {
+        float b = bf16_to_f32(f32_to_bf16((float)(0.02 * gauss(2, e))));
+        float x = bf16_to_f32(f32_to_bf16(b + (float)(0.002 * gauss(3, e))));
+        a[e] = fabsf(x - b);
+    }
+    check_ranks(a, n);
+    free(a);
+}
+
+static void test_mostly_zero(void **state) {
+    (void)state;
+    size_t n = 400000;
+    float *a = malloc(n * sizeof *a);
+    for (size_t e = 0; e < n; e++) a[e] = unit(4, e) < 0.6 ? 0.0f : (float)(1 + rng_mix64(e) % 5) * 0.25f;
+    check_ranks(a, n);
+    free(a);
+}
+
+static void test_two_values(void **state) {
+    (void)state;
+    size_t n = 300000;
+    float *a = malloc(n * sizeof *a);
+    for (size_t e = 0; e < n; e++) a[e] = unit(5, e) < 0.5 ? 1.0f : 2.0f;
+    check_ranks(a, n);
+    free(a);
+}
+
+static void test_band_miss(void **state) {
+    (void)state;
+    size_t n = 300000, ns = rank_cut_sample_size(n);
+    float *a = malloc(n * sizeof *a), *fake = malloc(ns * sizeof *fake);
+    for (size_t e = 0; e < n; e++) a[e] = (float)fabs(gauss(6, e));
+    for (size_t s = 0; s < ns; s++) fake[s] = 100.0f + (float)s; /* far above every magnitude */
+    rank_cut c;
+    assert_int_equal(run_cut(a, n, n / 2, true, fake, &c), 0);
+    for (size_t s = 0; s < ns; s++) fake[s] = 1e-30f * (float)(s + 1); /* far below */
+    assert_int_equal(run_cut(a, n, n / 2, false, fake, &c), 0);
+    free(a);
+    free(fake);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
+        cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
