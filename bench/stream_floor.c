@@ -3,34 +3,55 @@
  * Plans the same recipe as `alloy merge`, then does only the unavoidable
  * work with the same I/O path: reads every input byte of every output tensor
  * once (through the same mmaps, the same madvise pattern) and writes an
- * output of the same size with the same safetensors writer and background
- * writer thread, from two buffers of real (not zero-page) memory, as the
- * executor does. The merge's wall time divided by this one is the overhead
- * of merging itself.
+ * output of the same size with the same safetensors writer the way the
+ * streaming executor does (merge/sink.c): every thread writes its share of
+ * each tensor in 1 MiB pieces from its own buffer (real memory, not the zero
+ * page); copied tensors straight from the input mapping. The merge's wall
+ * time divided by this one is the overhead of merging itself.
  * usage: stream_floor RECIPE.yml OUT_DIR */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <omp.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "io/st_async.h"
 #include "merge/plan.h"
 #include "util/dtype.h"
 #include "util/fs.h"
 
-static uint64_t touch(const st_tensor *t) {
-    const uint64_t *p = t->data;
-    size_t n = t->nbytes / 8;
-    uint64_t acc = 0;
-#pragma omp parallel for reduction(^ : acc)
-    for (size_t i = 0; i < n; i++) acc ^= p[i];
+static void advise(const st_tensor *t, int advice) {
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
-    madvise((void *)a, (uintptr_t)t->data + t->nbytes - a, MADV_DONTNEED);
+    madvise((void *)a, (uintptr_t)t->data + t->nbytes - a, advice);
+}
+
+static void advise_all(const plan_tensor *pt, int advice) {
+    if (!pt->merge) {
+        advise(pt->copy.t, advice);
+        return;
+    }
+    if (pt->has_base) advise(pt->base.t, advice);
+    for (int j = 0; j < pt->k; j++) advise(pt->inputs[j].t, advice);
+}
+
+/* XOR of the 8-byte words of elements [lo, hi) of t (a few bytes at the
+ * edges may be skipped: only the pages matter). */
+static uint64_t touch(const st_tensor *t, size_t lo, size_t hi) {
+    size_t es = dtype_size(t->dtype);
+    const char *base = t->data;
+    size_t b = (lo * es + 7) / 8, e = hi * es / 8;
+    uint64_t acc = 0;
+    for (size_t i = b; i < e; i++) {
+        uint64_t v;
+        memcpy(&v, base + 8 * i, 8);
+        acc ^= v;
+    }
     return acc;
 }
+
+#define PIECE ((size_t)1 << 20)
 
 int main(int argc, char **argv) {
     if (argc != 3) {
@@ -57,30 +78,42 @@ int main(int argc, char **argv) {
     }
     fs_mkdirs(argv[2], &err);
     st_writer *w = st_writer_open(argv[2], specs, p.ntensors, 5000000000ull, &err);
-    st_async *aw = w ? st_async_start(w, &err) : NULL;
-    char *buf[2] = {malloc(maxb ? maxb : 1), malloc(maxb ? maxb : 1)};
+    int nt = omp_get_max_threads();
+    char *buf = malloc(PIECE * (size_t)nt);
     uint64_t acc = 0;
-    int rc = aw && buf[0] && buf[1] ? 0 : 1;
-    for (int b = 0; b < 2 && !rc; b++) memset(buf[b], 0x3c, maxb ? maxb : 1);
-    for (int i = 0, cur = 0; i < p.ntensors && !rc; i++) {
+    int rc = w && buf ? 0 : 1;
+    if (!rc) memset(buf, 0x3c, PIECE * (size_t)nt);
+    for (int i = 0; i < p.ntensors && !rc; i++) {
         const plan_tensor *pt = &p.tensors[i];
+        if (i + 1 < p.ntensors) advise_all(&p.tensors[i + 1], MADV_WILLNEED);
+        advise_all(pt, MADV_POPULATE_READ);
         if (pt->merge) {
-            if (pt->has_base) acc ^= touch(pt->base.t);
-            for (int j = 0; j < pt->k; j++) acc ^= touch(pt->inputs[j].t);
+            /* per piece of output, as the streaming merge: read its inputs, write it */
+            size_t es = dtype_size(pt->out_dtype), nb = (size_t)pt->numel * es, pieces = (nb + PIECE - 1) / PIECE;
+            int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) reduction(^ : acc)
+            for (size_t c = 0; c < pieces; c++) {
+                size_t off = c * PIECE, len = nb - off < PIECE ? nb - off : PIECE;
+                size_t lo = off / es, hi = (off + len) / es;
+                char *mine = buf + PIECE * (size_t)omp_get_thread_num();
+                if (pt->has_base) acc ^= touch(pt->base.t, lo, hi);
+                for (int j = 0; j < pt->k; j++) acc ^= touch(pt->inputs[j].t, lo, hi);
+                mine[0] = (char)acc;
+                alloy_err e;
+                bad |= st_writer_put_part(w, i, off, mine, len, &e) != 0;
+            }
+            if (bad) rc = 1;
+            st_writer_mark_done(w, i);
         } else {
-            acc ^= touch(pt->copy.t);
+            rc = st_writer_put(w, i, pt->copy.t->data, &err);
         }
-        buf[cur][0] = (char)acc;
-        rc = st_async_put(aw, i, buf[cur], &err);
-        cur ^= 1;
+        advise_all(pt, MADV_DONTNEED);
     }
-    if (aw && st_async_stop(aw, &err)) rc = 1;
     if (!rc) rc = st_writer_finish(w, &err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc) fprintf(stderr, "stream_floor: %s\n", err.msg);
     printf("%.3f\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-    free(buf[0]);
-    free(buf[1]);
+    free(buf);
     free(specs);
     plan_free(&p);
     return rc ? 1 : 0;

@@ -697,6 +697,22 @@ int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err) {
     return 0;
 }
 
+int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, size_t len, alloy_err *err) {
+    if (i < 0 || i >= w->n) return alloy_fail(err, "%s: tensor index %d out of range (0..%d)", w->dir, i, w->n - 1);
+    const wtensor *t = &w->t[i];
+    const wshard *sh = &w->shards[t->shard];
+    if (offset + len > t->nbytes)
+        return alloy_fail(err, "%s: tensor '%s': bytes %llu..%llu past its %llu", sh->path, t->name,
+                          (unsigned long long)offset, (unsigned long long)(offset + len), (unsigned long long)t->nbytes);
+    if (len && pwrite_all(sh->fd, data, len, sh->data_start + t->begin + offset))
+        return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
+    return 0;
+}
+
+void st_writer_mark_done(st_writer *w, int i) {
+    if (i >= 0 && i < w->n) w->done[i] = 1;
+}
+
 /* model.safetensors.index.json: total_size and the sorted weight_map. */
 static int write_index(const st_writer *w, alloy_err *err) {
     char *path = fs_join(w->dir, ST_INDEX_NAME);

@@ -103,6 +103,11 @@ st_writer *st_writer_open(const char *dir, const st_spec *specs, int n,
  * distinct i. */
 int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err);
 
+/* Write bytes [offset, offset + len) of tensor i; thread-safe for distinct
+ * ranges. The tensor counts as written once st_writer_mark_done(w, i). */
+int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, size_t len, alloy_err *err);
+void st_writer_mark_done(st_writer *w, int i);
+
 /* Check every tensor was written, fsync, write the index when sharded, and
  * free w. */
 int st_writer_finish(st_writer *w, alloy_err *err);

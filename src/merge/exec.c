@@ -19,6 +19,7 @@
 #include "io/checkpoint.h"
 #include "io/peft_write.h"
 #include "io/st_async.h"
+#include "merge/sink.h"
 #include "merge/svd.h"
 #include "mix/mod_recipe.h"
 #include "util/dtype.h"
@@ -184,14 +185,14 @@ static size_t first_nonfinite(const float *out, size_t n, int threads) {
 }
 
 /* Load (or, for a streaming method, point at) the inputs of merged tensor
- * pt and run the method: into `packed` in the output dtype when given (a
+ * pt and run the method: into the output file through `sink` when given (a
  * streaming method, which checks the result itself), else into w->out (f32,
  * checked for non-finite values here for out: lora; exec_dense checks while
  * packing).
  * w->base holds the base input when pt->has_base and the method does not
  * stream. */
 static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, const alloy_merge_options *opt,
-                        int threads, void *packed, alloy_err *err) {
+                        int threads, merge_sink *sink, alloy_err *err) {
     size_t n = (size_t)pt->numel;
     bool streams = p->method->streams;
     if (!w->out) {
@@ -237,8 +238,7 @@ static int merge_tensor(const merge_plan *p, const plan_tensor *pt, work *w, con
         .nparams = p->method->nparams,
         .seed = rng_mix64(opt->seed ^ rng_hash_str(pt->name)),
         .threads = threads,
-        .out_packed = packed,
-        .out_dtype = pt->out_dtype,
+        .sink = sink,
     };
     int rc = p->method->merge(&call, w->out, err);
     if (rc == MERGE_NONFINITE_INPUT) return name_nonfinite(p, pt, w->out, threads, err);
@@ -274,8 +274,9 @@ static size_t pack_checked(const float *out, alloy_dtype dt, void *packed, size_
 }
 
 
-/* Every output tensor in order: copied, or merged and packed into one of two
- * buffers while the other is being written (st_async). */
+/* Every output tensor in order: copied, merged by a streaming method
+ * straight into the file (sink.h), or merged into f32 and packed into one of
+ * two buffers while the other is being written (st_async). */
 static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
                       alloy_err *err) {
     st_spec *specs = calloc((size_t)p->ntensors, sizeof *specs);
@@ -298,8 +299,9 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     int rc = work_init(&wk, p, err);
     st_writer *w = rc ? NULL : st_writer_open(tmp, specs, p->ntensors, opt->out_shard_bytes, err);
     st_async *aw = w ? st_async_start(w, err) : NULL;
-    if (!aw) rc = -1;
     bool streams = p->method->streams;
+    merge_sink *sink = streams && aw ? merge_sink_new(threads) : NULL;
+    if (!aw || (streams && !sink)) rc = rc ? rc : alloy_fail(err, "out of memory");
     uint64_t done_bytes = 0;
     int cur = 0; /* the packed buffer not being written */
     for (int i = 0; i < p->ntensors && !rc; i++) {
@@ -312,15 +314,21 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
             rc = st_async_wait(aw, err);
             if (!rc) rc = st_writer_put(w, i, pt->copy.t->data, err);
         } else {
-            if (!wk.packed[cur] && !(wk.packed[cur] = mem_big_alloc(sizeof(float) * wk.maxn)))
-                rc = alloy_fail(err, "out of memory");
-            if (!rc) rc = merge_tensor(p, pt, &wk, opt, threads, streams ? wk.packed[cur] : NULL, err);
-            size_t bad = rc || streams ? n : pack_checked(wk.out, pt->out_dtype, wk.packed[cur], n, threads);
-            if (bad < n)
-                rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu", pt->name,
-                                p->method->name, bad);
-            if (!rc) rc = st_async_put(aw, i, wk.packed[cur], err);
-            cur ^= 1;
+            if (streams) {
+                merge_sink_begin(sink, w, i, pt->out_dtype);
+                rc = merge_tensor(p, pt, &wk, opt, threads, sink, err);
+                if (!rc) rc = merge_sink_end(sink, err);
+            } else {
+                if (!wk.packed[cur] && !(wk.packed[cur] = mem_big_alloc(sizeof(float) * wk.maxn)))
+                    rc = alloy_fail(err, "out of memory");
+                if (!rc) rc = merge_tensor(p, pt, &wk, opt, threads, NULL, err);
+                size_t bad = rc ? n : pack_checked(wk.out, pt->out_dtype, wk.packed[cur], n, threads);
+                if (bad < n)
+                    rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
+                                    pt->name, p->method->name, bad);
+                if (!rc) rc = st_async_put(aw, i, wk.packed[cur], err);
+                cur ^= 1;
+            }
         }
         advise_tensor(pt, MADV_DONTNEED);
         done_bytes += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
@@ -339,6 +347,7 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     if (!rc) rc = fs_commit_dir(tmp, out_dir, err);
     if (w) st_writer_abort(w);
     if (rc) fs_remove_tree(tmp, NULL);
+    merge_sink_free(sink);
     work_free(&wk);
     free(specs);
     free(tmp);

@@ -64,11 +64,10 @@ typedef struct merge_call {
     int threads;               /* OpenMP threads the method may use */
     void *work;                /* scratch the caller keeps across calls (may be NULL), */
     size_t work_bytes;         /* 2 MiB aligned; methods needing more allocate their own */
-    /* Streaming methods only: when out_packed is set, the result goes there
-     * in out_dtype (a mergeable dtype) instead of to out, and a non-finite
+    /* Streaming methods only: when sink is set, the result goes there
+     * (merge/sink.h, the output file) instead of to out, and a non-finite
      * result is the method's error (merge_store tells). */
-    void *out_packed;
-    alloy_dtype out_dtype;
+    struct merge_sink *sink;
 } merge_call;
 
 #define MPARAM(call, i, p) ((call)->mparam[(size_t)(i) * (size_t)(call)->nparams + (size_t)(p)])
@@ -103,9 +102,10 @@ static inline bool merge_has_base(const merge_call *call) { return call->base_sr
  * is not finite. */
 bool merge_load(merge_src s, size_t lo, size_t m, float *dst);
 
-/* Store result elements [lo, lo + m) from v: to call->out_packed in
- * call->out_dtype when set, else to out (f32). Returns the offset in the
- * block of the first non-finite value when storing packed, else m. */
+/* Store result elements [lo, lo + m) from v: to call->sink when set, else
+ * to out (f32). Returns the offset in the block of the first non-finite
+ * value when storing to the sink, else m. Call from the thread that computed
+ * the block, blocks of one thread in increasing order where possible. */
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m);
 
 /* Element e of s as f32 into *dst (for sampling); true when not finite. */

@@ -4,12 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "merge/sparsify.h"
 #include "merge/vec.h"
 #include "util/rng.h"
 
-#define SAMPLE_MAX ((size_t)1 << 14)
+#define SAMPLE_MAX ((size_t)1 << 15)
 #define STREAM_MIN ((size_t)1 << 18)
 
 static inline uint32_t fbits(float v) {
@@ -68,8 +71,10 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sam
     uint32_t span = fbits(c->bhi) - c->lo_bits;
     while ((span >> c->shift) >= RC_BUCKETS) c->shift++;
     c->nchunks = rank_cut_nchunks(n);
-    c->hist = calloc(c->nchunks * RC_BUCKETS, sizeof *c->hist);
+    c->hist = malloc(c->nchunks * RC_BUCKETS * sizeof *c->hist);
     c->eq = calloc(c->nchunks * 2, sizeof *c->eq);
+    for (size_t b = 0; c->hist && b < c->nchunks * RC_BUCKETS; b++)
+        c->hist[b] = (rc_cell){.count = 0, .lo = UINT32_MAX, .nlo = 0, .hi = 0, .nhi = 0};
     return c->hist && c->eq;
 }
 
@@ -80,6 +85,26 @@ void rank_cut_free(rank_cut *c) {
     c->eq = NULL;
 }
 
+/* The magnitudes of a[0..m) strictly inside (blo, bhi), in order, into out;
+ * returns how many. */
+static size_t band_inside(const float *a, size_t m, float blo, float bhi, float *out) {
+    size_t cnt = 0, j = 0;
+#if defined(__AVX512F__)
+    __m512 lo = _mm512_set1_ps(blo), hi = _mm512_set1_ps(bhi);
+    for (; j + 16 <= m; j += 16) {
+        __m512 v = _mm512_loadu_ps(a + j);
+        __mmask16 k = _mm512_cmp_ps_mask(v, lo, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, hi, _CMP_LT_OQ);
+        _mm512_mask_compressstoreu_ps(out + cnt, k, v);
+        cnt += (size_t)__builtin_popcount(k);
+    }
+#endif
+    for (; j < m; j++) { /* branch-free compaction */
+        out[cnt] = a[j];
+        cnt += (a[j] > blo) & (a[j] < bhi);
+    }
+    return cnt;
+}
+
 void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m) {
     (void)b0;
     float blo = c->blo, bhi = c->bhi;
@@ -87,40 +112,32 @@ void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
     int shift = c->shift, two = bhi > blo;
     size_t below = 0, eqlo = 0, eqhi = 0;
-    uint8_t in[RC_BLOCK];
+    float in[RC_BLOCK];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
         const float *aj = a + j0;
-        unsigned any = 0;
-#pragma omp simd reduction(+ : below, eqlo, eqhi) reduction(| : any)
+        uint32_t bl = 0, el = 0, eh = 0; /* 32-bit lanes: a block is small */
+#pragma omp simd reduction(+ : bl, el, eh)
         for (size_t j = 0; j < len; j++) {
             float v = aj[j];
-            int pos = v > 0.0f;
-            below += pos & (v < blo);
-            eqlo += pos & (v == blo);
-            eqhi += two & (v == bhi);
-            unsigned f = (unsigned)((v > blo) & (v < bhi));
-            in[j] = (uint8_t)f;
-            any |= f;
+            uint32_t pos = v > 0.0f;
+            bl += pos & (v < blo);
+            el += pos & (v == blo);
+            eh += (uint32_t)two & (v == bhi);
         }
-        if (!any) continue;
-        /* strictly inside the band: few, when magnitudes tie in large groups */
-        for (size_t j = 0; j < len; j += 8) {
-            uint64_t word = 0;
-            memcpy(&word, in + j, len - j < 8 ? len - j : 8);
-            while (word) {
-                size_t t = j + (size_t)(__builtin_ctzll(word) >> 3);
-                word &= word - 1;
-                uint32_t u = fbits(aj[t]);
-                rc_cell *cl = &row[(u - lo_bits) >> shift];
-                if (!cl->count++) {
-                    cl->lo = cl->hi = u;
-                    cl->nlo = cl->nhi = 1;
-                    continue;
-                }
-                if (u <= cl->lo) cl->nlo = u == cl->lo ? cl->nlo + 1 : 1, cl->lo = u;
-                if (u >= cl->hi) cl->nhi = u == cl->hi ? cl->nhi + 1 : 1, cl->hi = u;
-            }
+        below += bl, eqlo += el, eqhi += eh;
+        /* strictly inside the band: few, when magnitudes tie in large groups;
+         * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
+        size_t cnt = band_inside(aj, len, blo, bhi, in);
+        for (size_t t = 0; t < cnt; t++) {
+            uint32_t u = fbits(in[t]);
+            rc_cell *cl = &row[(u - lo_bits) >> shift];
+            uint32_t l = cl->lo, h = cl->hi;
+            cl->count++;
+            cl->nlo = u < l ? 1 : cl->nlo + (u == l);
+            cl->lo = u < l ? u : l;
+            cl->nhi = u > h ? 1 : cl->nhi + (u == h);
+            cl->hi = u > h ? u : h;
         }
     }
     acc->below += below;

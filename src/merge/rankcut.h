@@ -38,7 +38,7 @@
 #define RC_BUCKETS 512
 
 /* One bucket of one chunk: elements, smallest and largest bit pattern, and
- * how many elements have each (lo, hi undefined while count is 0). */
+ * how many elements have each (lo = UINT32_MAX, hi = 0 while count is 0). */
 typedef struct rc_cell {
     uint32_t count, lo, nlo, hi, nhi;
 } rc_cell;

@@ -2,30 +2,30 @@
  * blocks converted to f32 on the fly, and storing results straight in the
  * output dtype: streaming methods hold no whole f32 copy of any tensor. */
 #include "merge/method.h"
+
 #include <math.h>
 #include <string.h>
 
+#include "merge/sink.h"
 #include "util/dtype.h"
+
+/* Streams are read in blocks; the hardware prefetchers stop at every 4 KiB
+ * page of the mapping, so each block also asks for the lines of the block
+ * PREFETCH_BYTES ahead (prefetches never fault past the end). */
+#define PREFETCH_BYTES 8192
 
 bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
     if (!m) return false;
-    return dtype_to_f32((const char *)s.data + lo * dtype_size(s.dtype), s.dtype, dst, m) >= 0;
+    size_t es = dtype_size(s.dtype);
+    const char *p = (const char *)s.data + lo * es;
+    for (size_t off = 0; off < m * es; off += 64) __builtin_prefetch(p + PREFETCH_BYTES + off, 0, 3);
+    return dtype_to_f32(p, s.dtype, dst, m) >= 0;
 }
 
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m) {
-    if (!call->out_packed) {
-        memcpy(out + lo, v, m * sizeof *v);
-        return m;
-    }
-    int fin = 1;
-#pragma omp simd reduction(& : fin)
-    for (size_t j = 0; j < m; j++) fin &= v[j] - v[j] == 0.0f;
-    size_t bad = m;
-    if (!fin)
-        for (size_t j = 0; j < m && bad == m; j++)
-            if (!(v[j] - v[j] == 0.0f)) bad = j;
-    dtype_from_f32(v, call->out_dtype, (char *)call->out_packed + lo * dtype_size(call->out_dtype), m);
-    return bad;
+    if (call->sink) return merge_sink_put(call->sink, lo, v, m);
+    memcpy(out + lo, v, m * sizeof *v);
+    return m;
 }
 
 bool merge_load1(merge_src s, size_t e, float *dst) {

@@ -470,6 +470,41 @@ static void test_writer_errors(void **state) {
     free(dir);
 }
 
+/* Parts of a tensor written out of order (as the streaming merge's threads
+ * do) give the same file; a part past the end is refused, and a tensor is
+ * only complete once marked done. */
+static void test_writer_parts(void **state) {
+    (void)state;
+    char *dir = subdir("writer-parts");
+    st_spec s[1] = {{.name = "t", .dtype = ALLOY_F32, .ndim = 1, .shape = {1000}}};
+    alloy_err err = {{0}};
+    st_writer *w = st_writer_open(dir, s, 1, 0, &err);
+    assert_non_null(w);
+    float v[1000];
+    for (int i = 0; i < 1000; i++) v[i] = (float)i * 0.5f;
+    assert_int_equal(st_writer_put_part(w, 0, 2400, v + 600, 1600, &err), 0);
+    assert_int_equal(st_writer_put_part(w, 0, 0, v, 1200, &err), 0);
+    assert_int_equal(st_writer_put_part(w, 0, 1200, v + 300, 1200, &err), 0);
+    assert_int_equal(st_writer_put_part(w, 0, 3900, v, 200, &err), -1);
+    assert_non_null(strstr(err.msg, "'t'"));
+    assert_int_equal(st_writer_put_part(w, 1, 0, v, 4, &err), -1);
+    st_writer_mark_done(w, 0);
+    assert_int_equal(st_writer_finish(w, &err), 0);
+    st_model m;
+    assert_int_equal(st_open_dir(&m, dir, &err), 0);
+    const st_tensor *t = st_find(&m, "t");
+    assert_non_null(t);
+    assert_memory_equal(t->data, v, sizeof v);
+    st_close(&m);
+
+    w = st_writer_open(dir, s, 1, 0, &err); /* parts without mark_done: incomplete */
+    assert_non_null(w);
+    assert_int_equal(st_writer_put_part(w, 0, 0, v, 4000, &err), 0);
+    assert_int_equal(st_writer_finish(w, &err), -1);
+    assert_non_null(strstr(err.msg, "'t'"));
+    free(dir);
+}
+
 /* ---- validation failures ---- */
 
 static const char F32x1_AT_0[] = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
@@ -748,6 +783,7 @@ int main(void) {
         cmocka_unit_test(test_golden_file),
         cmocka_unit_test(test_writer_bytes),
         cmocka_unit_test(test_writer_errors),
+        cmocka_unit_test(test_writer_parts),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_bad_dirs),
         cmocka_unit_test(test_zeroed_model),
