@@ -8,7 +8,6 @@
 #include <immintrin.h>
 #endif
 
-#include "merge/sparsify.h"
 #include "merge/vec.h"
 #include "util/rng.h"
 
@@ -56,7 +55,29 @@ size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed) {
  * sample positions (a little more: the sample is in runs); the band spans
  * five of them either side plus a few for tiny q, so it misses with
  * probability ~1e-6, and a miss only costs the exact path. */
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sample, size_t ns) {
+void rank_cut_sort_sample(float *sample, size_t ns, float *tmp) {
+    /* LSD radix sort of the bit patterns: magnitudes are >= 0, so patterns
+     * order as values; three passes of 11 bits */
+    uint32_t *a = (uint32_t *)(void *)sample, *b = (uint32_t *)(void *)tmp;
+    for (int pass = 0; pass < 3; pass++) {
+        int sh = 11 * pass;
+        size_t cnt[2048] = {0};
+        for (size_t i = 0; i < ns; i++) cnt[(a[i] >> sh) & 2047]++;
+        for (size_t d = 0, at = 0; d < 2048; d++) {
+            size_t t = cnt[d];
+            cnt[d] = at;
+            at += t;
+        }
+        for (size_t i = 0; i < ns; i++) b[cnt[(a[i] >> sh) & 2047]++] = a[i];
+        uint32_t *t = a;
+        a = b;
+        b = t;
+    }
+    /* three passes: the sorted keys are in tmp */
+    memcpy(sample, a, ns * sizeof *a);
+}
+
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns) {
     memset(c, 0, sizeof *c);
     c->n = n;
     c->rank = rank;
@@ -64,8 +85,8 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sam
     double q = (double)rank / (double)n, centre = q * (double)ns;
     double margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
     double lo = centre - margin, hi = centre + margin;
-    c->blo = lo < 0 ? 0.0f : sparsify_select_kth(sample, ns, (size_t)lo);
-    c->bhi = hi >= (double)ns ? INFINITY : sparsify_select_kth(sample, ns, (size_t)hi);
+    c->blo = lo < 0 ? 0.0f : sample[(size_t)lo];
+    c->bhi = hi >= (double)ns ? INFINITY : sample[(size_t)hi];
     /* buckets over the positive bit patterns strictly inside (blo, bhi) */
     c->lo_bits = fbits(c->blo) + 1;
     uint32_t span = fbits(c->bhi) - c->lo_bits;
@@ -105,27 +126,28 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
     return cnt;
 }
 
-void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m) {
+size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m) {
     (void)b0;
     float blo = c->blo, bhi = c->bhi;
     uint32_t lo_bits = c->lo_bits;
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
     int shift = c->shift, two = bhi > blo;
-    size_t below = 0, eqlo = 0, eqhi = 0;
+    size_t below = 0, eqlo = 0, eqhi = 0, npos = 0;
     float in[RC_BLOCK];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
         const float *aj = a + j0;
-        uint32_t bl = 0, el = 0, eh = 0; /* 32-bit lanes: a block is small */
-#pragma omp simd reduction(+ : bl, el, eh)
+        uint32_t bl = 0, el = 0, eh = 0, np = 0; /* 32-bit lanes: a block is small */
+#pragma omp simd reduction(+ : bl, el, eh, np)
         for (size_t j = 0; j < len; j++) {
             float v = aj[j];
             uint32_t pos = v > 0.0f;
+            np += pos;
             bl += pos & (v < blo);
             el += pos & (v == blo);
             eh += (uint32_t)two & (v == bhi);
         }
-        below += bl, eqlo += el, eqhi += eh;
+        below += bl, eqlo += el, eqhi += eh, npos += np;
         /* strictly inside the band: few, when magnitudes tie in large groups;
          * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
         size_t cnt = band_inside(aj, len, blo, bhi, in);
@@ -143,6 +165,7 @@ void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size
     acc->below += below;
     c->eq[chunk * 2] += eqlo;
     c->eq[chunk * 2 + 1] += eqhi;
+    return npos;
 }
 
 /* The k-th smallest (0-based) of distinct keys a[0..n) (reordered):

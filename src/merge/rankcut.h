@@ -72,7 +72,7 @@ typedef bool (*rank_cut_mag_fn)(const void *ctx, size_t lo, size_t m, float *a);
 
 /* The pass runs over at most RC_CHUNKS fixed chunks (a function of n only,
  * so sums per chunk do not depend on the thread count). */
-#define RC_CHUNKS 64
+#define RC_CHUNKS 16
 size_t rank_cut_nchunks(size_t n);
 void rank_cut_chunk(size_t n, size_t i, size_t *lo, size_t *hi);
 
@@ -87,13 +87,16 @@ size_t rank_cut_sample_size(size_t n);
 #define RC_RUN 32
 size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed);
 
-/* Set up cut c from the sample's magnitudes (reordered in place). Returns
- * false when out of memory. */
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, float *sample, size_t ns);
+/* Sort the sample's magnitudes (>= 0) ascending; tmp holds ns floats. */
+void rank_cut_sort_sample(float *sample, size_t ns, float *tmp);
+
+/* Set up cut c from the sorted sample. Returns false when out of memory. */
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns);
 
 /* Count and histogram magnitudes a[0..m) of elements b0.. (inside chunk
- * `chunk`; one thread per chunk) into c and acc. */
-void rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m);
+ * `chunk`; one thread per chunk) into c and acc. Returns how many of them
+ * are positive. */
+size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m);
 
 /* Combine the accumulators with the number of zero magnitudes and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found

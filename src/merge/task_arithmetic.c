@@ -47,13 +47,13 @@ typedef struct gta_variant {
  * The inputs are streamed where they lie (bf16 mmapped checkpoints, say) in
  * blocks of GTA_BLOCK elements, never copied whole to f32. At most two
  * passes: the first finds what the masks need (rank cuts of the magnitudes
- * |x_i - base| for magnitude and breadcrumbs, rankcut.h; DARE's random masks
- * and L1 sums), the second computes the merge, the k weighted deltas of a
+ * |x_i - base| for magnitude and breadcrumbs, rankcut.h; the L1 sums of the
+ * rescale, with DARE's random mask drawn on the fly), the second computes the merge, the k weighted deltas of a
  * block first and then the consensus, every inner loop a straight
  * vectorisable pass. Methods without sparsification take one pass. */
 #define GTA_BLOCK 1024
 
-typedef enum { KEEP_WHOLE, KEEP_RULE, KEEP_MASK } keep_kind;
+typedef enum { KEEP_WHOLE, KEEP_RULE, KEEP_MASK, KEEP_RANDOM } keep_kind;
 
 typedef struct gta_model {
     merge_src src;
@@ -61,14 +61,14 @@ typedef struct gta_model {
     keep_kind keep;     /* final only once the masks are known */
     bool masked;        /* sparsified at all (else kept whole, no rescale) */
     keep_rule rule;     /* KEEP_RULE */
-    uint8_t *mask;      /* KEEP_MASK, and DARE's mask (n bytes) */
+    uint8_t *mask;      /* KEEP_MASK (n bytes) */
     int ncuts;          /* rank cuts still to resolve (magnitude 1, breadcrumbs up to 2) */
     rank_cut cut[2];
     bool cut_upper[2];  /* cut[c] bounds from above */
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
-    bool random;        /* DARE mask drawn in the first pass */
-    uint64_t rng_key;
+    bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
+    uint64_t rng_key, rng_thr;
     double density;
 } gta_model;
 
@@ -79,6 +79,15 @@ typedef struct gta_ctx {
     bool consensus, normalize;
     float lambda, div_all;
 } gta_ctx;
+
+/* DARE's mask of elements [b0, b0 + m): keep[j] = rng_uniform_at(key, b0 + j)
+ * < density, computed as (mix >> 11) < thr with thr = ceil(density 2^53):
+ * the same test in integers (both sides are exact), so that it vectorises
+ * and can be drawn again in each pass instead of stored. */
+static inline void random_keep(uint64_t key, uint64_t thr, size_t b0, size_t m, uint8_t *restrict keep) {
+#pragma omp simd
+    for (size_t j = 0; j < m; j++) keep[j] = (rng_mix64(key ^ (b0 + j)) >> 11) < thr;
+}
 
 /* The merge of elements [b0, b0 + m): d is k x GTA_BLOCK scratch. Returns
  * true when an input was not finite; *obad is the index of the first
@@ -95,17 +104,19 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
         if (gm->keep == KEEP_WHOLE) {
 #pragma omp simd
             for (size_t j = 0; j < m; j++) di[j] = (x[j] - base[j]) * wi;
-        } else if (gm->keep == KEEP_MASK) {
-            const uint8_t *restrict mi = gm->mask + b0;
+        } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM) {
+            uint8_t drawn[GTA_BLOCK];
+            const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
+            if (gm->keep == KEEP_RANDOM) random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
 #pragma omp simd
             for (size_t j = 0; j < m; j++) di[j] = (mi[j] ? (x[j] - base[j]) * si : 0.0f) * wi;
         } else {
             keep_rule r = gm->rule;
-            uint32_t e0 = (uint32_t)b0;
+            uint32_t e0 = (uint32_t)b0, mm = (uint32_t)m; /* 32-bit lanes for the index tests */
 #pragma omp simd
-            for (size_t j = 0; j < m; j++) {
+            for (uint32_t j = 0; j < mm; j++) {
                 float v = x[j] - base[j];
-                bool keep = keep_rule_test(&r, fabsf(v), e0 + (uint32_t)j);
+                bool keep = keep_rule_test(&r, fabsf(v), e0 + j);
                 di[j] = (keep ? v * si : 0.0f) * wi;
             }
         }
@@ -175,8 +186,8 @@ static bool mag_block(const void *p, size_t lo, size_t m, float *a) {
 }
 
 /* The first pass: nonzero counts and rank-cut histograms of every model with
- * cuts, DARE masks, and the L1 sums before (all models when rescaling) and
- * after (DARE) the mask, per fixed chunk (rankcut.h) so the sums do not depend on
+ * cuts, and the L1 sums before (all models when rescaling) and after (DARE,
+ * its mask drawn again here) the mask, per fixed chunk (rankcut.h) so the sums do not depend on
  * the thread count. part: [nchunks][k][2]. Then the cuts are resolved; a
  * model whose cuts miss keeps ncuts > 0 (the exact path). Returns -1 when
  * out of memory, 1 when an input was not finite, else 0. */
@@ -208,29 +219,22 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                 for (int i = 0; i < k; i++) {
                     gta_model *gm = &g->m[i];
                     bool sums = rescale && gm->masked;
-                    if (gm->ncuts <= 0 && !gm->random && !sums) continue;
+                    if (gm->ncuts <= 0 && !sums) continue;
                     bad |= magnitudes(gm->src, b0, m, base, x, a);
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
                     if (gm->ncuts > 0) {
                         size_t z = 0;
-#pragma omp simd reduction(+ : z)
-                        for (size_t j = 0; j < m; j++) z += a[j] > 0.0f;
-                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                         for (int cu = 0; cu < gm->ncuts; cu++)
-                            rank_cut_scan(&gm->cut[cu], &acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu], c,
-                                          a, b0, m);
-                    }
-                    if (gm->random) {
-                        uint8_t *restrict mi = gm->mask + b0;
-                        uint64_t key = gm->rng_key;
-                        double p = gm->density;
-#pragma omp simd
-                        for (size_t j = 0; j < m; j++) mi[j] = rng_uniform_at(key, b0 + j) < p;
+                            z = rank_cut_scan(&gm->cut[cu], &acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu],
+                                              c, a, b0, m);
+                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                     }
                     if (sums) {
                         double before = 0.0, after = 0.0;
-                        const uint8_t *restrict mi = gm->random ? gm->mask + b0 : NULL;
+                        uint8_t drawn[GTA_BLOCK];
+                        const uint8_t *restrict mi = gm->random ? drawn : NULL;
                         if (mi) {
+                            random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
 #pragma omp simd reduction(+ : before, after)
                             for (size_t j = 0; j < m; j++) {
                                 double dj = (double)a[j];
@@ -411,8 +415,9 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
     }
     case SPARSIFY_RANDOM:
         gm->random = true;
-        gm->keep = KEEP_MASK;
+        gm->keep = KEEP_RANDOM;
         gm->rng_key = rng_stream_key(call->seed, (uint64_t)i);
+        gm->rng_thr = (uint64_t)ceil(density * 0x1p53);
         break;
     case SPARSIFY_DELLA: {
         if (!call->x || !call->base)
@@ -485,7 +490,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         wsum += gm[i].w;
         rc = gta_setup(v, call, &gm[i], i, masks ? masks + (size_t)i * n : NULL, ns > 0, nt, err);
         cuts |= gm[i].ncuts > 0;
-        survey |= gm[i].ncuts > 0 || gm[i].random || (rescale && gm[i].masked);
+        survey |= gm[i].ncuts > 0 || (rescale && gm[i].masked);
     }
     g.m = gm;
     g.div_all = fabsf(wsum) < 1e-8f ? 1.0f : wsum;
@@ -496,19 +501,18 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         int oom = 0;
         if (!rc) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : oom)
-            for (int ic = 0; ic < 2 * k; ic++) {
-                gta_model *m = &gm[ic / 2];
-                /* two cuts of one model share its sample: the second works on a copy */
-                if (ic % 2 >= m->ncuts) continue;
-                float *smp = sample + (size_t)(ic / 2) * ns, *copy = NULL;
-                if (ic % 2) {
-                    copy = malloc(ns * sizeof *copy);
-                    if (copy) memcpy(copy, smp, ns * sizeof *copy);
-                    smp = copy;
+            for (int i = 0; i < k; i++) {
+                gta_model *m = &gm[i];
+                if (m->ncuts <= 0) continue;
+                float *smp = sample + (size_t)i * ns, *tmp = malloc(ns * sizeof *tmp);
+                if (!tmp) {
+                    oom = 1;
+                    continue;
                 }
-                rank_cut *cu = &m->cut[ic % 2];
-                if (!smp || !rank_cut_plan(cu, n, cu->rank, m->neg_key, smp, ns)) oom = 1;
-                free(copy);
+                rank_cut_sort_sample(smp, ns, tmp);
+                free(tmp);
+                for (int cu = 0; cu < m->ncuts; cu++)
+                    if (!rank_cut_plan(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns)) oom = 1;
             }
         }
         for (int i = 0; i < k && !rc && oom; i++) /* no memory for the histograms: the exact path */

@@ -57,6 +57,11 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
         assert_true(at + RC_RUN <= n);
         memcpy(sample + r * RC_RUN, forced ? forced + r * RC_RUN : a + at, RC_RUN * sizeof *sample);
     }
+    float *tmp = malloc(ns * sizeof *tmp);
+    assert_non_null(tmp);
+    rank_cut_sort_sample(sample, ns, tmp);
+    for (size_t s = 1; s < ns; s++) assert_true(sample[s - 1] <= sample[s]);
+    free(tmp);
     assert_true(rank_cut_plan(c, n, rank, desc, sample, ns));
     cut_acc acc[2];
     memset(acc, 0, sizeof acc);
