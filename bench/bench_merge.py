@@ -4,7 +4,7 @@
 For linear, ties and dare_ties over a base + 3 bf16 variants: wall time, peak
 RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 (stream_floor: reading every input byte once and writing the output through
-the same path), measured in the same run. Each is the best of ROUNDS runs,
+the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
 floor and merge alternating, each after a sync() so that neither pays for
 the other's writeback, with the inputs read back into the page cache just
 before. Target: ratio <= 1.3.
@@ -18,7 +18,7 @@ import time
 
 BUILD, BENCH = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
-ROUNDS = 3
+ROUNDS = 5
 ALLOY = os.path.join(BUILD, "alloy")
 FLOOR = os.path.join(BUILD, "bench", "stream_floor")
 M = os.path.join(BENCH, "qwen2-0.5b")
