@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """bench_merge.py — merge throughput and memory on a Qwen2-0.5B-shaped model.
 
-For linear, ties and dare_ties over a base + 3 bf16 variants: wall time, peak
+For linear, ties and dare_ties over a base + 3 bf16 variants (and slerp of the
+base with one variant): wall time, peak
 RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 (stream_floor: reading every input byte once and writing the output through
 the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
@@ -54,7 +55,9 @@ def recipe(method):
     if method != "linear":
         lines.append("base_model: %s/base" % M)
     lines.append("models:")
-    for i, (w, d) in enumerate(((0.5, 0.5), (0.3, 0.6), (0.2, 0.4))):
+    if method == "slerp":
+        lines += ["  - model: %s/ft1" % M, "parameters: {t: 0.3}"]
+    for i, (w, d) in enumerate(((0.5, 0.5), (0.3, 0.6), (0.2, 0.4)) if method != "slerp" else ()):
         lines.append("  - model: %s/ft%d" % (M, i + 1))
         lines.append("    parameters: {weight: %g%s}" % (w, ", density: %g" % d if method != "linear" else ""))
     open(path, "w").write("\n".join(lines) + "\n")
@@ -69,9 +72,10 @@ def main():
     print("\nmerge benchmark: Qwen2-0.5B shape (hidden 896, inter 4864, 24 layers, vocab 151936), bf16, "
           "%d threads, model %.2f GB" % (int(THREADS), size / 2e9))
     print("%-10s %9s %12s %11s %7s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio"))
-    for method in ("linear", "ties", "dare_ties"):
+    for method in ("linear", "ties", "dare_ties", "slerp"):
         r = recipe(method)
-        inputs = [os.path.join(M, d, "model.safetensors") for d in ("ft1", "ft2", "ft3")]
+        fts = ("ft1",) if method == "slerp" else ("ft1", "ft2", "ft3")
+        inputs = [os.path.join(M, d, "model.safetensors") for d in fts]
         if method != "linear":
             inputs.append(os.path.join(M, "base", "model.safetensors"))
         floor = wall = rss = float("inf")

@@ -2,7 +2,9 @@
  * mergekit/merge_methods/slerp.py) and nuslerp (two models, optionally as task
  * vectors over a base, per row / column or flattened,
  * mergekit/merge_methods/nuslerp.py). Dot products are accumulated in double
- * in fixed chunks (vec.h); element arithmetic is f32 like mergekit's. */
+ * in fixed chunks (vec.h); element arithmetic is f32 like mergekit's. slerp
+ * streams its inputs (one pass for the norms and the dot product, one for the
+ * result); nuslerp works on f32 copies. */
 #include <math.h>
 #include <stdbool.h>
 
@@ -19,15 +21,50 @@ enum { SL_T };
  * (1-t) v0 + t v1; else with theta = acos(dot),
  *   out = sin((1-t) theta)/sin(theta) v0 + sin(t theta)/sin(theta) v1.
  * Source: mergekit slerp() (DOT_THRESHOLD 0.9995, eps 1e-8); Shoemake 1985. */
+#define SL_BLOCK 1024
+
+/* The norms' squares and the dot product of v0 and v1 in one pass over the
+ * sources: per fixed chunk (vec.h) in double, chunks added in order, so the
+ * sums do not depend on the thread count. Returns true on a non-finite input. */
+static bool slerp_sums(merge_src v0, merge_src v1, size_t n, int nt, double *s00, double *s11, double *s01) {
+    size_t nc = vec_nchunks(n);
+    double part[VEC_CHUNKS_MAX][3];
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+    for (size_t c = 0; c < nc; c++) {
+        size_t lo, hi;
+        vec_chunk(n, c, &lo, &hi);
+        double a = 0.0, b = 0.0, d = 0.0;
+        float x0[SL_BLOCK], x1[SL_BLOCK];
+        for (size_t b0 = lo; b0 < hi; b0 += SL_BLOCK) {
+            size_t m = hi - b0 < SL_BLOCK ? hi - b0 : SL_BLOCK;
+            bad |= merge_load(v0, b0, m, x0);
+            bad |= merge_load(v1, b0, m, x1);
+#pragma omp simd reduction(+ : a, b, d)
+            for (size_t j = 0; j < m; j++) {
+                double p = x0[j], q = x1[j];
+                a += p * p;
+                b += q * q;
+                d += p * q;
+            }
+        }
+        part[c][0] = a, part[c][1] = b, part[c][2] = d;
+    }
+    *s00 = *s11 = *s01 = 0.0;
+    for (size_t c = 0; c < nc; c++) *s00 += part[c][0], *s11 += part[c][1], *s01 += part[c][2];
+    return bad;
+}
+
 static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
-    if (!call->base || call->k != 1)
+    if (!merge_has_base(call) || call->k != 1)
         return alloy_fail(err, "tensor '%s': slerp needs a base and exactly one other model", call->tensor_name);
-    const float *v0 = call->base, *v1 = call->x[0];
-    size_t n = call->n;
+    merge_src v0 = merge_input(call, -1), v1 = merge_input(call, 0);
+    size_t n = call->n, nb = (n + SL_BLOCK - 1) / SL_BLOCK;
     int nt = vec_threads(call->threads);
-    double t = call->gparam[SL_T];
-    double n0 = sqrt(vec_dot_sub(v0, v0, NULL, n, nt)), n1 = sqrt(vec_dot_sub(v1, v1, NULL, n, nt));
-    double dot = vec_dot_sub(v0, v1, NULL, n, nt) / ((n0 > 1e-8 ? n0 : 1.0) * (n1 > 1e-8 ? n1 : 1.0));
+    double t = call->gparam[SL_T], s00, s11, s01;
+    if (slerp_sums(v0, v1, n, nt, &s00, &s11, &s01)) return MERGE_NONFINITE_INPUT;
+    double n0 = sqrt(s00), n1 = sqrt(s11);
+    double dot = s01 / ((n0 > 1e-8 ? n0 : 1.0) * (n1 > 1e-8 ? n1 : 1.0));
     float s0, s1;
     if (fabs(dot) > 0.9995) {
         s0 = (float)(1.0 - t);
@@ -37,8 +74,23 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
         s0 = (float)(sin(th - th * t) / st);
         s1 = (float)(sin(th * t) / st);
     }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t e = 0; e < n; e++) out[e] = s0 * v0[e] + s1 * v1[e];
+    int bad = 0;
+    size_t obad = n;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad) reduction(min : obad)
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK;
+        float x0[SL_BLOCK], x1[SL_BLOCK], o[SL_BLOCK];
+        bad |= merge_load(v0, b0, m, x0);
+        bad |= merge_load(v1, b0, m, x1);
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) o[j] = s0 * x0[j] + s1 * x1[j];
+        size_t at = merge_store(call, out, b0, o, m);
+        if (at < m && b0 + at < obad) obad = b0 + at;
+    }
+    if (bad) return MERGE_NONFINITE_INPUT;
+    if (obad < n)
+        return alloy_fail(err, "tensor '%s': the slerp merge produced a non-finite value at element %zu",
+                          call->tensor_name, obad);
     return 0;
 }
 
@@ -46,7 +98,7 @@ static const merge_param_def slerp_params[] = {
     {"t", false, true, 0, 0, 1},
 };
 
-const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge, false};
+const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge, true};
 
 /* ---- nuslerp ---- */
 

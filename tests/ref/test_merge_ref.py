@@ -221,6 +221,7 @@ def main():
         check_method("task_arithmetic-" + tag, "task_arithmetic", fam, w3, None, dtype=dt)
         check_method("linear-" + tag, "linear", fam, w3, None, use_base=False, dtype=dt)
         check_method("dare_ties-" + tag, "dare_ties", fam, w3d, None, dtype=dt, seed=11)
+        check_method("slerp-" + tag, "slerp", fam, [{}], {"t": 0.3}, dtype=dt, n_models=1)
     n_fail = sum(1 for _, ok in results if not ok)
     print("merge reference: %d passed, %d failed" % (len(results) - n_fail, n_fail))
     shutil.rmtree(TMP, ignore_errors=True)
