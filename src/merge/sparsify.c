@@ -234,16 +234,30 @@ double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask
     return s[0] / s[1];
 }
 
-typedef struct {
-    float a;
-    size_t j;
-} mag_idx;
-
-static int mag_cmp(const void *pa, const void *pb) {
-    const mag_idx *a = pa, *b = pb;
-    if (a->a < b->a) return -1;
-    if (a->a > b->a) return 1;
-    return (a->j > b->j) - (a->j < b->j);
+/* Indices 0..len-1 ordered by key ascending, ties by index: a stable LSD
+ * radix sort over the four bytes of the keys (bit patterns of magnitudes
+ * >= 0, which order as the values). key/idx/tk/ti: len each; the result is
+ * in idx. Several times faster than qsort on rows of a few thousand. */
+static void sort_by_key(uint32_t *key, uint32_t *idx, uint32_t *tk, uint32_t *ti, size_t len) {
+    for (size_t j = 0; j < len; j++) idx[j] = (uint32_t)j;
+    if (!len) return;
+    for (int sh = 0; sh < 32; sh += 8) {
+        size_t cnt[256] = {0};
+        for (size_t j = 0; j < len; j++) cnt[(key[j] >> sh) & 255]++;
+        if (cnt[(key[0] >> sh) & 255] == len) continue; /* one digit: nothing moves */
+        for (size_t d = 0, at = 0; d < 256; d++) {
+            size_t c = cnt[d];
+            cnt[d] = at;
+            at += c;
+        }
+        for (size_t j = 0; j < len; j++) {
+            size_t to = cnt[(key[j] >> sh) & 255]++;
+            tk[to] = key[j];
+            ti[to] = idx[j];
+        }
+        memcpy(key, tk, len * sizeof *key);
+        memcpy(idx, ti, len * sizeof *idx);
+    }
 }
 
 /* della_magprune: in each row (axis 1; a 1-D tensor is one row) the element
@@ -254,10 +268,13 @@ static int della_mask(const sparsify_args *a, const float *x, const float *base,
                       size_t n, uint8_t *mask, int threads, alloy_err *err) {
     vec_layout l = vec_layout_axis(ndim, shape, n, ndim >= 2 ? 1 : 0);
     float lo_p = (float)(a->density - a->epsilon), two_eps = (float)(2.0 * a->epsilon);
+    uint64_t key = rng_stream_key(a->seed, a->stream);
     int oom = 0;
+    if (l.len > UINT32_MAX) return alloy_fail(err, "della: rows of %zu elements are too long", l.len);
 #pragma omp parallel num_threads(vec_threads(threads))
     {
-        mag_idx *buf = malloc(sizeof *buf * (l.len ? l.len : 1));
+        size_t len = l.len ? l.len : 1;
+        uint32_t *buf = malloc(4 * len * sizeof *buf);
         if (!buf) {
 #pragma omp atomic write
             oom = 1;
@@ -265,17 +282,18 @@ static int della_mask(const sparsify_args *a, const float *x, const float *base,
 #pragma omp for schedule(dynamic, 16)
         for (size_t v = 0; v < l.count; v++) {
             if (!buf) continue;
+            uint32_t *k = buf, *idx = buf + len, *tk = buf + 2 * len, *ti = buf + 3 * len;
             for (size_t j = 0; j < l.len; j++) {
                 size_t e = vec_at(&l, v, j);
-                buf[j].a = fabsf(x[e] - base[e]);
-                buf[j].j = j;
+                float m = fabsf(x[e] - base[e]);
+                memcpy(&k[j], &m, 4);
             }
-            qsort(buf, l.len, sizeof *buf, mag_cmp);
+            sort_by_key(k, idx, tk, ti, l.len);
             for (size_t r = 0; r < l.len; r++) {
-                size_t e = vec_at(&l, v, buf[r].j);
+                size_t e = vec_at(&l, v, idx[r]);
                 float rn = l.len > 1 ? (float)r / (float)(l.len - 1) : 0.5f;
                 float p = lo_p + rn * two_eps;
-                mask[e] = rng_uniform(a->seed, a->stream, e) < (double)p;
+                mask[e] = rng_uniform_at(key, e) < (double)p;
             }
         }
         free(buf);

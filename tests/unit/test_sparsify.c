@@ -2,6 +2,7 @@
  * inputs (the parallel radix-select path), where many keys tie: the result
  * must keep exactly the ranks [lo, hi), ties ordered by index, for any thread
  * count. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -67,11 +68,60 @@ static void test_small_path(void **state) {
     check(5000, 5, 4); /* below the radix threshold: quickselect */
 }
 
+/* della's mask against a brute-force rank per row (qsort by |delta| then
+ * index) and the same draw, on rows full of ties, 2-D and 1-D. */
+typedef struct {
+    float a;
+    size_t j;
+} rank_item;
+
+static int by_mag(const void *pa, const void *pb) {
+    const rank_item *a = pa, *b = pb;
+    if (a->a != b->a) return a->a < b->a ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+static void della_check(int ndim, const int64_t *shape, size_t n) {
+    float *x = malloc(n * sizeof *x), *base = malloc(n * sizeof *base);
+    uint8_t *got = malloc(n), *want = malloc(n);
+    assert_true(x && base && got && want);
+    for (size_t e = 0; e < n; e++) {
+        base[e] = (float)(rng_mix64(e) % 7) * 0.125f;
+        x[e] = base[e] + (float)((int)(rng_mix64(e + 99) % 9) - 4) * 0.0625f; /* 9 values: many ties */
+    }
+    sparsify_args a = {.kind = SPARSIFY_DELLA, .density = 0.5, .epsilon = 0.3, .seed = 1234, .stream = 2};
+    alloy_err err;
+    assert_int_equal(sparsify_mask(&a, x, base, ndim, shape, n, NULL, NULL, got, 2, "t", &err), 0);
+    size_t rows = ndim >= 2 ? (size_t)shape[0] : 1, len = n / rows;
+    rank_item *it = malloc(len * sizeof *it);
+    uint64_t key = rng_stream_key(a.seed, a.stream);
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t j = 0; j < len; j++) it[j] = (rank_item){fabsf(x[r * len + j] - base[r * len + j]), j};
+        qsort(it, len, sizeof *it, by_mag);
+        for (size_t k = 0; k < len; k++) {
+            size_t e = r * len + it[k].j;
+            float p = (float)(a.density - a.epsilon) + (len > 1 ? (float)k / (float)(len - 1) : 0.5f) *
+                                                            (float)(2.0 * a.epsilon);
+            want[e] = rng_uniform_at(key, e) < (double)p;
+        }
+    }
+    assert_memory_equal(got, want, n);
+    free(it), free(x), free(base), free(got), free(want);
+}
+
+static void test_della_ranks(void **state) {
+    (void)state;
+    int64_t s2[2] = {37, 1001}, s1[1] = {5000};
+    della_check(2, s2, 37 * 1001);
+    della_check(1, s1, 5000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_many_ties),
         cmocka_unit_test(test_few_ties),
         cmocka_unit_test(test_small_path),
+        cmocka_unit_test(test_della_ranks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
