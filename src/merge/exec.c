@@ -21,6 +21,7 @@
 #include "io/st_async.h"
 #include "merge/sink.h"
 #include "merge/svd.h"
+#include "merge/vec.h"
 #include "mix/mod_recipe.h"
 #include "util/dtype.h"
 #include "util/err.h"
@@ -258,16 +259,8 @@ static size_t pack_checked(const float *out, alloy_dtype dt, void *packed, size_
     for (size_t lo = 0; lo < n; lo += chunk) {
         size_t len = n - lo < chunk ? n - lo : chunk;
         const float *o = out + lo;
-        int fin = 1;
-#pragma omp simd reduction(& : fin)
-        for (size_t e = 0; e < len; e++) fin &= o[e] - o[e] == 0.0f;
-        if (!fin) {
-            for (size_t e = 0; e < len; e++)
-                if (!(o[e] - o[e] == 0.0f)) {
-                    if (lo + e < bad) bad = lo + e;
-                    break;
-                }
-        }
+        size_t at = vec_first_nonfinite(o, len);
+        if (at < len && lo + at < bad) bad = lo + at;
         dtype_from_f32(o, dt, (char *)packed + lo * es, len);
     }
     return bad;

@@ -44,11 +44,7 @@ static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
         size_t at = merge_store(call, out, b0, o, m);
         if (at < m && b0 + at < obad) obad = b0 + at;
     }
-    if (bad) return MERGE_NONFINITE_INPUT;
-    if (obad < n)
-        return alloy_fail(err, "tensor '%s': the linear merge produced a non-finite value at element %zu",
-                          call->tensor_name, obad);
-    return 0;
+    return merge_stream_result(call, "linear", bad, obad, err);
 }
 
 static const merge_param_def linear_params[] = {

@@ -108,8 +108,12 @@ bool merge_load(merge_src s, size_t lo, size_t m, float *dst);
  * the block, blocks of one thread in increasing order where possible. */
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m);
 
-/* Element e of s as f32 into *dst (for sampling); true when not finite. */
-bool merge_load1(merge_src s, size_t e, float *dst);
+/* How a streaming method ends: MERGE_NONFINITE_INPUT when an input was not
+ * finite, an error naming the tensor and element when result element
+ * first_bad (< call->n) was not, else 0. */
+int merge_stream_result(const merge_call *call, const char *method, bool bad_input, size_t first_bad,
+                        alloy_err *err);
+
 
 /* NULL when unknown. */
 const merge_method *merge_method_find(const char *name);

@@ -126,8 +126,7 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
     return cnt;
 }
 
-size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m) {
-    (void)b0;
+size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
     float blo = c->blo, bhi = c->bhi;
     uint32_t lo_bits = c->lo_bits;
     rc_cell *row = c->hist + chunk * RC_BUCKETS;

@@ -93,10 +93,10 @@ void rank_cut_sort_sample(float *sample, size_t ns, float *tmp);
 /* Set up cut c from the sorted sample. Returns false when out of memory. */
 bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns);
 
-/* Count and histogram magnitudes a[0..m) of elements b0.. (inside chunk
- * `chunk`; one thread per chunk) into c and acc. Returns how many of them
+/* Count and histogram magnitudes a[0..m) of elements inside chunk `chunk`
+ * (one thread per chunk) into c and acc. Returns how many of them
  * are positive. */
-size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t b0, size_t m);
+size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m);
 
 /* Combine the accumulators with the number of zero magnitudes and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "merge/vec.h"
 #include "util/dtype.h"
 #include "util/err.h"
 
@@ -74,13 +75,7 @@ size_t merge_sink_put(merge_sink *s, size_t lo, const float *v, size_t m) {
     size_t cap = STAGE_BYTES / s->es;
     if (g->len && (g->lo + g->len != lo || g->len + m > cap)) flush(s, g);
     if (!g->len) g->lo = lo;
-    int fin = 1;
-#pragma omp simd reduction(& : fin)
-    for (size_t j = 0; j < m; j++) fin &= v[j] - v[j] == 0.0f;
-    size_t bad = m;
-    if (!fin)
-        for (size_t j = 0; j < m && bad == m; j++)
-            if (!(v[j] - v[j] == 0.0f)) bad = j;
+    size_t bad = vec_first_nonfinite(v, m);
     size_t done = 0;
     while (done < m) { /* a block larger than the stage goes in pieces */
         size_t part = m - done < cap - g->len ? m - done : cap - g->len;

@@ -3,11 +3,11 @@
  * output dtype: streaming methods hold no whole f32 copy of any tensor. */
 #include "merge/method.h"
 
-#include <math.h>
 #include <string.h>
 
 #include "merge/sink.h"
 #include "util/dtype.h"
+#include "util/err.h"
 
 /* Streams are read in blocks; the hardware prefetchers stop at every 4 KiB
  * page of the mapping, so each block also asks for the lines of the block
@@ -28,21 +28,11 @@ size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v
     return m;
 }
 
-bool merge_load1(merge_src s, size_t e, float *dst) {
-    const char *p = (const char *)s.data + e * dtype_size(s.dtype);
-    uint16_t h;
-    switch (s.dtype) {
-    case ALLOY_BF16:
-        memcpy(&h, p, 2);
-        *dst = bf16_to_f32(h);
-        break;
-    case ALLOY_F16:
-        memcpy(&h, p, 2);
-        *dst = f16_to_f32(h);
-        break;
-    default:
-        memcpy(dst, p, 4);
-        break;
-    }
-    return !isfinite(*dst);
+int merge_stream_result(const merge_call *call, const char *method, bool bad_input, size_t first_bad,
+                        alloy_err *err) {
+    if (bad_input) return MERGE_NONFINITE_INPUT;
+    if (first_bad < call->n)
+        return alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
+                          call->tensor_name, method, first_bad);
+    return 0;
 }

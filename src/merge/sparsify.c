@@ -29,7 +29,7 @@ static inline float median3(float a, float b, float c) {
 
 /* The k-th smallest (0-based) of a[0..n), leaving a[0..k) <= it <= a[k..n).
  * Three-way partitions, so runs of equal values (zeros in deltas) are cheap. */
-float sparsify_select_kth(float *a, size_t n, size_t k) {
+static float select_kth(float *a, size_t n, size_t k) {
     size_t l = 0, r = n;
     while (r - l > 1) {
         float p = median3(a[l], a[l + (r - l) / 2], a[r - 1]);
@@ -82,7 +82,7 @@ static float radix_kth(const float *key, size_t n, size_t k, int threads) {
         float *tmp = malloc(n * sizeof *tmp);
         if (!tmp) return 0.0f;
         memcpy(tmp, key, n * sizeof *tmp);
-        float v = sparsify_select_kth(tmp, n, k);
+        float v = select_kth(tmp, n, k);
         free(tmp);
         return v;
     }
@@ -134,8 +134,8 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
     float L, U;
     if (n < (1u << 16)) { /* small: quickselect on a copy */
         memcpy(scratch, key, n * sizeof *scratch);
-        L = sparsify_select_kth(scratch, n, lo);                    /* value of rank lo */
-        U = sparsify_select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
+        L = select_kth(scratch, n, lo);                    /* value of rank lo */
+        U = select_kth(scratch + lo, n - lo, hi - 1 - lo); /* value of rank hi-1 */
     } else {
         /* open ends need no select: keys are finite (inputs were checked) */
         L = lo == 0 ? -INFINITY : radix_kth(key, n, lo, vec_threads(threads));
@@ -195,43 +195,6 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
             mask[i] = ok_lo && ok_hi;
         }
     }
-}
-
-typedef struct {
-    const float *x, *base;
-    const uint8_t *mask;
-} l1_ctx;
-
-static void l1_chunk(const void *p, size_t lo, size_t hi, double *acc) {
-    const l1_ctx *c = p;
-    const float *restrict x = c->x, *restrict base = c->base;
-    const uint8_t *restrict mask = c->mask;
-    double before = 0.0, after = 0.0;
-#pragma omp simd reduction(+ : before, after)
-    for (size_t e = lo; e < hi; e++) {
-        double d = fabs((double)(x[e] - base[e]));
-        before += d;
-        after += d * (double)(mask[e] != 0); /* d is finite: inputs were checked */
-    }
-    acc[0] += before;
-    acc[1] += after;
-}
-
-double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask, size_t n, int threads) {
-    l1_ctx c = {x, base, mask};
-    double s[2] = {0, 0};
-    double part[VEC_CHUNKS_MAX][2];
-    size_t nc = vec_nchunks(n);
-#pragma omp parallel for num_threads(vec_threads(threads)) schedule(static)
-    for (size_t i = 0; i < nc; i++) {
-        size_t lo, hi;
-        vec_chunk(n, i, &lo, &hi);
-        part[i][0] = part[i][1] = 0.0;
-        l1_chunk(&c, lo, hi, part[i]);
-    }
-    for (size_t i = 0; i < nc; i++) s[0] += part[i][0], s[1] += part[i][1];
-    if (s[0] < 1e-7 || s[1] < 1e-7) return 1.0;
-    return s[0] / s[1];
 }
 
 /* Indices 0..len-1 ordered by key ascending, ties by index: a stable LSD
@@ -302,20 +265,45 @@ static int della_mask(const sparsify_args *a, const float *x, const float *base,
     return 0;
 }
 
+int sparsify_rank_bounds(const sparsify_args *a, size_t n, size_t *lo, size_t *hi, bool *neg_key, const char *name,
+                         alloy_err *err) {
+    if (a->kind == SPARSIFY_MAGNITUDE) {
+        size_t k = (size_t)(a->density * (double)n);
+        if (k == 0)
+            return alloy_fail(err, "tensor '%s': density %g keeps no element of %zu (mergekit refuses this too)",
+                              name, a->density, n);
+        *neg_key = true;
+        *lo = 0, *hi = k;
+        return 0;
+    }
+    /* Keep sorted positions [n_bot, n - n_top) of the ascending |delta|
+     * order. Deliberate deviation: when int(gamma*n) == 0, mergekit's
+     * slice indices[n_bot:-0] is empty and drops the whole task vector
+     * (small tensors: biases, norms); alloy keeps the top band instead,
+     * which is what the method describes (docs/merge_methods.md). */
+    int64_t target = (int64_t)(a->density * (double)n), top = (int64_t)(a->gamma * (double)n);
+    int64_t bot = (int64_t)n - target - top;
+    if (bot < 0) top += bot, bot = 0;
+    *neg_key = false;
+    *lo = (size_t)bot, *hi = n - (size_t)top;
+    return 0;
+}
+
 int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int ndim, const int64_t *shape,
                   size_t n, float *key, float *scratch, uint8_t *mask, int threads, const char *name,
                   alloy_err *err) {
     int nt = vec_threads(threads);
     if (a->kind == SPARSIFY_NONE || a->density >= 1.0) return 1;
     switch (a->kind) {
-    case SPARSIFY_MAGNITUDE: {
-        size_t k = (size_t)(a->density * (double)n);
-        if (k == 0)
-            return alloy_fail(err, "tensor '%s': density %g keeps no element of %zu (mergekit refuses this too)",
-                              name, a->density, n);
+    case SPARSIFY_MAGNITUDE:
+    case SPARSIFY_OUTLIERS: {
+        size_t lo, hi;
+        bool neg;
+        if (sparsify_rank_bounds(a, n, &lo, &hi, &neg, name, err)) return -1;
+        float sign = neg ? -1.0f : 1.0f;
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) key[e] = -fabsf(x[e] - base[e]);
-        sparsify_rank_mask(key, n, 0, k, scratch, mask, nt);
+        for (size_t e = 0; e < n; e++) key[e] = sign * fabsf(x[e] - base[e]);
+        sparsify_rank_mask(key, n, lo, hi, scratch, mask, nt);
         return 0;
     }
     case SPARSIFY_RANDOM: {
@@ -323,20 +311,6 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
         double p = a->density;
 #pragma omp parallel for simd num_threads(nt) schedule(static)
         for (size_t e = 0; e < n; e++) mask[e] = rng_uniform_at(key, e) < p;
-        return 0;
-    }
-    case SPARSIFY_OUTLIERS: {
-        /* Keep sorted positions [n_bot, n - n_top) of the ascending |delta|
-         * order. Deliberate deviation: when int(gamma*n) == 0, mergekit's
-         * slice indices[n_bot:-0] is empty and drops the whole task vector
-         * (small tensors: biases, norms); alloy keeps the top band instead,
-         * which is what the method describes (docs/merge_methods.md). */
-        int64_t target = (int64_t)(a->density * (double)n), top = (int64_t)(a->gamma * (double)n);
-        int64_t bot = (int64_t)n - target - top;
-        if (bot < 0) top += bot, bot = 0;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) key[e] = fabsf(x[e] - base[e]);
-        sparsify_rank_mask(key, n, (size_t)bot, n - (size_t)top, scratch, mask, nt);
         return 0;
     }
     case SPARSIFY_DELLA:

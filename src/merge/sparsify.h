@@ -1,15 +1,17 @@
 /* sparsify.h — mergekit's sparsification of task vectors (mergekit/sparsify.py).
  *
  * Each function decides which elements of one task vector delta = x - base
- * survive (magnitude, random/bernoulli, magnitude_outliers, della_magprune)
- * and the L1 rescale factor applied to the survivors. The mask is written as
- * bytes (1 keep, 0 drop) so callers combine it with their own arithmetic; the
+ * survive (magnitude, random/bernoulli, magnitude_outliers, della_magprune);
+ * the L1 rescale of the survivors is task_arithmetic.c's, summed while it
+ * streams. The mask is written as bytes (1 keep, 0 drop) so callers combine
+ * it with their own arithmetic; the
  * random kinds draw element e of model `stream` as rng_uniform(seed, stream, e)
  * so masks do not depend on the thread count. Consensus and mixing are
  * task_arithmetic.c's; this file only selects. */
 #ifndef ALLOY_MERGE_SPARSIFY_H
 #define ALLOY_MERGE_SPARSIFY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,9 +41,12 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
                   size_t n, float *key, float *scratch, uint8_t *mask, int threads, const char *name,
                   alloy_err *err);
 
-/* mergekit's rescaled_masked_tensor with the L1 norm: the factor
- * sum|delta| / sum|delta*mask|, or 1 when either is below 1e-7. */
-double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask, size_t n, int threads);
+/* The kept ranks [lo, hi) of magnitude (key -|delta|, *neg_key) or
+ * breadcrumbs (key |delta|) sparsification of n elements, ascending order
+ * of the key with ties by index; -1 on a recipe error naming `name`
+ * (magnitude keeping no element). */
+int sparsify_rank_bounds(const sparsify_args *a, size_t n, size_t *lo, size_t *hi, bool *neg_key, const char *name,
+                         alloy_err *err);
 
 /* mask[e] = 1 iff the rank of key[e] in ascending order (ties broken by
  * index, lower index first) lies in [lo, hi). O(n) expected (quickselect on
@@ -49,8 +54,5 @@ double sparsify_l1_factor(const float *x, const float *base, const uint8_t *mask
  * (key |delta|) and sce (key -var). */
 void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float *scratch, uint8_t *mask,
                         int threads);
-
-/* The k-th smallest (0-based) of a[0..n) (reordered: a[0..k) <= it <= a[k..n)). */
-float sparsify_select_kth(float *a, size_t n, size_t k);
 
 #endif

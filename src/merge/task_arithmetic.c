@@ -226,7 +226,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         size_t z = 0;
                         for (int cu = 0; cu < gm->ncuts; cu++)
                             z = rank_cut_scan(&gm->cut[cu], &acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu],
-                                              c, a, b0, m);
+                                              c, a, m);
                         nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                     }
                     if (sums) {
@@ -373,40 +373,23 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
     gm->density = density;
     if (v->sparsify == SPARSIFY_NONE || density >= 1.0) return 0;
     switch (v->sparsify) {
-    case SPARSIFY_MAGNITUDE: {
-        size_t keep = (size_t)(density * (double)n);
-        if (keep == 0)
-            return alloy_fail(err, "tensor '%s': density %g keeps no element of %zu (mergekit refuses this too)",
-                              call->tensor_name, density, n);
-        /* the largest |delta| first, ties by index: in ascending order of
-         * (|delta|, -index) the ranks [n - keep, n); key -|delta|: [0, keep) */
-        gm->neg_key = true;
-        gm->lo = 0, gm->hi = keep;
-        if (stream_cuts) {
-            gm->ncuts = 1;
-            gm->cut[0].rank = n - keep;
-            gm->cut_upper[0] = false;
-        }
-        break;
-    }
+    case SPARSIFY_MAGNITUDE:
     case SPARSIFY_OUTLIERS: {
-        /* Keep sorted positions [n_bot, n - n_top) of the ascending |delta|
-         * order. Deliberate deviation: when int(gamma*n) == 0, mergekit's
-         * slice indices[n_bot:-0] is empty and drops the whole task vector
-         * (small tensors: biases, norms); alloy keeps the top band instead,
-         * which is what the method describes (docs/merge_methods.md). */
-        int64_t target = (int64_t)(density * (double)n), top = (int64_t)(MPARAM(call, i, P_EXTRA) * (double)n);
-        int64_t bot = (int64_t)n - target - top;
-        if (bot < 0) top += bot, bot = 0;
-        gm->neg_key = false;
-        gm->lo = (size_t)bot, gm->hi = n - (size_t)top;
-        if (gm->lo >= gm->hi) {
+        sparsify_args a = {.kind = v->sparsify, .density = density,
+                           .gamma = v->sparsify == SPARSIFY_OUTLIERS ? MPARAM(call, i, P_EXTRA) : 0.0};
+        if (sparsify_rank_bounds(&a, n, &gm->lo, &gm->hi, &gm->neg_key, call->tensor_name, err)) return -1;
+        if (gm->lo >= gm->hi) { /* breadcrumbs keeping nothing */
             memset(mask, 0, n);
             gm->keep = KEEP_MASK;
             gm->masked = true;
             return 0;
         }
-        if (stream_cuts) {
+        if (!stream_cuts) break;
+        if (gm->neg_key) {
+            /* the largest |delta| first, ties by index: in ascending order of
+             * (|delta|, -index) the ranks [n - hi, n) */
+            gm->cut[gm->ncuts].rank = n - gm->hi, gm->cut_upper[gm->ncuts++] = false;
+        } else {
             if (gm->lo > 0) gm->cut[gm->ncuts].rank = gm->lo, gm->cut_upper[gm->ncuts++] = false;
             if (gm->hi < n) gm->cut[gm->ncuts].rank = gm->hi - 1, gm->cut_upper[gm->ncuts++] = true;
             if (!gm->ncuts) gm->keep = KEEP_RULE, gm->rule = keep_rule_between(NULL, NULL);
@@ -556,11 +539,8 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         }
         if (oom)
             rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
-        else if (bad)
-            rc = MERGE_NONFINITE_INPUT;
-        else if (obad < n)
-            rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
-                            call->tensor_name, v->name, obad);
+        else
+            rc = merge_stream_result(call, v->name, bad, obad, err);
     }
     for (int i = 0; gm && i < k; i++)
         for (int cu = 0; cu < 2; cu++) rank_cut_free(&gm[i].cut[cu]);

@@ -49,6 +49,18 @@ static inline size_t vec_at(const vec_layout *l, size_t v, size_t j) {
     return (outer * l->len + j) * l->inner + in;
 }
 
+/* Index of the first non-finite value of v[0..m), or m: a vectorised test
+ * of the whole block first, the walk only when it fails. */
+static inline size_t vec_first_nonfinite(const float *v, size_t m) {
+    int fin = 1;
+#pragma omp simd reduction(& : fin)
+    for (size_t j = 0; j < m; j++) fin &= v[j] - v[j] == 0.0f;
+    if (fin) return m;
+    size_t j = 0;
+    while (j < m && v[j] - v[j] == 0.0f) j++;
+    return j;
+}
+
 /* Thread count to pass to OpenMP (at least 1). */
 static inline int vec_threads(int t) { return t > 0 ? t : 1; }
 

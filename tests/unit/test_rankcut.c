@@ -71,7 +71,7 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
         rank_cut_chunk(n, ch, &lo, &hi);
         for (size_t b0 = lo; b0 < hi; b0 += RC_BLOCK) {
             size_t m = hi - b0 < RC_BLOCK ? hi - b0 : RC_BLOCK;
-            rank_cut_scan(c, &acc[ch % 2], ch, a + b0, b0, m); /* two "threads" */
+            rank_cut_scan(c, &acc[ch % 2], ch, a + b0, m); /* two "threads" */
         }
     }
     for (size_t e = 0; e < n; e++) zeros += a[e] == 0.0f;
