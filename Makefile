@@ -10,7 +10,7 @@ BUILD   ?= build
 PKGS    := openblas lapacke yaml-0.1 libcjson libpcre2-8
 OPT     ?= -O2 -march=native
 CFLAGS  ?=
-CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp \
+CFLAGS  += -std=c11 $(OPT) -fno-trapping-math -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp \
            -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS += -fopenmp

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -117,6 +117,26 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
         __mmask16 k = _mm512_cmp_ps_mask(v, lo, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, hi, _CMP_LT_OQ);
         _mm512_mask_compressstoreu_ps(out + cnt, k, v);
         cnt += (size_t)__builtin_popcount(k);
+    }
+#elif defined(__AVX2__)
+    /* 4 lanes at a time: lane indices of each 4-bit mask's set bits, in
+     * order (the unused tail lanes are written and then overwritten) */
+    static const int32_t take[16][4] = {
+        {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0}, {1, 2, 0, 0}, {0, 1, 2, 0},
+        {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0}, {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3},
+    };
+    __m256 lo = _mm256_set1_ps(blo), hi = _mm256_set1_ps(bhi);
+    for (; j + 8 <= m; j += 8) { /* cnt <= j: a store never passes a + j + 8 */
+        __m256 v = _mm256_loadu_ps(a + j);
+        unsigned k = (unsigned)_mm256_movemask_ps(
+            _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GT_OQ), _mm256_cmp_ps(v, hi, _CMP_LT_OQ)));
+        unsigned k0 = k & 15u, k1 = k >> 4;
+        __m128i p0 = _mm_loadu_si128((const __m128i *)(const void *)take[k0]);
+        __m128i p1 = _mm_loadu_si128((const __m128i *)(const void *)take[k1]);
+        _mm_storeu_ps(out + cnt, _mm_permutevar_ps(_mm256_castps256_ps128(v), p0));
+        cnt += (size_t)__builtin_popcount(k0);
+        _mm_storeu_ps(out + cnt, _mm_permutevar_ps(_mm256_extractf128_ps(v, 1), p1));
+        cnt += (size_t)__builtin_popcount(k1);
     }
 #endif
     for (; j < m; j++) { /* branch-free compaction */

@@ -109,7 +109,10 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
             const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
             if (gm->keep == KEEP_RANDOM) random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
 #pragma omp simd
-            for (size_t j = 0; j < m; j++) di[j] = (mi[j] ? (x[j] - base[j]) * si : 0.0f) * wi;
+            for (size_t j = 0; j < m; j++) {
+                float t = ((x[j] - base[j]) * si) * wi; /* computed always: a select, not a branch */
+                di[j] = mi[j] ? t : 0.0f;
+            }
         } else {
             keep_rule r = gm->rule;
             uint32_t e0 = (uint32_t)b0, mm = (uint32_t)m; /* 32-bit lanes for the index tests */
@@ -117,7 +120,8 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
             for (uint32_t j = 0; j < mm; j++) {
                 float v = x[j] - base[j];
                 bool keep = keep_rule_test(&r, fabsf(v), e0 + j);
-                di[j] = (keep ? v * si : 0.0f) * wi;
+                float t = (v * si) * wi;
+                di[j] = keep ? t : 0.0f;
             }
         }
     }
@@ -144,8 +148,9 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
                 float dj = di[j];
                 int pos = sum[j] >= 0.0f;
                 int agree = (pos & (dj > 0.0f)) | ((pos ^ 1) & (dj < 0.0f));
-                mixed[j] += agree ? dj : 0.0f;
-                div[j] += agree ? wi : 0.0f;
+                float md = mixed[j] + dj, dd = div[j] + wi;
+                mixed[j] = agree ? md : mixed[j];
+                div[j] = agree ? dd : div[j];
             }
         }
 #pragma omp simd
