@@ -9,7 +9,7 @@ the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
 floor and merge alternating, each after a sync() so that neither pays for
 the other's writeback, with the inputs read back into the page cache just
 before. Target: ratio <= 1.3.
-usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2]
+usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2] [--methods linear,ties,...]
 """
 import os
 import shutil
@@ -19,6 +19,8 @@ import time
 
 BUILD, BENCH = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+METHODS = (sys.argv[sys.argv.index("--methods") + 1].split(",") if "--methods" in sys.argv
+           else ["linear", "ties", "dare_ties", "slerp"])
 ROUNDS = 5
 ALLOY = os.path.join(BUILD, "alloy")
 FLOOR = os.path.join(BUILD, "bench", "stream_floor")
@@ -72,7 +74,7 @@ def main():
     print("\nmerge benchmark: Qwen2-0.5B shape (hidden 896, inter 4864, 24 layers, vocab 151936), bf16, "
           "%d threads, model %.2f GB" % (int(THREADS), size / 2e9))
     print("%-10s %9s %12s %11s %7s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio"))
-    for method in ("linear", "ties", "dare_ties", "slerp"):
+    for method in METHODS:
         r = recipe(method)
         fts = ("ft1",) if method == "slerp" else ("ft1", "ft2", "ft3")
         inputs = [os.path.join(M, d, "model.safetensors") for d in fts]

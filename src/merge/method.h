@@ -102,6 +102,12 @@ static inline bool merge_has_base(const merge_call *call) { return call->base_sr
  * is not finite. */
 bool merge_load(merge_src s, size_t lo, size_t m, float *dst);
 
+/* |x - base| of elements [lo, lo + m) of s into a, base the block's f32
+ * base values: the load and the subtraction in one pass (bf16 inputs are
+ * widened in registers), xbuf m floats of scratch for other dtypes. Returns
+ * true when an element of s is not finite. */
+bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *base, float *xbuf, float *a);
+
 /* Store result elements [lo, lo + m) from v: to call->sink when set, else
  * to out (f32). Returns the offset in the block of the first non-finite
  * value when storing to the sink, else m. Call from the thread that computed

@@ -7,6 +7,12 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+/* AVX2 without AVX-512: the scan has its own vector loop (scan_block) */
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define RC_AVX2 1
+#else
+#define RC_AVX2 0
+#endif
 
 #include "merge/vec.h"
 #include "util/rng.h"
@@ -106,6 +112,7 @@ void rank_cut_free(rank_cut *c) {
     c->eq = NULL;
 }
 
+#if !RC_AVX2
 /* The magnitudes of a[0..m) strictly inside (blo, bhi), in order, into out;
  * returns how many. */
 static size_t band_inside(const float *a, size_t m, float blo, float bhi, float *out) {
@@ -118,26 +125,6 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
         _mm512_mask_compressstoreu_ps(out + cnt, k, v);
         cnt += (size_t)__builtin_popcount(k);
     }
-#elif defined(__AVX2__)
-    /* 4 lanes at a time: lane indices of each 4-bit mask's set bits, in
-     * order (the unused tail lanes are written and then overwritten) */
-    static const int32_t take[16][4] = {
-        {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0}, {1, 2, 0, 0}, {0, 1, 2, 0},
-        {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0}, {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3},
-    };
-    __m256 lo = _mm256_set1_ps(blo), hi = _mm256_set1_ps(bhi);
-    for (; j + 8 <= m; j += 8) { /* cnt <= j: a store never passes a + j + 8 */
-        __m256 v = _mm256_loadu_ps(a + j);
-        unsigned k = (unsigned)_mm256_movemask_ps(
-            _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GT_OQ), _mm256_cmp_ps(v, hi, _CMP_LT_OQ)));
-        unsigned k0 = k & 15u, k1 = k >> 4;
-        __m128i p0 = _mm_loadu_si128((const __m128i *)(const void *)take[k0]);
-        __m128i p1 = _mm_loadu_si128((const __m128i *)(const void *)take[k1]);
-        _mm_storeu_ps(out + cnt, _mm_permutevar_ps(_mm256_castps256_ps128(v), p0));
-        cnt += (size_t)__builtin_popcount(k0);
-        _mm_storeu_ps(out + cnt, _mm_permutevar_ps(_mm256_extractf128_ps(v, 1), p1));
-        cnt += (size_t)__builtin_popcount(k1);
-    }
 #endif
     for (; j < m; j++) { /* branch-free compaction */
         out[cnt] = a[j];
@@ -145,31 +132,101 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
     }
     return cnt;
 }
+#endif
+
+/* Counts of one block of magnitudes, as bit patterns u (>= 0: they order
+ * as the values): zero u, u < lo, u == lo, u == hi. */
+typedef struct scan_counts {
+    uint32_t zero, lt, eqlo, eqhi;
+} scan_counts;
+
+/* Counts over a[0..len) (len <= RC_BLOCK) and the magnitudes strictly
+ * inside (lo, hi) in order into in; returns how many. One pass, branch-free:
+ * on AVX2 a vector of 8 at a time (4 compares and a compaction), otherwise
+ * the counts vectorise and band_inside compacts. */
+static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, scan_counts *sc, float *in) {
+    size_t j = 0, cnt = 0;
+    uint32_t z = 0, lt = 0, el = 0, eh = 0;
+#if RC_AVX2
+    static const int32_t take[16][4] = {
+        {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0}, {1, 2, 0, 0}, {0, 1, 2, 0},
+        {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0}, {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3},
+    };
+    /* magnitudes are below 2^31 as patterns: signed compares order them */
+    __m256i vlo = _mm256_set1_epi32((int32_t)lo), vhi = _mm256_set1_epi32((int32_t)hi), zero = _mm256_setzero_si256();
+    __m256i cz = zero, clt = zero, cel = zero, ceh = zero;
+    for (; j + 8 <= len; j += 8) { /* cnt <= j: a store never passes in + j + 8 */
+        __m256i u = _mm256_loadu_si256((const __m256i *)(const void *)(a + j));
+        __m256i below = _mm256_cmpgt_epi32(vlo, u), atlo = _mm256_cmpeq_epi32(u, vlo);
+        cz = _mm256_sub_epi32(cz, _mm256_cmpeq_epi32(u, zero));
+        clt = _mm256_sub_epi32(clt, below);
+        cel = _mm256_sub_epi32(cel, atlo);
+        ceh = _mm256_sub_epi32(ceh, _mm256_cmpeq_epi32(u, vhi));
+        /* inside: neither below nor at lo, and below hi */
+        __m256i inside = _mm256_andnot_si256(_mm256_or_si256(below, atlo), _mm256_cmpgt_epi32(vhi, u));
+        unsigned k = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside));
+        unsigned k0 = k & 15u, k1 = k >> 4;
+        __m256 v = _mm256_castsi256_ps(u);
+        __m128i p0 = _mm_loadu_si128((const __m128i *)(const void *)take[k0]);
+        __m128i p1 = _mm_loadu_si128((const __m128i *)(const void *)take[k1]);
+        _mm_storeu_ps(in + cnt, _mm_permutevar_ps(_mm256_castps256_ps128(v), p0));
+        cnt += (size_t)__builtin_popcount(k0);
+        _mm_storeu_ps(in + cnt, _mm_permutevar_ps(_mm256_extractf128_ps(v, 1), p1));
+        cnt += (size_t)__builtin_popcount(k1);
+    }
+    uint32_t lane[8];
+    _mm256_storeu_si256((__m256i *)(void *)lane, cz);
+    for (int l = 0; l < 8; l++) z += lane[l];
+    _mm256_storeu_si256((__m256i *)(void *)lane, clt);
+    for (int l = 0; l < 8; l++) lt += lane[l];
+    _mm256_storeu_si256((__m256i *)(void *)lane, cel);
+    for (int l = 0; l < 8; l++) el += lane[l];
+    _mm256_storeu_si256((__m256i *)(void *)lane, ceh);
+    for (int l = 0; l < 8; l++) eh += lane[l];
+#else
+#pragma omp simd reduction(+ : z, lt, el, eh)
+    for (size_t t = 0; t < len; t++) {
+        uint32_t u = fbits(a[t]);
+        z += u == 0;
+        lt += u < lo;
+        el += u == lo;
+        eh += u == hi;
+    }
+    cnt = band_inside(a, len, fvalue(lo), fvalue(hi), in);
+    j = len;
+#endif
+    for (; j < len; j++) { /* the tail of the vector loop */
+        uint32_t u = fbits(a[j]);
+        z += u == 0;
+        lt += u < lo;
+        el += u == lo;
+        eh += u == hi;
+        in[cnt] = a[j];
+        cnt += (u > lo) & (u < hi);
+    }
+    sc->zero = z, sc->lt = lt, sc->eqlo = el, sc->eqhi = eh;
+    return cnt;
+}
 
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
-    float blo = c->blo, bhi = c->bhi;
-    uint32_t lo_bits = c->lo_bits;
+    uint32_t lo_bits = c->lo_bits, blo = fbits(c->blo), bhi = fbits(c->bhi);
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
-    int shift = c->shift, two = bhi > blo;
+    int shift = c->shift;
+    bool two = c->bhi > c->blo, lo_pos = blo > 0;
     size_t below = 0, eqlo = 0, eqhi = 0, npos = 0;
     float in[RC_BLOCK];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
-        const float *aj = a + j0;
-        uint32_t bl = 0, el = 0, eh = 0, np = 0; /* 32-bit lanes: a block is small */
-#pragma omp simd reduction(+ : bl, el, eh, np)
-        for (size_t j = 0; j < len; j++) {
-            float v = aj[j];
-            uint32_t pos = v > 0.0f;
-            np += pos;
-            bl += pos & (v < blo);
-            el += pos & (v == blo);
-            eh += (uint32_t)two & (v == bhi);
-        }
-        below += bl, eqlo += el, eqhi += eh, npos += np;
+        scan_counts sc;
+        size_t cnt = scan_block(a + j0, len, blo, bhi, &sc, in);
+        /* below and at blo count positive magnitudes only (zeros rank
+         * apart); a band from blo = 0 has none below it */
+        npos += len - sc.zero;
+        below += lo_pos ? sc.lt - sc.zero : 0;
+        eqlo += lo_pos ? sc.eqlo : 0;
+        eqhi += two ? sc.eqhi : 0;
         /* strictly inside the band: few, when magnitudes tie in large groups;
          * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
-        size_t cnt = band_inside(aj, len, blo, bhi, in);
         for (size_t t = 0; t < cnt; t++) {
             uint32_t u = fbits(in[t]);
             rc_cell *cl = &row[(u - lo_bits) >> shift];

@@ -3,6 +3,8 @@
  * output dtype: streaming methods hold no whole f32 copy of any tensor. */
 #include "merge/method.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "merge/sink.h"
@@ -20,6 +22,29 @@ bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
     const char *p = (const char *)s.data + lo * es;
     for (size_t off = 0; off < m * es; off += 64) __builtin_prefetch(p + PREFETCH_BYTES + off, 0, 3);
     return dtype_to_f32(p, s.dtype, dst, m) >= 0;
+}
+
+bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *restrict base, float *xbuf,
+                        float *restrict a) {
+    if (!m) return false;
+    if (s.dtype != ALLOY_BF16 || ((uintptr_t)s.data & 1)) {
+        bool bad = merge_load(s, lo, m, xbuf);
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) a[j] = fabsf(xbuf[j] - base[j]);
+        return bad;
+    }
+    const uint16_t *restrict h = (const uint16_t *)s.data + lo;
+    for (size_t off = 0; off < m * 2; off += 64) __builtin_prefetch((const char *)h + PREFETCH_BYTES + off, 0, 3);
+    unsigned bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (size_t j = 0; j < m; j++) {
+        uint32_t w = (uint32_t)h[j] << 16;
+        float x;
+        memcpy(&x, &w, 4);
+        a[j] = fabsf(x - base[j]);
+        bad |= (h[j] & 0x7f80u) == 0x7f80u;
+    }
+    return bad != 0;
 }
 
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m) {

@@ -68,6 +68,7 @@ typedef struct gta_model {
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
     bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
+    uint8_t *bits;      /* KEEP_RANDOM after a first pass: the mask it drew, 1 bit per element */
     uint64_t rng_key, rng_thr;
     double density;
 } gta_model;
@@ -89,6 +90,35 @@ static inline void random_keep(uint64_t key, uint64_t thr, size_t b0, size_t m, 
     for (size_t j = 0; j < m; j++) keep[j] = (rng_mix64(key ^ (b0 + j)) >> 11) < thr;
 }
 
+/* keep[0..m) (0/1 bytes) as bits, element j at bit j % 8 of byte j / 8:
+ * eight bytes at a time, each multiplied into place (no carries: every
+ * byte of the product sums distinct powers of two). */
+static void pack_keep(const uint8_t *restrict keep, size_t m, uint8_t *restrict bits) {
+    size_t j = 0;
+    for (; j + 8 <= m; j += 8) {
+        uint64_t w;
+        memcpy(&w, keep + j, 8);
+        bits[j / 8] = (uint8_t)((w * 0x0102040810204080ull) >> 56);
+    }
+    if (j < m) {
+        uint8_t b = 0;
+        for (size_t t = j; t < m; t++) b |= (uint8_t)(keep[t] << (t - j));
+        bits[j / 8] = b;
+    }
+}
+
+/* The inverse: bits of elements [0, m) back to 0/1 bytes. */
+static void unpack_keep(const uint8_t *restrict bits, size_t m, uint8_t *restrict keep) {
+    size_t j = 0;
+    for (; j + 8 <= m; j += 8) {
+        /* byte t of w holds bit t of the byte (0 or 2^t); + 0x7f sets its top bit when not 0 */
+        uint64_t w = ((uint64_t)bits[j / 8] * 0x0101010101010101ull) & 0x8040201008040201ull;
+        w = ((w + 0x7f7f7f7f7f7f7f7full) >> 7) & 0x0101010101010101ull;
+        memcpy(keep + j, &w, 8);
+    }
+    for (; j < m; j++) keep[j] = (bits[j / 8] >> (j % 8)) & 1u;
+}
+
 /* The merge of elements [b0, b0 + m): d is k x GTA_BLOCK scratch. Returns
  * true when an input was not finite; *obad is the index of the first
  * non-finite result in the block (n when none; packed output only). */
@@ -107,7 +137,10 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
         } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM) {
             uint8_t drawn[GTA_BLOCK];
             const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
-            if (gm->keep == KEEP_RANDOM) random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
+            if (gm->keep == KEEP_RANDOM && gm->bits)
+                unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
+            else if (gm->keep == KEEP_RANDOM)
+                random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
 #pragma omp simd
             for (size_t j = 0; j < m; j++) {
                 float t = ((x[j] - base[j]) * si) * wi; /* computed always: a select, not a branch */
@@ -172,10 +205,7 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
 
 /* |x_i - base| of elements [b0, b0 + m) into a; true when not finite. */
 static bool magnitudes(merge_src x, size_t b0, size_t m, const float *bblock, float *xblock, float *a) {
-    bool bad = merge_load(x, b0, m, xblock);
-#pragma omp simd
-    for (size_t j = 0; j < m; j++) a[j] = fabsf(xblock[j] - bblock[j]);
-    return bad;
+    return merge_load_absdiff(x, b0, m, bblock, xblock, a);
 }
 
 /* Magnitudes for rank_cut_resolve: |x - base| of a block. */
@@ -240,6 +270,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         const uint8_t *restrict mi = gm->random ? drawn : NULL;
                         if (mi) {
                             random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
+                            if (gm->bits) pack_keep(drawn, m, gm->bits + b0 / 8); /* for the second pass */
 #pragma omp simd reduction(+ : before, after)
                             for (size_t j = 0; j < m; j++) {
                                 double dj = (double)a[j];
@@ -510,6 +541,8 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             }
     }
     size_t nc = rank_cut_nchunks(n);
+    for (int i = 0; i < k && !rc && survey && rescale; i++) /* DARE: keep the first pass's draws (else: drawn again) */
+        if (gm[i].random) gm[i].bits = malloc(n / 8 + 1);
     if (!rc && survey) {
         part = calloc(nc * (size_t)k * 2 + 1, sizeof *part);
         int r = part ? gta_survey(&g, rescale, part, nt) : -1;
@@ -549,6 +582,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     }
     for (int i = 0; gm && i < k; i++)
         for (int cu = 0; cu < 2; cu++) rank_cut_free(&gm[i].cut[cu]);
+    for (int i = 0; gm && i < k; i++) free(gm[i].bits);
     free(gm);
     free(part);
     free(sample);
