@@ -2,49 +2,57 @@
  * No base model: a base named in the recipe is merged like any other model. */
 #include <math.h>
 #include <stdbool.h>
+#include <stdlib.h>
 
 #include "merge/method.h"
-#include "merge/vec.h"
 #include "util/err.h"
 
 enum { P_NORMALIZE, P_WEIGHT };
 
 /* out = sum_i w_i x_i, divided by sum_i w_i when normalize is on.
  * Source: mergekit LinearMergeTask; "model soups", arXiv:2203.05482.
- * Streams its inputs in blocks, summing in model order. */
-#define LIN_BLOCK 2048
+ * Streams its inputs, summing in model order. */
+typedef struct lin_ctx {
+    int k;
+    const float *w;
+    bool normalize;
+    float wsum;
+} lin_ctx;
+
+static void linear_block(const void *ctx, const float *const *in, size_t m, float *restrict o) {
+    const lin_ctx *c = ctx;
+#pragma omp simd
+    for (size_t j = 0; j < m; j++) o[j] = 0.0f;
+    for (int i = 0; i < c->k; i++) {
+        float w = c->w[i];
+        const float *restrict x = in[i];
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) o[j] += w * x[j];
+    }
+    if (c->normalize) {
+        float wsum = c->wsum;
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) o[j] /= wsum;
+    }
+}
 
 static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
     int k = call->k;
-    float wsum = 0.0f;
-    for (int i = 0; i < k; i++) wsum += (float)MPARAM(call, i, P_WEIGHT);
-    bool normalize = call->gparam[P_NORMALIZE] != 0.0;
-    if (normalize && wsum == 0.0f)
-        return alloy_fail(err, "tensor '%s': linear weights sum to zero, cannot normalize (set normalize: false)",
-                          call->tensor_name);
-    size_t n = call->n, nb = (n + LIN_BLOCK - 1) / LIN_BLOCK, obad = n;
-    int bad = 0;
-#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
-    reduction(min : obad)
-    for (size_t bi = 0; bi < nb; bi++) {
-        size_t b0 = bi * LIN_BLOCK, m = n - b0 < LIN_BLOCK ? n - b0 : LIN_BLOCK;
-        float x[LIN_BLOCK], o[LIN_BLOCK];
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) o[j] = 0.0f;
-        for (int i = 0; i < k; i++) {
-            float w = (float)MPARAM(call, i, P_WEIGHT);
-            bad |= merge_load(merge_input(call, i), b0, m, x);
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) o[j] += w * x[j];
-        }
-        if (normalize) {
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) o[j] /= wsum;
-        }
-        size_t at = merge_store(call, out, b0, o, m);
-        if (at < m && b0 + at < obad) obad = b0 + at;
+    float *w = malloc((size_t)k * sizeof *w);
+    int *which = malloc((size_t)k * sizeof *which);
+    if (!w || !which) {
+        free(w), free(which);
+        return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
     }
-    return merge_stream_result(call, "linear", bad, obad, err);
+    float wsum = 0.0f;
+    for (int i = 0; i < k; i++) wsum += w[i] = (float)MPARAM(call, i, P_WEIGHT), which[i] = i;
+    lin_ctx c = {k, w, call->gparam[P_NORMALIZE] != 0.0, wsum};
+    int rc = c.normalize && wsum == 0.0f
+                 ? alloy_fail(err, "tensor '%s': linear weights sum to zero, cannot normalize (set normalize: false)",
+                              call->tensor_name)
+                 : merge_stream_elementwise(call, out, "linear", k, which, linear_block, &c, err);
+    free(w), free(which);
+    return rc;
 }
 
 static const merge_param_def linear_params[] = {

@@ -114,6 +114,19 @@ bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *base, flo
  * the block, blocks of one thread in increasing order where possible. */
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m);
 
+/* An element-wise method's work on one block: the m values of each of its
+ * nin inputs in in[0..nin), its m results into o. */
+typedef void (*merge_block_fn)(const void *ctx, const float *const *in, size_t m, float *o);
+
+/* Run an element-wise streaming method: every block of MERGE_EW_BLOCK
+ * elements of the inputs which[0..nin) (merge_input indices, -1 the base)
+ * is loaded, passed to fn and stored (merge_store, out), on call->threads
+ * threads. Returns
+ * merge_stream_result for `method`, or an error when out of memory. */
+#define MERGE_EW_BLOCK 1024
+int merge_stream_elementwise(const merge_call *call, float *out, const char *method, int nin, const int *which,
+                             merge_block_fn fn, const void *ctx, alloy_err *err);
+
 /* How a streaming method ends: MERGE_NONFINITE_INPUT when an input was not
  * finite, an error naming the tensor and element when result element
  * first_bad (< call->n) was not, else 0. */

@@ -5,9 +5,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "merge/sink.h"
+#include "merge/vec.h"
 #include "util/dtype.h"
 #include "util/err.h"
 
@@ -51,6 +53,34 @@ size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v
     if (call->sink) return merge_sink_put(call->sink, lo, v, m);
     memcpy(out + lo, v, m * sizeof *v);
     return m;
+}
+
+int merge_stream_elementwise(const merge_call *call, float *out, const char *method, int nin, const int *which,
+                             merge_block_fn fn, const void *ctx, alloy_err *err) {
+    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
+    int bad = 0, oom = 0;
+#pragma omp parallel num_threads(vec_threads(call->threads)) reduction(| : bad, oom) reduction(min : obad)
+    {
+        /* nin input blocks and the result block */
+        float *buf = malloc((size_t)(nin + 1) * MERGE_EW_BLOCK * sizeof *buf);
+        const float **in = malloc((size_t)(nin + 1) * sizeof *in);
+        oom = !buf || !in;
+        for (int i = 0; !oom && i < nin; i++) in[i] = buf + (size_t)i * MERGE_EW_BLOCK;
+        float *o = buf ? buf + (size_t)nin * MERGE_EW_BLOCK : NULL;
+#pragma omp for schedule(static)
+        for (size_t bi = 0; bi < nb; bi++) {
+            if (oom) continue;
+            size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK;
+            for (int i = 0; i < nin; i++) bad |= merge_load(merge_input(call, which[i]), b0, m, (float *)in[i]);
+            fn(ctx, in, m, o);
+            size_t at = merge_store(call, out, b0, o, m);
+            if (at < m && b0 + at < obad) obad = b0 + at;
+        }
+        free(in);
+        free(buf);
+    }
+    if (oom) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    return merge_stream_result(call, method, bad, obad, err);
 }
 
 int merge_stream_result(const merge_call *call, const char *method, bool bad_input, size_t first_bad,
