@@ -34,68 +34,154 @@ static bool stock_ratio(int N, const double *g, double *t) {
 
 /* out = t * mean_i(x_i) + (1 - t) * base, t from stock_ratio over the whole
  * tensor, or per row (last axis; a 1-D tensor is one row) when filter_wise.
- * Source: mergekit ModelStockMergeTask (pairwise-average cos, clamp 1e-6). */
-static int model_stock_merge(const merge_call *call, float *out, alloy_err *err) {
-    int N = call->k, nt = vec_threads(call->threads);
-    size_t n = call->n;
-    const float *b = call->base;
-    if (!b || N < 2)
-        return alloy_fail(err, "tensor '%s': model_stock needs a base and at least two other models", call->tensor_name);
-    bool fw = call->gparam[P_FILTER_WISE] != 0.0;
-    vec_layout l = fw ? vec_layout_axis(call->ndim, call->shape, n, call->ndim - 1) : (vec_layout){1, n, 1};
-    double *g = malloc(sizeof(double) * (size_t)N * (size_t)N * (fw ? l.count : 1) + 1);
-    if (!g) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
-    int bad = 0;
-    if (!fw) {
-        for (int i = 0; i < N; i++)
-            for (int j = i; j < N; j++) g[i * N + j] = g[j * N + i] = vec_dot_sub(call->x[i], call->x[j], b, n, nt);
-        double t = 0.0;
-        if (!stock_ratio(N, g, &t)) bad = 1;
-        float tf = (float)t, fN = (float)N;
-        if (!bad) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (size_t e = 0; e < n; e++) {
-                float s = 0.0f;
-                for (int i = 0; i < N; i++) s += call->x[i][e];
-                out[e] = tf * (s / fN) + (1.0f - tf) * b[e];
-            }
+ * Source: mergekit ModelStockMergeTask (pairwise-average cos, clamp 1e-6).
+ *
+ * Streams its inputs: the whole-tensor Gram matrix in one pass (each entry
+ * summed in double in index order per fixed chunk, vec.h), the result in a
+ * second; filter_wise reads each row once and writes it. */
+#define MS_BLOCK 1024
+
+typedef struct ms_ctx {
+    const merge_call *call;
+    int N;
+} ms_ctx;
+
+/* Upper-triangle Gram entries g[i*N+j] += sum over e of o_i o_j for the
+ * N + 1 rows in[0] = base, in[1 + i] = x_i, m elements, in index order. */
+static void gram_add(int N, float *const *in, size_t m, double *g) {
+    const float *b = in[0];
+    for (int i = 0; i < N; i++)
+        for (int j = i; j < N; j++) {
+            const float *xi = in[1 + i], *xj = in[1 + j];
+            double s = g[i * N + j];
+            for (size_t e = 0; e < m; e++) s += ((double)xi[e] - b[e]) * ((double)xj[e] - b[e]);
+            g[i * N + j] = s;
         }
+}
+
+/* Load elements [lo, lo + m) of the base and the N models into in[0..N]. */
+static bool load_all(const merge_call *call, int N, size_t lo, size_t m, float *const *in) {
+    bool bad = merge_load(merge_input(call, -1), lo, m, in[0]);
+    for (int i = 0; i < N; i++) bad |= merge_load(merge_input(call, i), lo, m, in[1 + i]);
+    return bad;
+}
+
+/* vec_reduce chunk: the Gram entries, then acc[N*N] += non-finite input,
+ * acc[N*N + 1] += out of memory. */
+static void gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const ms_ctx *c = p;
+    int N = c->N;
+    float *buf = malloc((size_t)(N + 1) * MS_BLOCK * sizeof *buf);
+    float **in = malloc((size_t)(N + 1) * sizeof *in);
+    if (!buf || !in) {
+        acc[N * N + 1] += 1.0;
     } else {
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
-        for (size_t v = 0; v < l.count; v++) {
-            double *gv = g + v * (size_t)N * (size_t)N;
-            for (int i = 0; i < N; i++)
-                for (int j = i; j < N; j++) {
-                    double s = 0.0;
-                    for (size_t q = 0; q < l.len; q++) {
-                        size_t e = vec_at(&l, v, q);
-                        s += ((double)call->x[i][e] - b[e]) * ((double)call->x[j][e] - b[e]);
-                    }
-                    gv[i * N + j] = gv[j * N + i] = s;
-                }
-            double t = 0.0;
-            if (!stock_ratio(N, gv, &t)) {
-                bad |= 1;
-                continue;
-            }
-            float tf = (float)t, fN = (float)N;
-            for (size_t q = 0; q < l.len; q++) {
-                size_t e = vec_at(&l, v, q);
-                float s = 0.0f;
-                for (int i = 0; i < N; i++) s += call->x[i][e];
-                out[e] = tf * (s / fN) + (1.0f - tf) * b[e];
-            }
+        for (int i = 0; i <= N; i++) in[i] = buf + (size_t)i * MS_BLOCK;
+        for (size_t b0 = lo; b0 < hi; b0 += MS_BLOCK) {
+            size_t m = hi - b0 < MS_BLOCK ? hi - b0 : MS_BLOCK;
+            if (load_all(c->call, N, b0, m, in)) acc[N * N] += 1.0;
+            gram_add(N, in, m, acc);
         }
     }
+    free(in);
+    free(buf);
+}
+
+typedef struct ms_mix {
+    int N;
+    float t;
+} ms_mix;
+
+/* t * mean + (1 - t) * base of one block: in[0] = base, in[1 + i] = x_i */
+static void mix_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+    const ms_mix *c = p;
+    float tf = c->t, fN = (float)c->N;
+    for (size_t e = 0; e < m; e++) {
+        float s = 0.0f;
+        for (int i = 0; i < c->N; i++) s += in[1 + i][e];
+        o[e] = tf * (s / fN) + (1.0f - tf) * in[0][e];
+    }
+}
+
+static int stock_whole(const merge_call *call, float *out, int N, alloy_err *err) {
+    size_t nacc = (size_t)N * (size_t)N + 2;
+    double *g = calloc(nacc, sizeof *g);
+    int *which = malloc((size_t)(N + 1) * sizeof *which);
+    ms_ctx c = {call, N};
+    int rc = !g || !which ? alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name)
+                          : vec_reduce(call->n, call->threads, (int)nacc, gram_chunk, &c, g, err);
+    if (!rc && g[N * N + 1] > 0) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    if (!rc && g[N * N] > 0) rc = MERGE_NONFINITE_INPUT;
+    double t = 0.0;
+    if (!rc) {
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < i; j++) g[i * N + j] = g[j * N + i];
+        if (!stock_ratio(N, g, &t)) rc = 1;
+    }
+    if (!rc) {
+        ms_mix mx = {N, (float)t};
+        for (int i = 0; i <= N; i++) which[i] = i - 1;
+        rc = merge_stream_elementwise(call, out, "model_stock", N + 1, which, mix_block, &mx, err);
+    }
     free(g);
-    if (bad)
+    free(which);
+    return rc;
+}
+
+/* filter_wise: row by row (rows are the last axis, so contiguous). */
+static int stock_rows(const merge_call *call, float *out, int N, alloy_err *err) {
+    vec_layout l = vec_layout_axis(call->ndim, call->shape, call->n, call->ndim - 1);
+    size_t len = l.len, obad = call->n;
+    int bad = 0, undefined = 0, oom = 0;
+#pragma omp parallel num_threads(vec_threads(call->threads)) reduction(| : bad, undefined, oom) reduction(min : obad)
+    {
+        float *buf = malloc(((size_t)(N + 2) * len + 1) * sizeof *buf);
+        float **in = malloc((size_t)(N + 1) * sizeof *in);
+        double *g = malloc((size_t)N * (size_t)N * sizeof *g);
+        oom = !buf || !in || !g;
+        for (int i = 0; !oom && i <= N; i++) in[i] = buf + (size_t)i * len;
+#pragma omp for schedule(static)
+        for (size_t v = 0; v < l.count; v++) {
+            if (oom) continue;
+            size_t lo = v * len;
+            bad |= load_all(call, N, lo, len, in);
+            for (int q = 0; q < N * N; q++) g[q] = 0.0;
+            gram_add(N, in, len, g);
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < i; j++) g[i * N + j] = g[j * N + i];
+            double t = 0.0;
+            if (!stock_ratio(N, g, &t)) {
+                undefined = 1;
+                continue;
+            }
+            ms_mix mx = {N, (float)t};
+            float *o = buf + (size_t)(N + 1) * len;
+            mix_block(&mx, (const float *const *)in, len, o);
+            size_t at = merge_store(call, out, lo, o, len);
+            if (at < len && lo + at < obad) obad = lo + at;
+        }
+        free(g);
+        free(in);
+        free(buf);
+    }
+    if (oom) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    if (undefined) return 1;
+    return merge_stream_result(call, "model_stock", bad, obad, err);
+}
+
+static int model_stock_merge(const merge_call *call, float *out, alloy_err *err) {
+    int N = call->k;
+    if (!merge_has_base(call) || N < 2)
+        return alloy_fail(err, "tensor '%s': model_stock needs a base and at least two other models", call->tensor_name);
+    int rc = call->gparam[P_FILTER_WISE] != 0.0 ? stock_rows(call, out, N, err) : stock_whole(call, out, N, err);
+    if (rc == 1)
         return alloy_fail(err, "tensor '%s': model_stock: the average cosine is -1/(N-1), the ratio is undefined",
                           call->tensor_name);
-    return 0;
+    return rc;
 }
 
 static const merge_param_def model_stock_params[] = {
     {"filter_wise", false, false, 0, 0, 1},
 };
 
-const merge_method merge_model_stock = {"model_stock", BASE_REQUIRED, 2, 0, model_stock_params, 1, model_stock_merge, false};
+const merge_method merge_model_stock = {"model_stock", BASE_REQUIRED, 2, 0, model_stock_params, 1, model_stock_merge, true};

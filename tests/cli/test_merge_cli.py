@@ -323,6 +323,18 @@ dtype: float32
                  ["model.layers.2.mlp.gate_proj.weight", "[41, 16]", "[40, 16]"], out)
     d = model("nan", 3, mutate=nan)
     expect_error("NaN in a weight", ["merge", recipe("nan", good % (base, d)), out], ["lm_head.weight", d], out)
+    # the streaming methods find it in their blocks; the error is the same
+    streaming = {
+        "linear": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
+                  % (a, d),
+        "model_stock": "base_model: %s\nmodels:\n  - model: %s\n  - model: %s\n" % (base, a, d),
+        "nearswap": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.001}\n" % (base, d),
+        "passthrough": "models:\n  - model: %s\n" % d,
+        "slerp": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.3}\n" % (base, d),
+    }
+    for meth, body in streaming.items():
+        expect_error("NaN in a weight (%s)" % meth, ["merge", recipe("nan-" + meth, "merge_method: %s\n%s" % (meth, body)),
+                                                     out], ["lm_head.weight", d], out)
     d = model("layers", 3, layers=2)
     expect_error("layer count mismatch", ["merge", recipe("layers", good % (base, d)), out], ["layer"], out)
     expect_error("unknown method", ["merge", recipe("unk", good.replace("ties", "tise") % (base, a)), out],
