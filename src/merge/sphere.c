@@ -15,33 +15,131 @@
 
 enum { MS_NORMALIZE_WEIGHTS, MS_EPS, MS_WEIGHT };
 
-typedef struct {
+/* The streaming passes: each reads the blocks of every input again and
+ * recomputes m (element-wise, the same f32 operations every time), so no
+ * tensor-sized buffer exists. Every sum is one of vec.h's: double, index
+ * order per fixed chunk. */
+#define MSL_BLOCK 1024
+enum { MSL_NORMS, MSL_DOTS, MSL_TANGENT };
+
+typedef struct msl_ctx {
     const merge_call *call;
+    int k, pass;
+    bool base;
     const float *w;   /* weights (normalised) */
     const float *inv; /* 1 / (|v_i| + eps) */
     const float *dot; /* u_i . m_hat */
-    const float *mean; /* m (not yet normalised) */
     float inv_mnorm;
-} ms_ctx;
+} msl_ctx;
 
-static inline float ms_v(const merge_call *c, int i, size_t e) {
-    return c->base ? c->x[i][e] - c->base[e] : c->x[i][e];
+/* The block's inputs: in[i] = x_i, in[k] = base when there is one. */
+static bool msl_load(const msl_ctx *c, size_t lo, size_t m, float *const *in) {
+    bool bad = false;
+    for (int i = 0; i < c->k; i++) bad |= merge_load(merge_input(c->call, i), lo, m, in[i]);
+    if (c->base) bad |= merge_load(merge_input(c->call, -1), lo, m, in[c->k]);
+    return bad;
 }
 
-/* The tangent vector at element e: sum_i w_i (u_i - (u_i . m_hat) m_hat). */
-static inline float ms_tangent(const ms_ctx *c, size_t e) {
-    float mh = c->mean[e] * c->inv_mnorm, s = 0.0f;
-    for (int i = 0; i < c->call->k; i++) s += c->w[i] * (ms_v(c->call, i, e) * c->inv[i] - c->dot[i] * mh);
+/* v_i = x_i (- base) at e, in f32 */
+static inline float msl_v(const msl_ctx *c, const float *const *in, int i, size_t e) {
+    return c->base ? in[i][e] - in[c->k][e] : in[i][e];
+}
+
+/* m = sum_i w_i v_i / (|v_i| + eps) at e */
+static inline float msl_m(const msl_ctx *c, const float *const *in, size_t e) {
+    float s = 0.0f;
+    for (int i = 0; i < c->k; i++) s += c->w[i] * msl_v(c, in, i, e) * c->inv[i];
     return s;
 }
 
-static void ms_tangent_sq(const void *p, size_t lo, size_t hi, double *acc) {
-    double s = 0.0;
-    for (size_t e = lo; e < hi; e++) {
-        double t = ms_tangent(p, e);
-        s += t * t;
+/* The tangent vector at e: sum_i w_i (u_i - (u_i . m_hat) m_hat). */
+static inline float msl_tangent(const msl_ctx *c, const float *const *in, size_t e) {
+    float mh = msl_m(c, in, e) * c->inv_mnorm, s = 0.0f;
+    for (int i = 0; i < c->k; i++) s += c->w[i] * (msl_v(c, in, i, e) * c->inv[i] - c->dot[i] * mh);
+    return s;
+}
+
+/* vec_reduce chunk of pass MSL_NORMS (acc[i] = |v_i|^2), MSL_DOTS (acc[0] =
+ * |m|^2, acc[1 + i] = v_i . m) or MSL_TANGENT (acc[0] = |T|^2); the slot
+ * after them counts non-finite inputs, the next one allocation failures. */
+static void msl_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const msl_ctx *c = p;
+    int k = c->k, na = c->pass == MSL_NORMS ? k : c->pass == MSL_DOTS ? k + 1 : 1;
+    float *buf = malloc((size_t)(k + 2) * MSL_BLOCK * sizeof *buf);
+    float **in = malloc((size_t)(k + 1) * sizeof *in);
+    if (!buf || !in) {
+        acc[na + 1] += 1.0;
+        free(buf), free(in);
+        return;
     }
-    acc[0] += s;
+    for (int i = 0; i <= k; i++) in[i] = buf + (size_t)i * MSL_BLOCK;
+    float *mv = buf + (size_t)(k + 1) * MSL_BLOCK;
+    const float *const *cin = (const float *const *)in;
+    for (size_t b0 = lo; b0 < hi; b0 += MSL_BLOCK) {
+        size_t m = hi - b0 < MSL_BLOCK ? hi - b0 : MSL_BLOCK;
+        if (msl_load(c, b0, m, in)) acc[na] += 1.0;
+        const float *b = c->base ? in[k] : NULL;
+        if (c->pass == MSL_NORMS) {
+            for (int i = 0; i < k; i++) {
+                double s = acc[i];
+                for (size_t e = 0; e < m; e++)
+                    s += b ? ((double)in[i][e] - b[e]) * ((double)in[i][e] - b[e]) : (double)in[i][e] * in[i][e];
+                acc[i] = s;
+            }
+        } else if (c->pass == MSL_DOTS) {
+            for (size_t e = 0; e < m; e++) mv[e] = msl_m(c, cin, e);
+            double s = acc[0];
+            for (size_t e = 0; e < m; e++) s += (double)mv[e] * mv[e];
+            acc[0] = s;
+            for (int i = 0; i < k; i++) {
+                double d = acc[1 + i];
+                for (size_t e = 0; e < m; e++) d += ((double)in[i][e] - (b ? b[e] : 0.0f)) * mv[e];
+                acc[1 + i] = d;
+            }
+        } else {
+            double s = acc[0];
+            for (size_t e = 0; e < m; e++) {
+                double t = msl_tangent(c, cin, e);
+                s += t * t;
+            }
+            acc[0] = s;
+        }
+    }
+    free(in);
+    free(buf);
+}
+
+/* One pass of the reduction; 0, MERGE_NONFINITE_INPUT or -1 (err set). */
+static int msl_reduce(msl_ctx *c, int pass, double *acc, int na, alloy_err *err) {
+    c->pass = pass;
+    if (vec_reduce(c->call->n, c->call->threads, na + 2, msl_chunk, c, acc, err)) return -1;
+    if (acc[na + 1] > 0) return alloy_fail(err, "out of memory (tensor '%s')", c->call->tensor_name);
+    return acc[na] > 0 ? MERGE_NONFINITE_INPUT : 0;
+}
+
+typedef struct msl_out {
+    const msl_ctx *c;
+    float cm, ct;  /* cos(r) |v|avg, sin(r)/r |v|avg */
+    bool fallback; /* |m| < eps with two models: w_0 v_0 + w_1 v_1 */
+} msl_out;
+
+/* The result of one block: in[i] = x_i, in[k] = base (merge_stream_elementwise). */
+static void msl_out_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+    const msl_out *q = p;
+    const msl_ctx *c = q->c;
+    for (size_t e = 0; e < m; e++) {
+        float r;
+        if (q->fallback)
+            r = msl_v(c, in, 0, e) * c->w[0] + msl_v(c, in, 1, e) * c->w[1];
+        else
+            r = msl_m(c, in, e) * c->inv_mnorm * q->cm + msl_tangent(c, in, e) * q->ct;
+        o[e] = c->base ? r + in[c->k][e] : r;
+    }
+}
+
+static void msl_copy_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+    (void)p;
+    memcpy(o, in[0], m * sizeof *o);
 }
 
 /* v_i = x_i (- base), w normalised to sum 1 when normalize_weights,
@@ -50,17 +148,27 @@ static void ms_tangent_sq(const void *p, size_t lo, size_t hi, double *acc) {
  * T = sum w_i (u_i - (u_i . m_hat) m_hat), r = |T| + eps,
  * out = (m_hat cos r + T sin(r)/r) * sum_i w_i |v_i| (+ base).
  * One model: out = x_0. Source: mergekit multislerp()
- * (goddard.blog/posts/multislerp-wow-what-a-cool-idea). */
+ * (goddard.blog/posts/multislerp-wow-what-a-cool-idea).
+ * Streams its inputs: three reduction passes (norms; |m| and the dots;
+ * |T|), then the result. */
 static int multislerp_merge(const merge_call *call, float *out, alloy_err *err) {
-    int k = call->k, nt = vec_threads(call->threads);
-    size_t n = call->n;
-    const float *b = call->base;
-    if (k == 1) {
-        memcpy(out, call->x[0], n * sizeof *out);
-        return 0;
-    }
+    int k = call->k;
+    int *which = malloc(sizeof(int) * (size_t)(k + 1));
     float *w = malloc(sizeof(float) * 4 * (size_t)k);
-    if (!w) return alloy_fail(err, "out of memory");
+    double *acc = malloc(sizeof(double) * (size_t)(k + 3));
+    if (!w || !which || !acc) {
+        free(w), free(which), free(acc);
+        return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    }
+    for (int i = 0; i < k; i++) which[i] = i;
+    which[k] = -1;
+    bool base = merge_has_base(call);
+    int rc = 0;
+    if (k == 1) {
+        rc = merge_stream_elementwise(call, out, "multislerp", 1, which, msl_copy_block, NULL, err);
+        free(w), free(which), free(acc);
+        return rc;
+    }
     float *inv = w + k, *dot = w + 2 * k, *norm = w + 3 * k;
     double wsum = 0.0;
     for (int i = 0; i < k; i++) w[i] = (float)MPARAM(call, i, MS_WEIGHT), wsum += w[i];
@@ -69,52 +177,32 @@ static int multislerp_merge(const merge_call *call, float *out, alloy_err *err) 
         for (int i = 0; i < k; i++) w[i] /= ws;
     }
     float eps = (float)call->gparam[MS_EPS];
+    msl_ctx c = {call, k, 0, base, w, inv, dot, 0.0f};
+    msl_out q = {&c, 0.0f, 0.0f, false};
     double avg_norm = 0.0;
-    for (int i = 0; i < k; i++) {
-        norm[i] = (float)sqrt(vec_dot_sub(call->x[i], call->x[i], b, n, nt));
+    rc = msl_reduce(&c, MSL_NORMS, acc, k, err);
+    for (int i = 0; i < k && !rc; i++) {
+        norm[i] = (float)sqrt(acc[i]);
         inv[i] = 1.0f / (norm[i] + eps);
         avg_norm += (double)norm[i] * w[i];
     }
-    /* m into out. */
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t e = 0; e < n; e++) {
-        float s = 0.0f;
-        for (int i = 0; i < k; i++) s += w[i] * ms_v(call, i, e) * inv[i];
-        out[e] = s;
+    if (!rc) rc = msl_reduce(&c, MSL_DOTS, acc, k + 1, err);
+    double mnorm = rc ? 0.0 : sqrt(acc[0]);
+    if (!rc && mnorm < eps) {
+        if (k != 2)
+            rc = alloy_fail(err, "tensor '%s': multislerp: the weighted sum of the unit task vectors is zero "
+                            "(antipodal inputs with balancing weights); change the weights", call->tensor_name);
+        q.fallback = true;
+    } else if (!rc) {
+        c.inv_mnorm = (float)(1.0 / mnorm);
+        for (int i = 0; i < k; i++) dot[i] = (float)(acc[1 + i] * inv[i] / mnorm);
+        rc = msl_reduce(&c, MSL_TANGENT, acc, 1, err);
+        double r = sqrt(acc[0]) + eps;
+        q.cm = (float)(cos(r) * avg_norm), q.ct = (float)(sin(r) / r * avg_norm);
     }
-    double mnorm = sqrt(vec_dot_sub(out, out, NULL, n, nt));
-    if (mnorm < eps) {
-        if (k != 2) {
-            free(w);
-            return alloy_fail(err, "tensor '%s': multislerp: the weighted sum of the unit task vectors is zero "
-                              "(antipodal inputs with balancing weights); change the weights", call->tensor_name);
-        }
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) {
-            float r = ms_v(call, 0, e) * w[0] + ms_v(call, 1, e) * w[1];
-            out[e] = b ? r + b[e] : r;
-        }
-        free(w);
-        return 0;
-    }
-    ms_ctx c = {call, w, inv, dot, out, (float)(1.0 / mnorm)};
-    for (int i = 0; i < k; i++)
-        dot[i] = (float)(vec_dot_diff(call->x[i], b, out, n, nt) * inv[i] / mnorm);
-    double tsq;
-    if (vec_reduce(n, nt, 1, ms_tangent_sq, &c, &tsq, err)) {
-        free(w);
-        return -1;
-    }
-    double r = sqrt(tsq) + eps;
-    float cm = (float)(cos(r) * avg_norm), ct = (float)(sin(r) / r * avg_norm);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t e = 0; e < n; e++) {
-        float tg = ms_tangent(&c, e);
-        float res = out[e] * c.inv_mnorm * cm + tg * ct;
-        out[e] = b ? res + b[e] : res;
-    }
-    free(w);
-    return 0;
+    if (!rc) rc = merge_stream_elementwise(call, out, "multislerp", base ? k + 1 : k, which, msl_out_block, &q, err);
+    free(w), free(which), free(acc);
+    return rc;
 }
 
 static const merge_param_def multislerp_params[] = {
@@ -123,7 +211,7 @@ static const merge_param_def multislerp_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multislerp_params, 3, multislerp_merge, false};
+const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multislerp_params, 3, multislerp_merge, true};
 
 /* ---- karcher ---- */
 

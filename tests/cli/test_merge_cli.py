@@ -331,6 +331,8 @@ dtype: float32
         "nearswap": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.001}\n" % (base, d),
         "passthrough": "models:\n  - model: %s\n" % d,
         "slerp": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.3}\n" % (base, d),
+        "multislerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
+                      % (a, d),
     }
     for meth, body in streaming.items():
         expect_error("NaN in a weight (%s)" % meth, ["merge", recipe("nan-" + meth, "merge_method: %s\n%s" % (meth, body)),
