@@ -19,7 +19,8 @@ typedef struct lin_ctx {
     float wsum;
 } lin_ctx;
 
-static void linear_block(const void *ctx, const float *const *in, size_t m, float *restrict o) {
+static void linear_block(const void *ctx, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     const lin_ctx *c = ctx;
 #pragma omp simd
     for (size_t j = 0; j < m; j++) o[j] = 0.0f;

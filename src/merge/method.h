@@ -114,9 +114,9 @@ bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *base, flo
  * the block, blocks of one thread in increasing order where possible. */
 size_t merge_store(const merge_call *call, float *out, size_t lo, const float *v, size_t m);
 
-/* An element-wise method's work on one block: the m values of each of its
- * nin inputs in in[0..nin), its m results into o. */
-typedef void (*merge_block_fn)(const void *ctx, const float *const *in, size_t m, float *o);
+/* An element-wise method's work on one block, elements [lo, lo + m): the
+ * values of each of its nin inputs in in[0..nin), its results into o. */
+typedef void (*merge_block_fn)(const void *ctx, size_t lo, const float *const *in, size_t m, float *o);
 
 /* Run an element-wise streaming method: every block of MERGE_EW_BLOCK
  * elements of the inputs which[0..nin) (merge_input indices, -1 the base)

@@ -93,7 +93,8 @@ typedef struct ms_mix {
 } ms_mix;
 
 /* t * mean + (1 - t) * base of one block: in[0] = base, in[1 + i] = x_i */
-static void mix_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+static void mix_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     const ms_mix *c = p;
     float tf = c->t, fN = (float)c->N;
     for (size_t e = 0; e < m; e++) {
@@ -156,7 +157,7 @@ static int stock_rows(const merge_call *call, float *out, int N, alloy_err *err)
             }
             ms_mix mx = {N, (float)t};
             float *o = buf + (size_t)(N + 1) * len;
-            mix_block(&mx, (const float *const *)in, len, o);
+            mix_block(&mx, lo, (const float *const *)in, len, o);
             size_t at = merge_store(call, out, lo, o, len);
             if (at < len && lo + at < obad) obad = lo + at;
         }

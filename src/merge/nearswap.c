@@ -11,7 +11,8 @@ enum { P_T };
  * out = w b + (1 - w) a. Source: mergekit nearswap_merge
  * (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001).
  * Element-wise: streams both inputs. */
-static void nearswap_block(const void *ctx, const float *const *in, size_t m, float *restrict o) {
+static void nearswap_block(const void *ctx, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     float t = *(const float *)ctx;
     const float *restrict a = in[0], *restrict b = in[1];
 #pragma omp simd

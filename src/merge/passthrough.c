@@ -9,7 +9,8 @@ enum { P_SCALE };
 
 /* out = scale * x_0 (scale absent = 1). Source: mergekit PassthroughMergeTask.
  * Streams its input. */
-static void passthrough_block(const void *ctx, const float *const *in, size_t m, float *restrict o) {
+static void passthrough_block(const void *ctx, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     float s = *(const float *)ctx;
     const float *restrict x = in[0];
 #pragma omp simd

@@ -7,6 +7,7 @@
  * result); nuslerp works on f32 copies. */
 #include <math.h>
 #include <stdbool.h>
+#include <stdlib.h>
 
 #include "merge/method.h"
 #include "merge/vec.h"
@@ -117,55 +118,161 @@ static void nuslerp_coef(double t, double nn0, double nn1, double d01, float *c0
     }
 }
 
+/* The inputs of a block: in[0] = x_0, in[1] = x_1, in[2] = the base (if any). */
+typedef struct nu_ctx {
+    const merge_call *call;
+    bool base;
+    double t;
+    float c0, c1;          /* one pair of coefficients (flatten) ... */
+    const float *col;      /* ... or per column (axis 0): col[2v], col[2v + 1] */
+    size_t inner;          /* columns (axis 0) */
+} nu_ctx;
+
+static bool nu_load(const nu_ctx *c, size_t lo, size_t m, float *const *in) {
+    bool bad = merge_load(merge_input(c->call, 0), lo, m, in[0]);
+    bad |= merge_load(merge_input(c->call, 1), lo, m, in[1]);
+    if (c->base) bad |= merge_load(merge_input(c->call, -1), lo, m, in[2]);
+    return bad;
+}
+
+/* v_0 . v_0, v_1 . v_1, v_0 . v_1 of elements [0, m) added to s[0..3), each in
+ * index order (v_i = x_i - base in double, or x_i). */
+static void nu_sums(const float *const *in, bool base, size_t m, double *s) {
+    const float *x0 = in[0], *x1 = in[1], *b = base ? in[2] : NULL;
+    double s00 = s[0], s11 = s[1], s01 = s[2];
+    for (size_t e = 0; e < m; e++) {
+        double a = b ? (double)x0[e] - b[e] : x0[e], c = b ? (double)x1[e] - b[e] : x1[e];
+        s00 += a * a, s11 += c * c, s01 += a * c;
+    }
+    s[0] = s00, s[1] = s11, s[2] = s01;
+}
+
+/* vec_reduce chunk (flatten): acc[0..3) the sums, acc[3] non-finite inputs,
+ * acc[4] allocation failures. */
+static void nu_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const nu_ctx *c = p;
+    float *buf = malloc(3 * SL_BLOCK * sizeof *buf);
+    if (!buf) {
+        acc[4] += 1.0;
+        return;
+    }
+    float *in[3] = {buf, buf + SL_BLOCK, buf + 2 * SL_BLOCK};
+    for (size_t b0 = lo; b0 < hi; b0 += SL_BLOCK) {
+        size_t m = hi - b0 < SL_BLOCK ? hi - b0 : SL_BLOCK;
+        if (nu_load(c, b0, m, in)) acc[3] += 1.0;
+        nu_sums((const float *const *)in, c->base, m, acc);
+    }
+    free(buf);
+}
+
+/* out = c0 v0 + c1 v1 (+ base), the coefficients of the block's vectors */
+static void nu_out_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    const nu_ctx *c = p;
+    const float *x0 = in[0], *x1 = in[1], *b = c->base ? in[2] : NULL;
+    for (size_t e = 0; e < m; e++) {
+        float c0 = c->c0, c1 = c->c1;
+        if (c->col) {
+            size_t v = (lo + e) % c->inner;
+            c0 = c->col[2 * v], c1 = c->col[2 * v + 1];
+        }
+        o[e] = b ? b[e] + (c0 * (x0[e] - b[e]) + c1 * (x1[e] - b[e])) : c0 * x0[e] + c1 * x1[e];
+    }
+}
+
+/* Contiguous vectors (the last axis): each row read once, merged, written. */
+static int nu_rows(nu_ctx *c, float *out, size_t len, alloy_err *err) {
+    const merge_call *call = c->call;
+    size_t count = len ? call->n / len : 0, obad = call->n;
+    int bad = 0, oom = 0;
+#pragma omp parallel num_threads(vec_threads(call->threads)) reduction(| : bad, oom) reduction(min : obad)
+    {
+        float *buf = malloc((4 * len + 1) * sizeof *buf);
+        oom = !buf;
+        float *in[3] = {buf, buf + len, buf + 2 * len}, *o = buf + 3 * len;
+        nu_ctx mine = *c;
+#pragma omp for schedule(static)
+        for (size_t v = 0; v < count; v++) {
+            if (oom) continue;
+            size_t lo = v * len;
+            bad |= nu_load(c, lo, len, in);
+            double s[3] = {0, 0, 0};
+            nu_sums((const float *const *)in, c->base, len, s);
+            nuslerp_coef(c->t, s[0], s[1], s[2], &mine.c0, &mine.c1);
+            nu_out_block(&mine, lo, (const float *const *)in, len, o);
+            size_t at = merge_store(call, out, lo, o, len);
+            if (at < len && lo + at < obad) obad = lo + at;
+        }
+        free(buf);
+    }
+    if (oom) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    return merge_stream_result(call, "nuslerp", bad, obad, err);
+}
+
+/* Vectors along axis 0 (columns of a [len, inner] view): the sums per column
+ * in row order over column strips, then the result element-wise. */
+#define NU_STRIP 512
+static int nu_columns(nu_ctx *c, float *out, size_t len, size_t inner, alloy_err *err) {
+    const merge_call *call = c->call;
+    double *sum = calloc(3 * inner + 1, sizeof *sum);
+    float *col = malloc((2 * inner + 1) * sizeof *col);
+    int bad = 0, oom = !sum || !col;
+    size_t strips = (inner + NU_STRIP - 1) / NU_STRIP;
+#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(dynamic, 1) reduction(| : bad, oom)
+    for (size_t st = 0; st < strips; st++) {
+        if (!sum || !col) continue;
+        size_t c0 = st * NU_STRIP, w = inner - c0 < NU_STRIP ? inner - c0 : NU_STRIP;
+        float x[3][NU_STRIP];
+        float *in[3] = {x[0], x[1], x[2]};
+        for (size_t j = 0; j < len; j++) {
+            bad |= nu_load(c, j * inner + c0, w, in);
+            const float *b = c->base ? x[2] : NULL;
+            for (size_t q = 0; q < w; q++) {
+                double a = b ? (double)x[0][q] - b[q] : x[0][q], d = b ? (double)x[1][q] - b[q] : x[1][q];
+                double *s = sum + 3 * (c0 + q);
+                s[0] += a * a, s[1] += d * d, s[2] += a * d;
+            }
+        }
+    }
+    int rc = oom ? alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name) : bad ? MERGE_NONFINITE_INPUT : 0;
+    if (!rc) {
+        for (size_t v = 0; v < inner; v++)
+            nuslerp_coef(c->t, sum[3 * v], sum[3 * v + 1], sum[3 * v + 2], &col[2 * v], &col[2 * v + 1]);
+        c->col = col;
+        c->inner = inner;
+        static const int which[] = {0, 1, -1};
+        rc = merge_stream_elementwise(call, out, "nuslerp", c->base ? 3 : 2, which, nu_out_block, c, err);
+    }
+    free(sum);
+    free(col);
+    return rc;
+}
+
 /* t = w_1 / (w_0 + w_1) (0.5 when |w_0 + w_1| < 1e-6); v_i = x_i, or x_i - base
  * with a base (then the base is added back). Vectors: the whole tensor when
  * nuslerp_flatten, else along the last axis, or along axis 0 when
  * nuslerp_row_wise (mergekit's dim=0 transposed to the end). Each pair is
  *   out = (sin((1-t) theta) v0 + sin(t theta) v1) / sin(theta),
- * theta the angle between them. Source: mergekit NuSlerpTask / nuslerp(). */
+ * theta the angle between them. Source: mergekit NuSlerpTask / nuslerp().
+ * Streams its inputs: flatten takes a reduction pass and a result pass,
+ * rows along the last axis one pass, columns (axis 0) two. */
 static int nuslerp_merge(const merge_call *call, float *out, alloy_err *err) {
     if (call->k != 2)
         return alloy_fail(err, "tensor '%s': nuslerp merges exactly two models (plus an optional base), got %d",
                           call->tensor_name, call->k);
     double w0 = MPARAM(call, 0, NU_WEIGHT), w1 = MPARAM(call, 1, NU_WEIGHT);
-    double t = fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1);
-    const float *x0 = call->x[0], *x1 = call->x[1], *b = call->base;
-    size_t n = call->n;
-    int nt = vec_threads(call->threads);
+    nu_ctx c = {call, merge_has_base(call), fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1), 0.0f, 0.0f, NULL, 1};
     if (call->gparam[NU_FLATTEN] != 0.0) {
-        float c0, c1;
-        nuslerp_coef(t, vec_dot_sub(x0, x0, b, n, nt), vec_dot_sub(x1, x1, b, n, nt), vec_dot_sub(x0, x1, b, n, nt),
-                     &c0, &c1);
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) {
-            if (b)
-                out[e] = b[e] + (c0 * (x0[e] - b[e]) + c1 * (x1[e] - b[e]));
-            else
-                out[e] = c0 * x0[e] + c1 * x1[e];
-        }
-        return 0;
+        double s[5];
+        if (vec_reduce(call->n, call->threads, 5, nu_chunk, &c, s, err)) return -1;
+        if (s[4] > 0) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (s[3] > 0) return MERGE_NONFINITE_INPUT;
+        nuslerp_coef(c.t, s[0], s[1], s[2], &c.c0, &c.c1);
+        static const int which[] = {0, 1, -1};
+        return merge_stream_elementwise(call, out, "nuslerp", c.base ? 3 : 2, which, nu_out_block, &c, err);
     }
     int axis = call->gparam[NU_ROW_WISE] != 0.0 ? 0 : call->ndim - 1;
-    vec_layout l = vec_layout_axis(call->ndim, call->shape, n, axis);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t v = 0; v < l.count; v++) {
-        double s00 = 0, s11 = 0, s01 = 0;
-        for (size_t j = 0; j < l.len; j++) {
-            size_t e = vec_at(&l, v, j);
-            double a = b ? (double)x0[e] - b[e] : x0[e], c = b ? (double)x1[e] - b[e] : x1[e];
-            s00 += a * a, s11 += c * c, s01 += a * c;
-        }
-        float c0, c1;
-        nuslerp_coef(t, s00, s11, s01, &c0, &c1);
-        for (size_t j = 0; j < l.len; j++) {
-            size_t e = vec_at(&l, v, j);
-            if (b)
-                out[e] = b[e] + (c0 * (x0[e] - b[e]) + c1 * (x1[e] - b[e]));
-            else
-                out[e] = c0 * x0[e] + c1 * x1[e];
-        }
-    }
-    return 0;
+    vec_layout l = vec_layout_axis(call->ndim, call->shape, call->n, axis);
+    return l.inner == 1 ? nu_rows(&c, out, l.len, err) : nu_columns(&c, out, l.len, l.inner, err);
 }
 
 static const merge_param_def nuslerp_params[] = {
@@ -174,4 +281,4 @@ static const merge_param_def nuslerp_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge, false};
+const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge, true};

@@ -72,7 +72,7 @@ int merge_stream_elementwise(const merge_call *call, float *out, const char *met
             if (oom) continue;
             size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK;
             for (int i = 0; i < nin; i++) bad |= merge_load(merge_input(call, which[i]), b0, m, (float *)in[i]);
-            fn(ctx, in, m, o);
+            fn(ctx, b0, in, m, o);
             size_t at = merge_store(call, out, b0, o, m);
             if (at < m && b0 + at < obad) obad = b0 + at;
         }

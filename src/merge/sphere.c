@@ -124,7 +124,8 @@ typedef struct msl_out {
 } msl_out;
 
 /* The result of one block: in[i] = x_i, in[k] = base (merge_stream_elementwise). */
-static void msl_out_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+static void msl_out_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     const msl_out *q = p;
     const msl_ctx *c = q->c;
     for (size_t e = 0; e < m; e++) {
@@ -137,7 +138,8 @@ static void msl_out_block(const void *p, const float *const *in, size_t m, float
     }
 }
 
-static void msl_copy_block(const void *p, const float *const *in, size_t m, float *restrict o) {
+static void msl_copy_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)lo;
     (void)p;
     memcpy(o, in[0], m * sizeof *o);
 }

@@ -331,6 +331,8 @@ dtype: float32
         "nearswap": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.001}\n" % (base, d),
         "passthrough": "models:\n  - model: %s\n" % d,
         "slerp": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.3}\n" % (base, d),
+        "nuslerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
+                   "parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}\n" % (a, d),
         "multislerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
                       % (a, d),
     }

@@ -195,6 +195,8 @@ def main():
                      use_base=False, n_models=2)
         check_method("nuslerp-base-" + tag, "nuslerp", fam, [{"weight": 0.7}, {"weight": 0.4}],
                      {"nuslerp_row_wise": True, "nuslerp_flatten": False}, dtype=dt, n_models=2)
+        check_method("nuslerp-rows-" + tag, "nuslerp", fam, [{"weight": 0.7}, {"weight": 0.4}],
+                     {"nuslerp_flatten": False}, dtype=dt, use_base=False, n_models=2)
         check_method("multislerp-" + tag, "multislerp", fam, w3, None, dtype=dt, use_base=False)
         check_method("multislerp-base-" + tag, "multislerp", fam, w3, None, dtype=dt)
         check_method("karcher-" + tag, "karcher", fam, [{}, {}, {}], {"max_iter": 20}, dtype=dt, use_base=False)
