@@ -226,43 +226,86 @@ static void sort_by_key(uint32_t *key, uint32_t *idx, uint32_t *tk, uint32_t *ti
 /* della_magprune: in each row (axis 1; a 1-D tensor is one row) the element
  * of ascending |delta| rank r (0-based, ties by index) is kept with
  * probability p = (density - epsilon) + r/(len-1) * 2 epsilon. A row of one
- * element (where mergekit divides 0 by 0) uses r/(len-1) = 1/2. */
-static int della_mask(const sparsify_args *a, const float *x, const float *base, int ndim, const int64_t *shape,
-                      size_t n, uint8_t *mask, int threads, alloy_err *err) {
+ * element (where mergekit divides 0 by 0) uses r/(len-1) = 1/2.
+ * Magnitudes come from f; the mask goes to mask (a byte per element) or,
+ * when mask is NULL, to bits (a bit per element, zeroed by the caller).
+ * Rows along the last axis are contiguous: threads take groups of rows
+ * that begin on a whole byte of bits; other layouts (axis 1 of a tensor
+ * of 3 or more dimensions) run on one thread. */
+static int della_rows(const sparsify_args *a, sparsify_mag_fn f, const void *ctx, int ndim, const int64_t *shape,
+                      size_t n, uint8_t *mask, uint8_t *bits, int threads, alloy_err *err) {
     vec_layout l = vec_layout_axis(ndim, shape, n, ndim >= 2 ? 1 : 0);
     float lo_p = (float)(a->density - a->epsilon), two_eps = (float)(2.0 * a->epsilon);
     uint64_t key = rng_stream_key(a->seed, a->stream);
-    int oom = 0;
     if (l.len > UINT32_MAX) return alloy_fail(err, "della: rows of %zu elements are too long", l.len);
-#pragma omp parallel num_threads(vec_threads(threads))
+    size_t len = l.len ? l.len : 1, group = 1;
+    while ((group * len) % 8) group++; /* rows per group: a group starts on a byte */
+    size_t ngroups = (l.count + group - 1) / group;
+    int oom = 0, bad = 0;
+    bool contiguous = l.inner == 1;
+#pragma omp parallel num_threads(contiguous || mask ? vec_threads(threads) : 1) reduction(| : oom, bad)
     {
-        size_t len = l.len ? l.len : 1;
         uint32_t *buf = malloc(4 * len * sizeof *buf);
-        if (!buf) {
-#pragma omp atomic write
-            oom = 1;
-        }
-#pragma omp for schedule(dynamic, 16)
-        for (size_t v = 0; v < l.count; v++) {
-            if (!buf) continue;
-            uint32_t *k = buf, *idx = buf + len, *tk = buf + 2 * len, *ti = buf + 3 * len;
-            for (size_t j = 0; j < l.len; j++) {
-                size_t e = vec_at(&l, v, j);
-                float m = fabsf(x[e] - base[e]);
-                memcpy(&k[j], &m, 4);
+        float *mag = malloc(len * sizeof *mag);
+        oom = !buf || !mag;
+#pragma omp for schedule(dynamic, 4)
+        for (size_t gi = 0; gi < ngroups; gi++) {
+            for (size_t v = gi * group; !oom && v < l.count && v < (gi + 1) * group; v++) {
+                uint32_t *k = buf, *idx = buf + len, *tk = buf + 2 * len, *ti = buf + 3 * len;
+                if (contiguous) {
+                    bad |= f(ctx, v * l.len, l.len, mag);
+                } else {
+                    for (size_t j = 0; j < l.len; j++) bad |= f(ctx, vec_at(&l, v, j), 1, &mag[j]);
+                }
+                memcpy(k, mag, l.len * sizeof *k);
+                sort_by_key(k, idx, tk, ti, l.len);
+                for (size_t r = 0; r < l.len; r++) {
+                    size_t e = vec_at(&l, v, idx[r]);
+                    float rn = l.len > 1 ? (float)r / (float)(l.len - 1) : 0.5f;
+                    float p = lo_p + rn * two_eps;
+                    uint8_t keep = rng_uniform_at(key, e) < (double)p;
+                    if (mask)
+                        mask[e] = keep;
+                    else
+                        bits[e / 8] |= (uint8_t)(keep << (e % 8));
+                }
             }
-            sort_by_key(k, idx, tk, ti, l.len);
-            for (size_t r = 0; r < l.len; r++) {
-                size_t e = vec_at(&l, v, idx[r]);
-                float rn = l.len > 1 ? (float)r / (float)(l.len - 1) : 0.5f;
-                float p = lo_p + rn * two_eps;
-                mask[e] = rng_uniform_at(key, e) < (double)p;
-            }
         }
+        free(mag);
         free(buf);
     }
     if (oom) return alloy_fail(err, "out of memory (della row buffers)");
+    return bad ? 1 : 0;
+}
+
+typedef struct dense_mag {
+    const float *x, *base;
+} dense_mag;
+
+static bool dense_mag_fn(const void *p, size_t lo, size_t m, float *a) {
+    const dense_mag *c = p;
+    for (size_t j = 0; j < m; j++) a[j] = fabsf(c->x[lo + j] - c->base[lo + j]);
+    return false;
+}
+
+/* della's density and epsilon: 1 when nothing is dropped (density <= 0
+ * keeps nothing: 2), -1 (err) when density +- epsilon leaves (0, 1). */
+static int della_check(const sparsify_args *a, const char *name, alloy_err *err) {
+    if (a->density <= 0.0) return 2;
+    if (a->density + a->epsilon >= 1.0 || a->density - a->epsilon <= 0.0)
+        return alloy_fail(err, "tensor '%s': della needs density +/- epsilon inside (0, 1), got density %g, "
+                          "epsilon %g", name, a->density, a->epsilon);
     return 0;
+}
+
+int sparsify_della_bits(const sparsify_args *a, sparsify_mag_fn f, const void *ctx, int ndim, const int64_t *shape,
+                        size_t n, uint8_t *bits, int threads, const char *name, alloy_err *err) {
+    if (a->density >= 1.0) return 1;
+    int c = della_check(a, name, err);
+    if (c < 0) return -1;
+    if (c == 2) return 0; /* bits stay zero: nothing kept */
+    int r = della_rows(a, f, ctx, ndim, shape, n, NULL, bits, threads, err);
+    return r < 0 ? -1 : r ? 2 : 0;
 }
 
 int sparsify_rank_bounds(const sparsify_args *a, size_t n, size_t *lo, size_t *hi, bool *neg_key, const char *name,
@@ -313,15 +356,16 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
         for (size_t e = 0; e < n; e++) mask[e] = rng_uniform_at(key, e) < p;
         return 0;
     }
-    case SPARSIFY_DELLA:
-        if (a->density <= 0.0) {
+    case SPARSIFY_DELLA: {
+        int c = della_check(a, name, err);
+        if (c < 0) return -1;
+        if (c == 2) {
             memset(mask, 0, n);
             return 0;
         }
-        if (a->density + a->epsilon >= 1.0 || a->density - a->epsilon <= 0.0)
-            return alloy_fail(err, "tensor '%s': della needs density +/- epsilon inside (0, 1), got density %g, "
-                              "epsilon %g", name, a->density, a->epsilon);
-        return della_mask(a, x, base, ndim, shape, n, mask, nt, err);
+        dense_mag dm = {x, base};
+        return della_rows(a, dense_mag_fn, &dm, ndim, shape, n, mask, NULL, nt, err) < 0 ? -1 : 0;
+    }
     case SPARSIFY_NONE:
         break;
     }

@@ -41,6 +41,16 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
                   size_t n, float *key, float *scratch, uint8_t *mask, int threads, const char *name,
                   alloy_err *err);
 
+/* |delta| of elements [lo, lo + m) into a; true when an input is not finite. */
+typedef bool (*sparsify_mag_fn)(const void *ctx, size_t lo, size_t m, float *a);
+
+/* della's mask as bits (element e at bit e % 8 of bits[e / 8], zeroed by the
+ * caller), the magnitudes streamed through f row by row. Returns 1 when
+ * kept whole (density >= 1), 0 when bits are filled, 2 when f met a
+ * non-finite input, -1 on a recipe error (err, naming `name`). */
+int sparsify_della_bits(const sparsify_args *a, sparsify_mag_fn f, const void *ctx, int ndim, const int64_t *shape,
+                        size_t n, uint8_t *bits, int threads, const char *name, alloy_err *err);
+
 /* The kept ranks [lo, hi) of magnitude (key -|delta|, *neg_key) or
  * breadcrumbs (key |delta|) sparsification of n elements, ascending order
  * of the key with ties by index; -1 on a recipe error naming `name`

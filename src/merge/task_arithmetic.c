@@ -53,7 +53,7 @@ typedef struct gta_variant {
  * vectorisable pass. Methods without sparsification take one pass. */
 #define GTA_BLOCK 1024
 
-typedef enum { KEEP_WHOLE, KEEP_RULE, KEEP_MASK, KEEP_RANDOM } keep_kind;
+typedef enum { KEEP_WHOLE, KEEP_RULE, KEEP_MASK, KEEP_RANDOM, KEEP_BITS } keep_kind;
 
 typedef struct gta_model {
     merge_src src;
@@ -68,7 +68,8 @@ typedef struct gta_model {
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
     bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
-    uint8_t *bits;      /* KEEP_RANDOM after a first pass: the mask it drew, 1 bit per element */
+    uint8_t *bits;      /* KEEP_BITS (della), or KEEP_RANDOM after a first pass (the mask it drew):
+                         * 1 bit per element */
     uint64_t rng_key, rng_thr;
     double density;
 } gta_model;
@@ -134,10 +135,10 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
         if (gm->keep == KEEP_WHOLE) {
 #pragma omp simd
             for (size_t j = 0; j < m; j++) di[j] = (x[j] - base[j]) * wi;
-        } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM) {
+        } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM || gm->keep == KEEP_BITS) {
             uint8_t drawn[GTA_BLOCK];
             const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
-            if (gm->keep == KEEP_RANDOM && gm->bits)
+            if (gm->bits)
                 unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
             else if (gm->keep == KEEP_RANDOM)
                 random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
@@ -220,6 +221,13 @@ static bool mag_block(const void *p, size_t lo, size_t m, float *a) {
     return magnitudes(c->x, lo, m, base, x, a) | bad;
 }
 
+/* The same for any m (della's rows), RC_BLOCK at a time. */
+static bool della_mag(const void *p, size_t lo, size_t m, float *a) {
+    bool bad = false;
+    for (size_t j = 0; j < m; j += RC_BLOCK) bad |= mag_block(p, lo + j, m - j < RC_BLOCK ? m - j : RC_BLOCK, a + j);
+    return bad;
+}
+
 /* The first pass: nonzero counts and rank-cut histograms of every model with
  * cuts, and the L1 sums before (all models when rescaling) and after (DARE,
  * its mask drawn again here) the mask, per fixed chunk (rankcut.h) so the sums do not depend on
@@ -267,10 +275,14 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     if (sums) {
                         double before = 0.0, after = 0.0;
                         uint8_t drawn[GTA_BLOCK];
-                        const uint8_t *restrict mi = gm->random ? drawn : NULL;
+                        const uint8_t *restrict mi = gm->random || gm->keep == KEEP_BITS ? drawn : NULL;
                         if (mi) {
-                            random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
-                            if (gm->bits) pack_keep(drawn, m, gm->bits + b0 / 8); /* for the second pass */
+                            if (gm->keep == KEEP_BITS) { /* della's mask, made before this pass */
+                                unpack_keep(gm->bits + b0 / 8, m, drawn);
+                            } else {
+                                random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
+                                if (gm->bits) pack_keep(drawn, m, gm->bits + b0 / 8); /* for the second pass */
+                            }
 #pragma omp simd reduction(+ : before, after)
                             for (size_t j = 0; j < m; j++) {
                                 double dj = (double)a[j];
@@ -399,7 +411,7 @@ static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
 }
 
 /* Set up model i's sparsification: whole, a random mask, rank cuts (or the
- * exact rank path for small tensors), or della's mask (non-streaming). */
+ * exact rank path for small tensors), or della's mask (its own pass, as bits). */
 static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm, int i, uint8_t *mask, bool stream_cuts,
                      int nt, alloy_err *err) {
     size_t n = call->n;
@@ -439,14 +451,15 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
         gm->rng_thr = (uint64_t)ceil(density * 0x1p53);
         break;
     case SPARSIFY_DELLA: {
-        if (!call->x || !call->base)
-            return alloy_fail(err, "tensor '%s': della needs f32 inputs (not a streaming method)", call->tensor_name);
         sparsify_args a = {.kind = v->sparsify, .density = density, .epsilon = MPARAM(call, i, P_EXTRA),
                            .seed = call->seed, .stream = (uint64_t)i};
-        int r = sparsify_mask(&a, call->x[i], call->base, call->ndim, call->shape, n, NULL, NULL, mask, nt,
-                              call->tensor_name, err);
+        if (!(gm->bits = calloc(n / 8 + 1, 1))) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        mag_ctx mc = {gm->src, merge_input(call, -1)};
+        int r = sparsify_della_bits(&a, della_mag, &mc, call->ndim, call->shape, n, gm->bits, nt, call->tensor_name,
+                                    err);
         if (r < 0) return -1;
-        gm->keep = r == 1 ? KEEP_WHOLE : KEEP_MASK;
+        if (r == 2) return MERGE_NONFINITE_INPUT;
+        gm->keep = r == 1 ? KEEP_WHOLE : KEEP_BITS;
         gm->masked = r != 1;
         return 0;
     }
@@ -554,7 +567,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         if (rc || !rescale || !gm[i].masked) continue;
         /* mergekit's rescaled_masked_tensor with the L1 norm: the factor
          * sum|delta| / sum|delta*mask|, or 1 when either is below 1e-7 */
-        if (!gm[i].random) gta_l1_after(&g, i, part, nt);
+        if (!gm[i].random && gm[i].keep != KEEP_BITS) gta_l1_after(&g, i, part, nt);
         double before = 0.0, after = 0.0;
         for (size_t c = 0; c < nc; c++)
             before += part[(c * (size_t)k + (size_t)i) * 2], after += part[(c * (size_t)k + (size_t)i) * 2 + 1];
@@ -636,6 +649,6 @@ const merge_method merge_dare_linear = {"dare_linear", BASE_REQUIRED, 1, 0, dare
 const merge_method merge_breadcrumbs = {"breadcrumbs", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params), bc_merge, true};
 const merge_method merge_breadcrumbs_ties = {"breadcrumbs_ties", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params),
                                              bc_ties_merge, true};
-const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params, NP(della_params), della_merge, false};
+const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params, NP(della_params), della_merge, true};
 const merge_method merge_della_linear = {"della_linear", BASE_REQUIRED, 1, 0, della_lin_params,
-                                         NP(della_lin_params), della_linear_merge, false};
+                                         NP(della_lin_params), della_linear_merge, true};

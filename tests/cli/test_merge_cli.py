@@ -333,6 +333,8 @@ dtype: float32
         "slerp": "base_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.3}\n" % (base, d),
         "nuslerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
                    "parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}\n" % (a, d),
+        "della": "base_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\n"
+                 % (base, d),
         "multislerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
                       % (a, d),
     }

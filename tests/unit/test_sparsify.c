@@ -5,6 +5,7 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -116,12 +117,57 @@ static void test_della_ranks(void **state) {
     della_check(1, s1, 5000);
 }
 
+typedef struct mag_arrays {
+    const float *x, *base;
+} mag_arrays;
+
+static bool mag_of(const void *p, size_t lo, size_t m, float *a) {
+    const mag_arrays *c = p;
+    for (size_t j = 0; j < m; j++) a[j] = fabsf(c->x[lo + j] - c->base[lo + j]);
+    return false;
+}
+
+/* The streamed bit mask equals the byte mask, for rows whose length is not
+ * a multiple of 8 (threads take groups of rows starting on whole bytes),
+ * for strided rows (axis 1 of a 3-D tensor) and for a 1-D tensor. */
+static void test_della_bits(void **state) {
+    (void)state;
+    const int64_t shapes[3][3] = {{307, 13, 0}, {5, 13, 7}, {1000, 0, 0}};
+    const int ndims[3] = {2, 3, 1};
+    for (int sh = 0; sh < 3; sh++) {
+        size_t n = 1;
+        for (int d = 0; d < ndims[sh]; d++) n *= (size_t)shapes[sh][d];
+        float *x = malloc(n * 4), *base = malloc(n * 4), *key = malloc(n * 4), *scratch = malloc(n * 4);
+        uint8_t *mask = malloc(n), *bits = calloc(n / 8 + 1, 1);
+        for (size_t e = 0; e < n; e++) {
+            base[e] = (float)rng_uniform(9, 1, e) - 0.5f;
+            x[e] = base[e] + 0.01f * ((float)rng_uniform(9, 2, e) - 0.5f);
+        }
+        sparsify_args a = {.kind = SPARSIFY_DELLA, .density = 0.5, .epsilon = 0.3, .seed = 4, .stream = 1};
+        alloy_err err;
+        assert_int_equal(sparsify_mask(&a, x, base, ndims[sh], shapes[sh], n, key, scratch, mask, 2, "t", &err), 0);
+        mag_arrays mc = {x, base};
+        for (int threads = 1; threads <= 2; threads++) {
+            memset(bits, 0, n / 8 + 1);
+            assert_int_equal(sparsify_della_bits(&a, mag_of, &mc, ndims[sh], shapes[sh], n, bits, threads, "t", &err), 0);
+            size_t kept = 0;
+            for (size_t e = 0; e < n; e++) {
+                assert_int_equal((bits[e / 8] >> (e % 8)) & 1, mask[e]);
+                kept += mask[e];
+            }
+            assert_true(kept > n / 4 && kept < 3 * n / 4);
+        }
+        free(x), free(base), free(key), free(scratch), free(mask), free(bits);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_many_ties),
         cmocka_unit_test(test_few_ties),
         cmocka_unit_test(test_small_path),
         cmocka_unit_test(test_della_ranks),
+        cmocka_unit_test(test_della_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
