@@ -127,6 +127,14 @@ typedef void (*merge_block_fn)(const void *ctx, size_t lo, const float *const *i
 int merge_stream_elementwise(const merge_call *call, float *out, const char *method, int nin, const int *which,
                              merge_block_fn fn, const void *ctx, alloy_err *err);
 
+/* A streaming reduction: vec_reduce (vec.h: deterministic, per fixed chunk)
+ * of f over the tensor into acc[0..nacc), where f also counts non-finite
+ * inputs in acc[nacc] and failed allocations in acc[nacc + 1] (acc holds
+ * nacc + 2). Returns 0, MERGE_NONFINITE_INPUT, or -1 with err set. */
+typedef void (*merge_chunk_fn)(const void *ctx, size_t lo, size_t hi, double *acc);
+int merge_stream_reduce(const merge_call *call, int nacc, merge_chunk_fn f, const void *ctx, double *acc,
+                        alloy_err *err);
+
 /* How a streaming method ends: MERGE_NONFINITE_INPUT when an input was not
  * finite, an error naming the tensor and element when result element
  * first_bad (< call->n) was not, else 0. */

@@ -110,9 +110,7 @@ static int stock_whole(const merge_call *call, float *out, int N, alloy_err *err
     int *which = malloc((size_t)(N + 1) * sizeof *which);
     ms_ctx c = {call, N};
     int rc = !g || !which ? alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name)
-                          : vec_reduce(call->n, call->threads, (int)nacc, gram_chunk, &c, g, err);
-    if (!rc && g[N * N + 1] > 0) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
-    if (!rc && g[N * N] > 0) rc = MERGE_NONFINITE_INPUT;
+                          : merge_stream_reduce(call, N * N, gram_chunk, &c, g, err);
     double t = 0.0;
     if (!rc) {
         for (int i = 0; i < N; i++)

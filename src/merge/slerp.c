@@ -263,9 +263,8 @@ static int nuslerp_merge(const merge_call *call, float *out, alloy_err *err) {
     nu_ctx c = {call, merge_has_base(call), fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1), 0.0f, 0.0f, NULL, 1};
     if (call->gparam[NU_FLATTEN] != 0.0) {
         double s[5];
-        if (vec_reduce(call->n, call->threads, 5, nu_chunk, &c, s, err)) return -1;
-        if (s[4] > 0) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
-        if (s[3] > 0) return MERGE_NONFINITE_INPUT;
+        int rc = merge_stream_reduce(call, 3, nu_chunk, &c, s, err);
+        if (rc) return rc;
         nuslerp_coef(c.t, s[0], s[1], s[2], &c.c0, &c.c1);
         static const int which[] = {0, 1, -1};
         return merge_stream_elementwise(call, out, "nuslerp", c.base ? 3 : 2, which, nu_out_block, &c, err);

@@ -83,6 +83,13 @@ int merge_stream_elementwise(const merge_call *call, float *out, const char *met
     return merge_stream_result(call, method, bad, obad, err);
 }
 
+int merge_stream_reduce(const merge_call *call, int nacc, merge_chunk_fn f, const void *ctx, double *acc,
+                        alloy_err *err) {
+    if (vec_reduce(call->n, call->threads, nacc + 2, f, ctx, acc, err)) return -1;
+    if (acc[nacc + 1] > 0) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    return acc[nacc] > 0 ? MERGE_NONFINITE_INPUT : 0;
+}
+
 int merge_stream_result(const merge_call *call, const char *method, bool bad_input, size_t first_bad,
                         alloy_err *err) {
     if (bad_input) return MERGE_NONFINITE_INPUT;

@@ -10,6 +10,7 @@
 #include "merge/method.h"
 #include "merge/vec.h"
 #include "util/err.h"
+#include "util/mem.h"
 
 /* ---- multislerp ---- */
 
@@ -109,12 +110,10 @@ static void msl_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     free(buf);
 }
 
-/* One pass of the reduction; 0, MERGE_NONFINITE_INPUT or -1 (err set). */
+/* One pass of the reduction (merge_stream_reduce). */
 static int msl_reduce(msl_ctx *c, int pass, double *acc, int na, alloy_err *err) {
     c->pass = pass;
-    if (vec_reduce(c->call->n, c->call->threads, na + 2, msl_chunk, c, acc, err)) return -1;
-    if (acc[na + 1] > 0) return alloy_fail(err, "out of memory (tensor '%s')", c->call->tensor_name);
-    return acc[na] > 0 ? MERGE_NONFINITE_INPUT : 0;
+    return merge_stream_reduce(c->call, na, msl_chunk, c, acc, err);
 }
 
 typedef struct msl_out {
@@ -219,28 +218,93 @@ const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multis
 
 enum { KA_MAX_ITER, KA_TOL };
 
-typedef struct {
-    const float *u;
-    const float *const *x;
-    const int *idx;
-    const float *coef; /* a_i theta_i / sin theta_i / |x_i|, 0 when skipped */
-    const float *dotu; /* a_i theta_i / sin theta_i * dot_i */
-    int nv;
+/* The inputs are streamed in every pass; the iterate u and the tangent T
+ * are the only tensor-sized buffers (f32). */
+#define KA_BLOCK 1024
+enum { KA_NORMS, KA_INIT, KA_DOTS, KA_TANGENT };
+
+typedef struct ka_ctx {
+    const merge_call *call;
+    int K, nv, pass;
+    const int *idx;     /* the models taking part (|x_i| > tol) */
+    const double *norm; /* |x_i| */
+    float a;            /* 1 / nv */
+    bool first;         /* KA_INIT: u = x_idx[0] * in0 instead */
+    float in0;
+    float *u, *T;
+    const float *coef;  /* a_i theta_i / sin theta_i / |x_i|, 0 when skipped */
+    const float *dotu;  /* a_i theta_i / sin theta_i * dot_i */
 } ka_ctx;
 
-static inline float ka_T(const ka_ctx *c, size_t e) {
-    float s = 0.0f;
-    for (int j = 0; j < c->nv; j++) s += c->coef[j] * c->x[c->idx[j]][e] - c->dotu[j] * c->u[e];
-    return s;
+/* vec_reduce chunk of one pass: KA_NORMS acc[i] = |x_i|^2 (every model),
+ * KA_INIT u = sum_j a x_j / |x_j| (no sums), KA_DOTS acc[j] = u . x_idx[j],
+ * KA_TANGENT T = sum_j coef_j x_j - dotu_j u stored and acc[0] = |T|^2.
+ * The slot after the sums counts non-finite inputs, the next one
+ * allocation failures. */
+static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const ka_ctx *c = p;
+    int K = c->K, nv = c->nv;
+    int nin = c->pass == KA_NORMS ? K : nv;
+    int na = c->pass == KA_NORMS ? K : c->pass == KA_DOTS ? nv : c->pass == KA_TANGENT ? 1 : 0;
+    float *buf = malloc((size_t)nin * KA_BLOCK * sizeof *buf);
+    if (!buf) {
+        acc[na + 1] += 1.0;
+        return;
+    }
+    for (size_t b0 = lo; b0 < hi; b0 += KA_BLOCK) {
+        size_t m = hi - b0 < KA_BLOCK ? hi - b0 : KA_BLOCK;
+        bool bad = false;
+        for (int j = 0; j < nin; j++)
+            bad |= merge_load(merge_input(c->call, c->pass == KA_NORMS ? j : c->idx[j]), b0, m, buf + (size_t)j * KA_BLOCK);
+        if (bad) acc[na] += 1.0;
+        float *u = c->u + b0;
+        if (c->pass == KA_NORMS) {
+            for (int i = 0; i < K; i++) {
+                const float *x = buf + (size_t)i * KA_BLOCK;
+                double s = acc[i];
+                for (size_t e = 0; e < m; e++) s += (double)x[e] * x[e];
+                acc[i] = s;
+            }
+        } else if (c->pass == KA_INIT && c->first) {
+            for (size_t e = 0; e < m; e++) u[e] = buf[e] * c->in0;
+        } else if (c->pass == KA_INIT) {
+            for (size_t e = 0; e < m; e++) {
+                float v = 0.0f;
+                for (int j = 0; j < nv; j++) v += c->a * (float)(buf[(size_t)j * KA_BLOCK + e] / c->norm[c->idx[j]]);
+                u[e] = v;
+            }
+        } else if (c->pass == KA_DOTS) {
+            for (int j = 0; j < nv; j++) {
+                const float *x = buf + (size_t)j * KA_BLOCK;
+                double s = acc[j];
+                for (size_t e = 0; e < m; e++) s += (double)u[e] * x[e];
+                acc[j] = s;
+            }
+        } else {
+            float *T = c->T + b0;
+            double s = acc[0];
+            for (size_t e = 0; e < m; e++) {
+                float t = 0.0f;
+                for (int j = 0; j < nv; j++) t += c->coef[j] * buf[(size_t)j * KA_BLOCK + e] - c->dotu[j] * u[e];
+                T[e] = t;
+                s += (double)t * t;
+            }
+            acc[0] = s;
+        }
+    }
+    free(buf);
 }
 
-static void ka_T_sq(const void *p, size_t lo, size_t hi, double *acc) {
-    double s = 0.0;
-    for (size_t e = lo; e < hi; e++) {
-        double t = ka_T(p, e);
-        s += t * t;
-    }
-    acc[0] += s;
+/* One pass (merge_stream_reduce). */
+static int ka_pass(ka_ctx *c, int pass, double *acc, int na, alloy_err *err) {
+    c->pass = pass;
+    return merge_stream_reduce(c->call, na, ka_chunk, c, acc, err);
+}
+
+static void ka_scale_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    (void)in;
+    const ka_ctx *c = p;
+    for (size_t e = 0; e < m; e++) o[e] = c->a * c->u[lo + e];
 }
 
 /* Equal weights a = 1/K. u_i = x_i / |x_i|; models with |x_i| <= tol drop out
@@ -249,78 +313,70 @@ static void ka_T_sq(const void *p, size_t lo, size_t hi, double *acc) {
  * max_iter times: T = sum over theta_i = acos(clamp(u . u_i)) >= tol of
  * a_i theta_i / sin(theta_i) (u_i - (u . u_i) u); stop when |T| < tol; else
  * u = cos|T| u + sin|T| T/|T|, renormalised. out = (sum_i |x_i| / K) u.
- * Source: mergekit karcher_merge_tensors (Riemannian / Karcher mean). */
+ * Source: mergekit karcher_merge_tensors (Riemannian / Karcher mean).
+ * Streams its inputs: a pass for the norms, one for the start, two per
+ * iteration (the dots; the tangent). */
 static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
     int K = call->k, nt = vec_threads(call->threads);
     size_t n = call->n;
     int max_iter = (int)call->gparam[KA_MAX_ITER];
     double tol = call->gparam[KA_TOL];
-    if (K == 1) {
-        memcpy(out, call->x[0], n * sizeof *out);
-        return 0;
-    }
-    double *norm = malloc(sizeof(double) * (size_t)K);
+    static const int first[] = {0};
+    if (K == 1) return merge_stream_elementwise(call, out, "karcher", 1, first, msl_copy_block, NULL, err);
+    double *norm = malloc(sizeof(double) * (size_t)K), *acc = malloc(sizeof(double) * (size_t)(K + 2));
     int *idx = malloc(sizeof(int) * (size_t)K);
     float *coef = malloc(sizeof(float) * 2 * (size_t)K);
-    float *T = malloc(sizeof(float) * n + 1);
-    if (!norm || !idx || !coef || !T) {
-        free(norm), free(idx), free(coef), free(T);
+    float *u = mem_big_alloc(sizeof(float) * 2 * n + 1);
+    if (!norm || !acc || !idx || !coef || !u) {
+        free(norm), free(acc), free(idx), free(coef), free(u);
         return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
     }
-    float *dotu = coef + K;
+    float *T = u + n, *dotu = coef + K;
+    ka_ctx c = {call, K, 0, 0, idx, norm, 0.0f, false, 0.0f, u, T, coef, dotu};
+    int rc = ka_pass(&c, KA_NORMS, acc, K, err);
     double s = 0.0;
     int nv = 0;
-    for (int i = 0; i < K; i++) {
-        norm[i] = sqrt(vec_dot_sub(call->x[i], call->x[i], NULL, n, nt));
+    for (int i = 0; i < K && !rc; i++) {
+        norm[i] = sqrt(acc[i]);
         s += norm[i] / K;
         if (norm[i] > tol) idx[nv++] = i;
     }
-    if (nv == 0) {
-        memset(out, 0, n * sizeof *out);
-        free(norm), free(idx), free(coef), free(T);
-        return 0;
-    }
-    float a = 1.0f / (float)nv;
-    float *u = out;
-    /* Initial guess. */
+    c.nv = nv;
+    c.a = nv ? 1.0f / (float)nv : 0.0f;
+    if (!rc && nv > 0) rc = ka_pass(&c, KA_INIT, acc, 0, err);
+    if (!rc && nv > 0) {
+        double nu = sqrt(vec_dot_sub(u, u, NULL, n, nt));
+        if (nu < tol) { /* u = x_first / |x_first|: a pass of that model */
+            c.nv = 1;
+            c.first = true;
+            c.in0 = (float)(1.0 / norm[idx[0]]);
+            rc = ka_pass(&c, KA_INIT, acc, 0, err);
+            c.nv = nv;
+            c.first = false;
+        } else {
+            float inu = (float)(1.0 / nu);
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t e = 0; e < n; e++) {
-        float v = 0.0f;
-        for (int j = 0; j < nv; j++) v += a * (float)(call->x[idx[j]][e] / norm[idx[j]]);
-        u[e] = v;
+            for (size_t e = 0; e < n; e++) u[e] *= inu;
+        }
     }
-    double nu = sqrt(vec_dot_sub(u, u, NULL, n, nt));
-    {
-        const float *x0 = call->x[idx[0]];
-        float in0 = (float)(1.0 / norm[idx[0]]), inu = (float)(1.0 / nu);
-        bool first = nu < tol;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) u[e] = first ? x0[e] * in0 : u[e] * inu;
-    }
-    ka_ctx c = {u, call->x, idx, coef, dotu, nv};
-    int rc = 0;
-    for (int it = 0; it < max_iter && !rc; it++) {
-        for (int j = 0; j < nv; j++) {
-            double d = vec_dot_sub(u, call->x[idx[j]], NULL, n, nt) / norm[idx[j]];
+    for (int it = 0; it < max_iter && !rc && nv > 0; it++) {
+        rc = ka_pass(&c, KA_DOTS, acc, nv, err);
+        for (int j = 0; j < nv && !rc; j++) {
+            double d = acc[j] / norm[idx[j]];
             d = d < -1.0 ? -1.0 : (d > 1.0 ? 1.0 : d);
             double th = acos(d);
             if (th < tol) {
                 coef[j] = dotu[j] = 0.0f;
                 continue;
             }
-            double f = a * th / sin(th);
+            double f = c.a * th / sin(th);
             coef[j] = (float)(f / norm[idx[j]]);
             dotu[j] = (float)(f * d);
         }
-        double tsq;
-        if (vec_reduce(n, nt, 1, ka_T_sq, &c, &tsq, err)) {
-            rc = -1;
-            break;
-        }
-        double nT = sqrt(tsq);
+        if (!rc) rc = ka_pass(&c, KA_TANGENT, acc, 1, err);
+        if (rc) break;
+        double nT = sqrt(acc[0]);
         if (nT < tol) break;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) T[e] = ka_T(&c, e);
         float cu = (float)cos(nT), cT = (float)(sin(nT) / nT);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (size_t e = 0; e < n; e++) u[e] = cu * u[e] + cT * T[e];
@@ -332,11 +388,12 @@ static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
         }
     }
     if (!rc) {
-        float fs = (float)s;
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) out[e] = fs * u[e];
+        if (nv == 0) memset(u, 0, n * sizeof *u);
+        c.a = (float)s; /* the result's scale: out = s u */
+        rc = merge_stream_elementwise(call, out, "karcher", 0, NULL, ka_scale_block, &c, err);
     }
-    free(norm), free(idx), free(coef), free(T);
+    free(norm), free(acc), free(idx), free(coef);
+    free(u);
     return rc;
 }
 
@@ -345,4 +402,4 @@ static const merge_param_def karcher_params[] = {
     {"tol", false, false, 1e-5, 0, INFINITY},
 };
 
-const merge_method merge_karcher = {"karcher", BASE_NONE, 1, 0, karcher_params, 2, karcher_merge, false};
+const merge_method merge_karcher = {"karcher", BASE_NONE, 1, 0, karcher_params, 2, karcher_merge, true};

@@ -335,6 +335,7 @@ dtype: float32
                    "parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}\n" % (a, d),
         "della": "base_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\n"
                  % (base, d),
+        "karcher": "models:\n  - model: %s\n  - model: %s\n" % (a, d),
         "multislerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
                       % (a, d),
     }
