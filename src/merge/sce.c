@@ -1,113 +1,323 @@
 /* sce.c — SCE: select, calculate, erase (mergekit/merge_methods/sce.py,
- * arXiv:2408.07990). Selection by variance uses sparsify_rank_mask
- * (quickselect); sign election is mergekit's "sum" consensus. */
+ * arXiv:2408.07990). Selection by variance is a streaming rank cut
+ * (rankcut.h; sparsify_rank_mask for small tensors); sign election is
+ * mergekit's "sum" consensus. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "merge/method.h"
+#include "merge/rankcut.h"
 #include "merge/sparsify.h"
 #include "merge/vec.h"
 #include "util/err.h"
+#include "util/mem.h"
 
 enum { P_INT8_MASK, P_SELECT_TOPK };
 
-typedef struct {
-    const merge_call *call;
-    const uint8_t *sel; /* NULL: all selected */
-    int i;
-} sq_ctx;
+/* Which elements are selected: all, none, those the rank cut keeps (by
+ * their variance, recomputed where needed), or a byte mask (the exact path
+ * for small tensors or a missed band). */
+typedef enum { SEL_ALL, SEL_NONE, SEL_RULE, SEL_MASK } sel_kind;
 
-static void tv_sq(const void *p, size_t lo, size_t hi, double *acc) {
-    const sq_ctx *c = p;
-    const float *x = c->call->x[c->i], *b = c->call->base;
-    double s = 0.0;
-    for (size_t e = lo; e < hi; e++) {
-        if (c->sel && !c->sel[e]) continue;
-        double d = x[e] - b[e];
-        s += d * d;
+#define SCE_BLOCK 1024
+
+typedef struct sce_ctx {
+    const merge_call *call;
+    int K;
+    sel_kind sel;
+    keep_rule rule;      /* SEL_RULE */
+    const uint8_t *mask; /* SEL_MASK */
+    const float *w;      /* the weights (output pass) */
+} sce_ctx;
+
+/* Load the base (in[K]) and the K models (in[0..K)) at [lo, lo + m). */
+static bool sce_load(const sce_ctx *c, size_t lo, size_t m, float *const *in) {
+    bool bad = merge_load(merge_input(c->call, -1), lo, m, in[c->K]);
+    for (int i = 0; i < c->K; i++) bad |= merge_load(merge_input(c->call, i), lo, m, in[i]);
+    return bad;
+}
+
+/* The population variance across the models of tau_i = x_i - base, as f32. */
+static inline float sce_var(const float *const *in, int K, size_t e) {
+    const float *b = in[K];
+    double m = 0.0, v = 0.0;
+    for (int i = 0; i < K; i++) m += (double)(in[i][e] - b[e]);
+    m /= K;
+    for (int i = 0; i < K; i++) {
+        double d = (double)(in[i][e] - b[e]) - m;
+        v += d * d;
     }
-    acc[0] += s;
+    return (float)(v / K);
+}
+
+static inline bool sce_selected(const sce_ctx *c, const float *const *in, size_t lo, size_t e) {
+    switch (c->sel) {
+    case SEL_ALL:
+        return true;
+    case SEL_NONE:
+        return false;
+    case SEL_MASK:
+        return c->mask[lo + e] != 0;
+    case SEL_RULE:
+        break;
+    }
+    return keep_rule_test(&c->rule, sce_var(in, c->K, e), (uint32_t)(lo + e));
+}
+
+/* Per-thread block buffers: K + 1 inputs and one more. */
+static float **sce_buffers(int K) {
+    float **in = malloc((size_t)(K + 2) * sizeof *in);
+    float *buf = malloc((size_t)(K + 2) * SCE_BLOCK * sizeof *buf);
+    if (!in || !buf) {
+        free(in), free(buf);
+        return NULL;
+    }
+    for (int i = 0; i <= K + 1; i++) in[i] = buf + (size_t)i * SCE_BLOCK;
+    return in;
+}
+
+static void sce_free_buffers(float **in) {
+    if (in) free(in[0]);
+    free(in);
+}
+
+/* Variances of elements [lo, lo + m), m <= SCE_BLOCK, into a (rank_cut_resolve's callback). */
+static bool sce_var_block(const void *p, size_t lo, size_t m, float *a) {
+    const sce_ctx *c = p;
+    float **in = sce_buffers(c->K);
+    if (!in) return true; /* reported as a failed resolve: the exact path follows */
+    bool bad = sce_load(c, lo, m, in);
+    for (size_t e = 0; e < m; e++) a[e] = sce_var((const float *const *)in, c->K, e);
+    sce_free_buffers(in);
+    return bad;
+}
+
+/* vec_reduce chunk: acc[i] = sum over the selected of tau_i^2 (double of
+ * the f32 difference, index order); acc[K] non-finite, acc[K+1] no memory. */
+static void sce_sq_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+    const sce_ctx *c = p;
+    int K = c->K;
+    float **in = sce_buffers(K);
+    if (!in) {
+        acc[K + 1] += 1.0;
+        return;
+    }
+    const float *const *cin = (const float *const *)in;
+    uint8_t sel[SCE_BLOCK];
+    for (size_t b0 = lo; b0 < hi; b0 += SCE_BLOCK) {
+        size_t m = hi - b0 < SCE_BLOCK ? hi - b0 : SCE_BLOCK;
+        if (sce_load(c, b0, m, in)) acc[K] += 1.0;
+        for (size_t e = 0; e < m; e++) sel[e] = sce_selected(c, cin, b0, e);
+        for (int i = 0; i < K; i++) {
+            double s = acc[i];
+            for (size_t e = 0; e < m; e++) {
+                if (!sel[e]) continue;
+                double d = in[i][e] - in[K][e];
+                s += d * d;
+            }
+            acc[i] = s;
+        }
+    }
+    sce_free_buffers(in);
+}
+
+/* Erase and merge one block (in[0..K) the models, in[K] the base). */
+static void sce_out_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
+    const sce_ctx *c = p;
+    int K = c->K;
+    const float *b = in[K];
+    for (size_t e = 0; e < m; e++) {
+        if (!sce_selected(c, in, lo, e)) {
+            o[e] = b[e];
+            continue;
+        }
+        float sum = 0.0f;
+        for (int i = 0; i < K; i++) sum += in[i][e] - b[e];
+        float g = sum >= 0.0f ? 1.0f : -1.0f, num = 0.0f, den = 0.0f;
+        for (int i = 0; i < K; i++) {
+            float d = in[i][e] - b[e];
+            if ((float)((d > 0.0f) - (d < 0.0f)) == g) num += c->w[i] * d, den += c->w[i];
+        }
+        o[e] = b[e] + num / (den > 1e-6f ? den : 1e-6f);
+    }
+}
+
+/* The selection by a streaming rank cut (rankcut.h): a sample places the
+ * band, one pass counts and histograms the variances and the nonzero ones,
+ * and the cut is the one of rank n - int(topk * #nonzero) in ascending
+ * (variance, -index) order. Returns 1 when selected so (c->rule), 0 when
+ * the exact path must run (small tensor, missed band, no memory),
+ * MERGE_NONFINITE_INPUT on a non-finite input. */
+static int sce_select_stream(sce_ctx *c, double topk, int nt) {
+    const merge_call *call = c->call;
+    size_t n = call->n, ns = rank_cut_sample_size(n);
+    if (!ns) return 0;
+    int K = c->K, bad = 0, rc = 0;
+    size_t runs = ns / RC_RUN, nz_sample = 0;
+    float *sample = malloc(ns * sizeof *sample), *tmp = malloc(ns * sizeof *tmp);
+    if (!sample || !tmp) {
+        free(sample), free(tmp);
+        return 0;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad) reduction(+ : nz_sample)
+    for (size_t r = 0; r < runs; r++) {
+        size_t at = rank_cut_sample_run(n, runs, r, call->seed);
+        bad |= sce_var_block(c, at, RC_RUN, sample + r * RC_RUN);
+        for (size_t j = 0; j < RC_RUN; j++) nz_sample += sample[r * RC_RUN + j] != 0.0f;
+    }
+    if (bad) {
+        free(sample), free(tmp);
+        return MERGE_NONFINITE_INPUT;
+    }
+    rank_cut_sort_sample(sample, ns, tmp);
+    free(tmp);
+    /* the rank is planned from the sample's nonzero share and set exactly after the pass */
+    size_t kk_hat = (size_t)((double)nz_sample / (double)ns * (double)n * topk);
+    rank_cut cut;
+    bool planned = rank_cut_plan(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns);
+    free(sample);
+    size_t nc = rank_cut_nchunks(n), nz = 0;
+    cut_acc *acc = calloc((size_t)nt, sizeof *acc);
+    if (!planned || !acc) {
+        rank_cut_free(&cut);
+        free(acc);
+        return 0;
+    }
+#pragma omp parallel num_threads(nt) reduction(| : bad) reduction(+ : nz)
+    {
+        float a[SCE_BLOCK];
+        float **in = sce_buffers(K);
+        if (!in) bad |= 2;
+#pragma omp for schedule(static)
+        for (size_t ch = 0; ch < nc; ch++) {
+            if (!in) continue;
+            size_t lo, hi;
+            rank_cut_chunk(n, ch, &lo, &hi);
+            for (size_t b0 = lo; b0 < hi; b0 += SCE_BLOCK) {
+                size_t m = hi - b0 < SCE_BLOCK ? hi - b0 : SCE_BLOCK;
+                bad |= sce_load(c, b0, m, in);
+                for (size_t e = 0; e < m; e++) a[e] = sce_var((const float *const *)in, K, e);
+                nz += rank_cut_scan(&cut, &acc[omp_get_thread_num()], ch, a, m);
+            }
+        }
+        sce_free_buffers(in);
+    }
+    if (bad & 1) rc = MERGE_NONFINITE_INPUT;
+    size_t kk = (size_t)((double)nz * topk);
+    if (!rc && !(bad & 2) && kk == 0) {
+        c->sel = SEL_NONE;
+        rc = 1;
+    } else if (!rc && !(bad & 2)) {
+        cut.rank = n - kk;
+        int r = rank_cut_resolve(&cut, acc, nt, n - nz, sce_var_block, c, nt);
+        if (r < 0) rc = MERGE_NONFINITE_INPUT;
+        if (r == 1) {
+            c->rule = keep_rule_between(&cut, NULL);
+            c->sel = SEL_RULE;
+            rc = 1;
+        }
+    }
+    rank_cut_free(&cut);
+    free(acc);
+    return rc;
+}
+
+/* The exact selection on a copy of the variances (small tensors). */
+static int sce_select_exact(sce_ctx *c, double topk, uint8_t *sel, int nt, alloy_err *err) {
+    const merge_call *call = c->call;
+    size_t n = call->n, nz = 0;
+    float *key = mem_big_alloc(sizeof(float) * n + 1), *scratch = mem_big_alloc(sizeof(float) * n + 1);
+    int bad = 0, oom = !key || !scratch;
+    if (!oom) {
+#pragma omp parallel num_threads(nt) reduction(| : bad, oom) reduction(+ : nz)
+        {
+            float **in = sce_buffers(c->K);
+            oom = !in;
+#pragma omp for schedule(static)
+            for (size_t b0 = 0; b0 < n; b0 += SCE_BLOCK) {
+                if (!in) continue;
+                size_t m = n - b0 < SCE_BLOCK ? n - b0 : SCE_BLOCK;
+                bad |= sce_load(c, b0, m, in);
+                for (size_t e = 0; e < m; e++) {
+                    float vf = sce_var((const float *const *)in, c->K, e);
+                    key[b0 + e] = -vf;
+                    nz += vf != 0.0f;
+                }
+            }
+            sce_free_buffers(in);
+        }
+    }
+    size_t kk = (size_t)((double)nz * topk);
+    if (!oom && !bad && kk > 0) sparsify_rank_mask(key, n, 0, kk, scratch, sel, nt);
+    free(key);
+    free(scratch);
+    if (oom) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    if (bad) return MERGE_NONFINITE_INPUT;
+    c->sel = SEL_MASK;
+    c->mask = sel;
+    return 0;
 }
 
 /* tau_i = x_i - base. Select (select_topk < 1): keep the elements whose
  * population variance across models is among the int(topk * #nonzero-var)
- * largest (ties by index), zero the rest (topk <= 0: all). Calculate:
- * w_i = mean(tau_i^2), normalised to sum 1 (|sum| < 1e-6: 1/K). Erase:
- * g = sign(sum_i tau_i) (>= 0 -> +1), c_i = [sign(tau_i) == g].
- * out = base + sum_i w_i c_i tau_i / max(sum_i w_i c_i, 1e-6).
- * Source: mergekit sce_merge / sce_mask / sce_weight. */
+ * largest (ties by index), zero the rest (topk <= 0: none). Calculate:
+ * w_i = mean(tau_i^2) over all n elements (the unselected count as 0),
+ * normalised to sum 1 (|sum| < 1e-6: 1/K). Erase: g = sign(sum_i tau_i)
+ * (>= 0 -> +1), c_i = [sign(tau_i) == g].
+ * out = base + sum_i w_i c_i tau_i / max(sum_i w_i c_i, 1e-6) where
+ * selected, else base. Source: mergekit sce_merge / sce_mask / sce_weight.
+ * Streams its inputs: the selection (a sample and a pass, rankcut.h), the
+ * weights (a pass), the result (a pass). */
 static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
     int K = call->k, nt = vec_threads(call->threads);
     size_t n = call->n;
-    const float *b = call->base;
-    if (!b) return alloy_fail(err, "tensor '%s': sce needs a base model", call->tensor_name);
-    if (K == 0) {
-        memcpy(out, b, n * sizeof *out);
-        return 0;
+    if (!merge_has_base(call)) return alloy_fail(err, "tensor '%s': sce needs a base model", call->tensor_name);
+    int *which = malloc(sizeof(int) * (size_t)(K + 1));
+    float *w = malloc(sizeof(float) * (size_t)(K + 1));
+    double *acc = malloc(sizeof(double) * (size_t)(K + 2));
+    uint8_t *mask = NULL;
+    if (!which || !w || !acc) {
+        free(which), free(w), free(acc);
+        return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
     }
+    for (int i = 0; i < K; i++) which[i] = i;
+    which[K] = -1;
+    sce_ctx c = {.call = call, .K = K, .sel = SEL_ALL, .w = w};
     double topk = call->gparam[P_SELECT_TOPK];
-    uint8_t *sel = NULL;
-    float *w = malloc(sizeof(float) * (size_t)K);
-    if (!w) return alloy_fail(err, "out of memory");
     int rc = 0;
-    if (topk < 1.0) {
-        sel = calloc(n + 1, 1);
-        float *key = malloc(sizeof(float) * n + 1), *scratch = malloc(sizeof(float) * n + 1);
-        if (!sel || !key || !scratch) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
-        if (!rc && topk > 0.0) {
-            size_t nz = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : nz)
-            for (size_t e = 0; e < n; e++) {
-                double m = 0.0, v = 0.0;
-                for (int i = 0; i < K; i++) m += (double)(call->x[i][e] - b[e]);
-                m /= K;
-                for (int i = 0; i < K; i++) {
-                    double d = (double)(call->x[i][e] - b[e]) - m;
-                    v += d * d;
-                }
-                float vf = (float)(v / K);
-                key[e] = -vf;
-                nz += vf != 0.0f;
-            }
-            size_t kk = (size_t)((double)nz * topk);
-            if (kk > 0) sparsify_rank_mask(key, n, 0, kk, scratch, sel, nt);
+    if (K == 0) {
+        c.sel = SEL_NONE;
+    } else if (topk <= 0.0) {
+        c.sel = SEL_NONE;
+    } else if (topk < 1.0) {
+        rc = sce_select_stream(&c, topk, nt);
+        if (rc == 1) {
+            rc = 0;
+        } else if (rc == 0) {
+            mask = calloc(n + 1, 1);
+            rc = mask ? sce_select_exact(&c, topk, mask, nt, err)
+                      : alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
         }
-        free(key);
-        free(scratch);
     }
-    double wsum = 0.0;
-    for (int i = 0; i < K && !rc; i++) {
-        sq_ctx c = {call, sel, i};
-        double s;
-        if (vec_reduce(n, nt, 1, tv_sq, &c, &s, err)) rc = -1;
-        w[i] = (float)(s / (double)n);
-        wsum += w[i];
-    }
-    if (!rc) {
-        if (fabs(wsum) < 1e-6)
+    if (!rc && K > 0) {
+        rc = merge_stream_reduce(call, K, sce_sq_chunk, &c, acc, err);
+        double wsum = 0.0;
+        for (int i = 0; i < K && !rc; i++) {
+            w[i] = (float)(acc[i] / (double)n);
+            wsum += w[i];
+        }
+        if (!rc && fabs(wsum) < 1e-6)
             for (int i = 0; i < K; i++) w[i] = 1.0f / (float)K;
-        else
+        else if (!rc)
             for (int i = 0; i < K; i++) w[i] = (float)(w[i] / wsum);
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) {
-            if (sel && !sel[e]) {
-                out[e] = b[e];
-                continue;
-            }
-            float sum = 0.0f;
-            for (int i = 0; i < K; i++) sum += call->x[i][e] - b[e];
-            float g = sum >= 0.0f ? 1.0f : -1.0f, num = 0.0f, den = 0.0f;
-            for (int i = 0; i < K; i++) {
-                float d = call->x[i][e] - b[e];
-                if ((float)((d > 0.0f) - (d < 0.0f)) == g) num += w[i] * d, den += w[i];
-            }
-            out[e] = b[e] + num / (den > 1e-6f ? den : 1e-6f);
-        }
     }
-    free(sel);
-    free(w);
+    if (!rc) rc = merge_stream_elementwise(call, out, "sce", K + 1, which, sce_out_block, &c, err);
+    free(mask);
+    free(which), free(w), free(acc);
     return rc;
 }
 
@@ -116,4 +326,4 @@ static const merge_param_def sce_params[] = {
     {"select_topk", false, false, 1, 0, 1},
 };
 
-const merge_method merge_sce = {"sce", BASE_REQUIRED, 1, 0, sce_params, 2, sce_merge, false};
+const merge_method merge_sce = {"sce", BASE_REQUIRED, 1, 0, sce_params, 2, sce_merge, true};

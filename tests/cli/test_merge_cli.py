@@ -336,6 +336,7 @@ dtype: float32
         "della": "base_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\n"
                  % (base, d),
         "karcher": "models:\n  - model: %s\n  - model: %s\n" % (a, d),
+        "sce": "base_model: %s\nmodels:\n  - model: %s\n  - model: %s\nparameters: {select_topk: 0.5}\n" % (base, a, d),
         "multislerp": "models:\n  - model: %s\n    parameters: {weight: 0.5}\n  - model: %s\n    parameters: {weight: 0.5}\n"
                       % (a, d),
     }

@@ -210,7 +210,8 @@ def main():
         check_method("della_linear-" + tag, "della_linear", fam, [dict(d, epsilon=0.1) for d in w3d], None,
                      dtype=dt, seed=3)
     # Tensors of >= 2^18 elements take the streaming rank cuts (merge/rankcut.c)
-    # instead of the exact select: bf16 deltas (large tie groups) and f32.
+    # instead of the exact select (TIES, breadcrumbs, SCE's variance cut):
+    # bf16 deltas (large tie groups) and f32.
     big = {"hidden": 64, "inter": 96, "vocab": 8192, "layers": 1}
     for dt in (torch.bfloat16, torch.float32):
         tag = "big-" + ("bf16" if dt == torch.bfloat16 else "f32")
@@ -224,6 +225,7 @@ def main():
         check_method("linear-" + tag, "linear", fam, w3, None, use_base=False, dtype=dt)
         check_method("dare_ties-" + tag, "dare_ties", fam, w3d, None, dtype=dt, seed=11)
         check_method("slerp-" + tag, "slerp", fam, [{}], {"t": 0.3}, dtype=dt, n_models=1)
+        check_method("sce-" + tag, "sce", fam, [{}, {}, {}], {"select_topk": 0.3}, dtype=dt)
     n_fail = sum(1 for _, ok in results if not ok)
     print("merge reference: %d passed, %d failed" % (len(results) - n_fail, n_fail))
     shutil.rmtree(TMP, ignore_errors=True)
