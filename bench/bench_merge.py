@@ -8,7 +8,8 @@ RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
 floor and merge alternating, each after a sync() so that neither pays for
 the other's writeback, with the inputs read back into the page cache just
-before. Target: ratio <= 1.3.
+before. Target: ratio <= 1.3. Then one run of every mergekit method: wall
+time and peak RSS against the largest tensor.
 usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2] [--methods linear,ties,...]
 """
 import os
@@ -66,6 +67,51 @@ def recipe(method):
     return path
 
 
+def every_recipe(method):
+    """A recipe of each mergekit method over the bench model (base + 3, or the
+    models the method takes)."""
+    fts = ["%s/ft%d" % (M, i + 1) for i in range(3)]
+    dens = "".join("  - model: %s\n    parameters: {weight: %g, density: 0.5%s}\n"
+                   % (f, w, ", epsilon: 0.1" if method.startswith("della") else ", gamma: 0.05"
+                      if method.startswith("breadcrumbs") else "") for f, w in zip(fts, (0.5, 0.3, 0.2)))
+    weighted = "".join("  - model: %s\n    parameters: {weight: %g}\n" % (f, w) for f, w in zip(fts, (0.5, 0.3, 0.2)))
+    plain = "".join("  - model: %s\n" % f for f in fts)
+    base = "base_model: %s/base\n" % M
+    body = {
+        "linear": "models:\n" + weighted,
+        "slerp": base + "models:\n  - model: %s\nparameters: {t: 0.3}\n" % fts[0],
+        "nuslerp": "models:\n" + weighted.split("  - model: %s" % fts[2])[0],
+        "multislerp": "models:\n" + weighted,
+        "karcher": "models:\n" + plain,
+        "model_stock": base + "models:\n" + plain,
+        "sce": base + "models:\n" + plain + "parameters: {select_topk: 0.5}\n",
+        "nearswap": base + "models:\n  - model: %s\nparameters: {t: 0.001}\n" % fts[0],
+        "passthrough": "models:\n  - model: %s\n" % fts[0],
+        "task_arithmetic": base + "models:\n" + weighted,
+    }.get(method, base + "models:\n" + dens)
+    path = os.path.join(BENCH, "every-%s.yml" % method)
+    open(path, "w").write("merge_method: %s\n%s" % (method, body))
+    return path
+
+
+EVERY = ("linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_ties",
+         "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "sce",
+         "nearswap", "passthrough")
+
+
+def every_method(env, out):
+    """One run of every method: wall time and peak RSS, against the largest
+    tensor (the embedding, in f32) that the memory rule is stated in."""
+    largest = 151936 * 896 * 4 / 1e6
+    print("\nevery method (one run each; largest tensor %.0f MB in f32)" % largest)
+    print("%-17s %9s %12s %14s" % ("method", "wall s", "peak RSS MB", "RSS / largest"))
+    inputs = [os.path.join(M, d, "model.safetensors") for d in ("base", "ft1", "ft2", "ft3")]
+    for method in EVERY:
+        shutil.rmtree(out, ignore_errors=True)
+        w, m, _ = timed([ALLOY, "merge", every_recipe(method), out, "--threads", THREADS, "--seed", "1"], env, inputs)
+        print("%-17s %9.2f %12.0f %14.2f" % (method, w, m, m / largest), flush=True)
+
+
 def main():
     subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "scripts", "gen_model.py"), M], check=True)
     env = dict(os.environ, OMP_NUM_THREADS=THREADS)
@@ -89,6 +135,8 @@ def main():
             w, m, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env, inputs)
             wall, rss = min(wall, w), min(rss, m)
         print("%-10s %9.2f %12.0f %11.2f %7.2f" % (method, wall, rss, floor, wall / floor), flush=True)
+    if "--methods" not in sys.argv:
+        every_method(env, out)
     shutil.rmtree(out, ignore_errors=True)
 
 
