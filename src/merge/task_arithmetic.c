@@ -120,6 +120,81 @@ static void unpack_keep(const uint8_t *restrict bits, size_t m, uint8_t *restric
     for (; j < m; j++) keep[j] = (bits[j / 8] >> (j % 8)) & 1u;
 }
 
+/* The consensus and the sum of a block, from the k weighted deltas d
+ * (k x GTA_BLOCK) into o: per element, in model order, exactly
+ *   sum = 0 + d_0 + d_1 + ...; with consensus mixed and div add d_i and w_i
+ *   where sign(d_i) agrees with sum (g = +1 when sum >= 0; zeros never
+ *   agree) and div 0 becomes 1; without, mixed = sum and div = sum of all w;
+ *   o = base + (mixed / div) lambda, or base + mixed lambda without normalize.
+ * Inlined with k a constant, the model loop unrolls inside one vector loop. */
+static inline __attribute__((always_inline)) void gta_combine(const gta_ctx *g, int k, bool consensus, bool normalize,
+                                                              const float *restrict d, const float *restrict base,
+                                                              size_t m, float *restrict o) {
+    float lambda = g->lambda, div_all = g->div_all;
+    float w[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < k && i < 4; i++) w[i] = g->m[i].w;
+    if (k > 4) { /* the general case: one pass per model */
+        float sum[GTA_BLOCK], mixed[GTA_BLOCK], div[GTA_BLOCK];
+        for (size_t j = 0; j < m; j++) sum[j] = 0.0f, mixed[j] = 0.0f, div[j] = 0.0f;
+        for (int i = 0; i < k; i++) {
+            const float *restrict di = d + (size_t)i * GTA_BLOCK;
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) sum[j] += di[j];
+        }
+        for (int i = 0; i < k; i++) {
+            const float *restrict di = d + (size_t)i * GTA_BLOCK;
+            float wi = g->m[i].w;
+#pragma omp simd
+            for (size_t j = 0; j < m; j++) {
+                float dj = di[j];
+                int pos = sum[j] >= 0.0f;
+                int agree = (consensus ? 0 : 1) | (pos & (dj > 0.0f)) | ((pos ^ 1) & (dj < 0.0f));
+                float md = mixed[j] + dj, dd = div[j] + wi;
+                mixed[j] = agree ? md : mixed[j];
+                div[j] = agree ? dd : div[j];
+            }
+        }
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) {
+            float mx = consensus ? mixed[j] : sum[j];
+            float dv = consensus ? (div[j] == 0.0f ? 1.0f : div[j]) : div_all;
+            o[j] = normalize ? base[j] + (mx / dv) * lambda : base[j] + mx * lambda;
+        }
+        return;
+    }
+    /* k <= 4: the models written out (the vectoriser does not unroll an
+     * inner loop at -O2); with k a constant the unused terms fold away */
+    const float *d0 = d, *d1 = d + GTA_BLOCK, *d2 = d + 2 * GTA_BLOCK, *d3 = d + 3 * GTA_BLOCK;
+    float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+#pragma omp simd
+    for (size_t j = 0; j < m; j++) {
+        float x0 = d0[j], x1 = k > 1 ? d1[j] : 0.0f, x2 = k > 2 ? d2[j] : 0.0f, x3 = k > 3 ? d3[j] : 0.0f;
+        float sum = 0.0f + x0;
+        if (k > 1) sum += x1;
+        if (k > 2) sum += x2;
+        if (k > 3) sum += x3;
+        /* both ways computed, one selected: no branch in the vector loop */
+        int pos = sum >= 0.0f, neg = pos ^ 1;
+        float mixed = 0.0f, div = 0.0f;
+        /* sign(d_i) == g: zeros never agree */
+#define GTA_AGREE(x, wi)                                                                                               \
+    do {                                                                                                               \
+        int agree = (pos & ((x) > 0.0f)) | (neg & ((x) < 0.0f));                                                       \
+        float md = mixed + (x), dd = div + (wi);                                                                       \
+        mixed = agree ? md : mixed;                                                                                    \
+        div = agree ? dd : div;                                                                                        \
+    } while (0)
+        GTA_AGREE(x0, w0);
+        if (k > 1) GTA_AGREE(x1, w1);
+        if (k > 2) GTA_AGREE(x2, w2);
+        if (k > 3) GTA_AGREE(x3, w3);
+#undef GTA_AGREE
+        float mx = consensus ? mixed : sum, dv = consensus ? (div == 0.0f ? 1.0f : div) : div_all;
+        float scaled = normalize ? mx / dv : mx;
+        o[j] = base[j] + scaled * lambda;
+    }
+}
+
 /* The merge of elements [b0, b0 + m): d is k x GTA_BLOCK scratch. Returns
  * true when an input was not finite; *obad is the index of the first
  * non-finite result in the block (n when none; packed output only). */
@@ -159,46 +234,37 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
             }
         }
     }
-    float sum[GTA_BLOCK], mixed[GTA_BLOCK], div[GTA_BLOCK];
-#pragma omp simd
-    for (size_t j = 0; j < m; j++) sum[j] = 0.0f;
-    for (int i = 0; i < k; i++) {
-        const float *restrict di = d + (size_t)i * GTA_BLOCK;
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) sum[j] += di[j];
+    float o[GTA_BLOCK];
+    /* the model count, consensus and normalize as constants for the common
+     * cases, so that one branch-free vector loop does it all */
+#define GTA_COMBINE(K)                                                                                                 \
+    do {                                                                                                               \
+        if (g->consensus && g->normalize)                                                                              \
+            gta_combine(g, K, true, true, d, base, m, o);                                                              \
+        else if (g->consensus)                                                                                         \
+            gta_combine(g, K, true, false, d, base, m, o);                                                             \
+        else if (g->normalize)                                                                                         \
+            gta_combine(g, K, false, true, d, base, m, o);                                                             \
+        else                                                                                                           \
+            gta_combine(g, K, false, false, d, base, m, o);                                                            \
+    } while (0)
+    switch (k) {
+    case 1:
+        GTA_COMBINE(1);
+        break;
+    case 2:
+        GTA_COMBINE(2);
+        break;
+    case 3:
+        GTA_COMBINE(3);
+        break;
+    case 4:
+        GTA_COMBINE(4);
+        break;
+    default: /* k > 4 */
+        gta_combine(g, k, g->consensus, g->normalize, d, base, m, o);
     }
-    if (!g->consensus) {
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) mixed[j] = sum[j], div[j] = g->div_all;
-    } else {
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) mixed[j] = 0.0f, div[j] = 0.0f;
-        for (int i = 0; i < k; i++) {
-            const float *restrict di = d + (size_t)i * GTA_BLOCK;
-            float wi = g->m[i].w;
-            /* sign(d_i) == g, g = +1 when the sum is >= 0: zeros never agree */
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) {
-                float dj = di[j];
-                int pos = sum[j] >= 0.0f;
-                int agree = (pos & (dj > 0.0f)) | ((pos ^ 1) & (dj < 0.0f));
-                float md = mixed[j] + dj, dd = div[j] + wi;
-                mixed[j] = agree ? md : mixed[j];
-                div[j] = agree ? dd : div[j];
-            }
-        }
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) div[j] = div[j] == 0.0f ? 1.0f : div[j];
-    }
-    float lambda = g->lambda;
-    float *restrict o = sum; /* free again */
-    if (g->normalize) {
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) o[j] = base[j] + (mixed[j] / div[j]) * lambda;
-    } else {
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) o[j] = base[j] + mixed[j] * lambda;
-    }
+#undef GTA_COMBINE
     size_t at = merge_store(g->call, out, b0, o, m);
     *obad = at < m ? b0 + at : g->call->n;
     return bad;

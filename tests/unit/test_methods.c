@@ -15,7 +15,7 @@
 #include "merge/sparsify.h"
 #include "util/rng.h"
 
-#define MAXK 4
+#define MAXK 8
 #define MAXP 8
 
 /* A call under construction: defaults from the method's table, then overrides. */
@@ -481,8 +481,51 @@ static void test_sce(void **state) {
     expect_near(out, base, 3, 0);
 }
 
+/* TIES and task arithmetic over 1..6 models against the documented
+ * formula evaluated here in the same order (the merge unrolls up to four
+ * models in one vector loop and takes one pass per model beyond): exact. */
+static void test_model_counts(void **state) {
+    (void)state;
+    enum { N = 3001, KMAX = 6 };
+    float *xs[KMAX], *base = malloc(N * 4), *out = malloc(N * 4);
+    const float *x[KMAX];
+    for (int i = 0; i < KMAX; i++) xs[i] = malloc(N * 4), x[i] = xs[i];
+    for (size_t e = 0; e < N; e++) {
+        base[e] = (float)rng_uniform(3, 0, e) - 0.5f;
+        for (int i = 0; i < KMAX; i++) /* some deltas exactly zero */
+            xs[i][e] = (e + (size_t)i) % 7 == 0 ? base[e] : base[e] + 0.1f * ((float)rng_uniform(3, 1 + (uint64_t)i, e) - 0.5f);
+    }
+    const float w[KMAX] = {0.5f, -0.3f, 0.25f, 0.7f, 0.1f, 0.45f};
+    for (int k = 1; k <= KMAX; k++) {
+        for (int method = 0; method < 2; method++) {
+            tcall t;
+            alloy_err err;
+            tc_init(&t, method ? "ties" : "task_arithmetic", base, x, k, N);
+            for (int i = 0; i < k; i++) tc_set(&t, "weight", i, w[i]);
+            if (method) tc_set(&t, "density", -1, 1.0);
+            assert_int_equal(tc_run(&t, out, &err), 0);
+            for (size_t e = 0; e < N; e++) {
+                float d[KMAX], sum = 0.0f, mixed = 0.0f, div = 0.0f, wsum = 0.0f;
+                for (int i = 0; i < k; i++) d[i] = (x[i][e] - base[e]) * w[i], sum += d[i], wsum += w[i];
+                float want;
+                if (method) {
+                    for (int i = 0; i < k; i++)
+                        if (sum >= 0.0f ? d[i] > 0.0f : d[i] < 0.0f) mixed += d[i], div += w[i];
+                    want = base[e] + (mixed / (div == 0.0f ? 1.0f : div)) * 1.0f;
+                } else {
+                    want = base[e] + sum * 1.0f; /* task_arithmetic: no normalisation */
+                }
+                if (out[e] != want) fail_msg("%s k=%d e=%zu: %g, want %g", method ? "ties" : "ta", k, e, out[e], want);
+            }
+        }
+    }
+    for (int i = 0; i < KMAX; i++) free(xs[i]);
+    free(base), free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_counts),
         cmocka_unit_test(test_registry),       cmocka_unit_test(test_linear),
         cmocka_unit_test(test_passthrough_nearswap), cmocka_unit_test(test_slerp),
         cmocka_unit_test(test_nuslerp),        cmocka_unit_test(test_multislerp_karcher),
