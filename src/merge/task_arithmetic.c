@@ -222,6 +222,17 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
                 float t = ((x[j] - base[j]) * si) * wi; /* computed always: a select, not a branch */
                 di[j] = mi[j] ? t : 0.0f;
             }
+        } else if (gm->rule.U == INFINITY && gm->rule.tu == UINT32_MAX && gm->rule.tlo == 0) {
+            /* TIES's one-sided cut: keep a > L, or a == L up to index thi */
+            float L = gm->rule.L;
+            uint32_t thi = gm->rule.thi, e0 = (uint32_t)b0, mm = (uint32_t)m;
+#pragma omp simd
+            for (uint32_t j = 0; j < mm; j++) {
+                float v = x[j] - base[j], a = fabsf(v);
+                bool keep = (a > L) | ((a == L) & (e0 + j <= thi));
+                float t = (v * si) * wi;
+                di[j] = keep ? t : 0.0f;
+            }
         } else {
             keep_rule r = gm->rule;
             uint32_t e0 = (uint32_t)b0, mm = (uint32_t)m; /* 32-bit lanes for the index tests */
