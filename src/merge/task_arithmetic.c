@@ -126,46 +126,16 @@ static void unpack_keep(const uint8_t *restrict bits, size_t m, uint8_t *restric
  *   where sign(d_i) agrees with sum (g = +1 when sum >= 0; zeros never
  *   agree) and div 0 becomes 1; without, mixed = sum and div = sum of all w;
  *   o = base + (mixed / div) lambda, or base + mixed lambda without normalize.
- * Inlined with k a constant, the model loop unrolls inside one vector loop. */
+ * For k <= 4, inlined with k, consensus and normalize constants: one
+ * branch-free vector loop. */
 static inline __attribute__((always_inline)) void gta_combine(const gta_ctx *g, int k, bool consensus, bool normalize,
                                                               const float *restrict d, const float *restrict base,
                                                               size_t m, float *restrict o) {
     float lambda = g->lambda, div_all = g->div_all;
-    float w[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int i = 0; i < k && i < 4; i++) w[i] = g->m[i].w;
-    if (k > 4) { /* the general case: one pass per model */
-        float sum[GTA_BLOCK], mixed[GTA_BLOCK], div[GTA_BLOCK];
-        for (size_t j = 0; j < m; j++) sum[j] = 0.0f, mixed[j] = 0.0f, div[j] = 0.0f;
-        for (int i = 0; i < k; i++) {
-            const float *restrict di = d + (size_t)i * GTA_BLOCK;
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) sum[j] += di[j];
-        }
-        for (int i = 0; i < k; i++) {
-            const float *restrict di = d + (size_t)i * GTA_BLOCK;
-            float wi = g->m[i].w;
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) {
-                float dj = di[j];
-                int pos = sum[j] >= 0.0f;
-                int agree = (consensus ? 0 : 1) | (pos & (dj > 0.0f)) | ((pos ^ 1) & (dj < 0.0f));
-                float md = mixed[j] + dj, dd = div[j] + wi;
-                mixed[j] = agree ? md : mixed[j];
-                div[j] = agree ? dd : div[j];
-            }
-        }
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) {
-            float mx = consensus ? mixed[j] : sum[j];
-            float dv = consensus ? (div[j] == 0.0f ? 1.0f : div[j]) : div_all;
-            o[j] = normalize ? base[j] + (mx / dv) * lambda : base[j] + mx * lambda;
-        }
-        return;
-    }
-    /* k <= 4: the models written out (the vectoriser does not unroll an
-     * inner loop at -O2); with k a constant the unused terms fold away */
+    /* the models written out (the vectoriser does not unroll an inner loop
+     * at -O2); with k a constant the unused terms fold away */
     const float *d0 = d, *d1 = d + GTA_BLOCK, *d2 = d + 2 * GTA_BLOCK, *d3 = d + 3 * GTA_BLOCK;
-    float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+    float w0 = g->m[0].w, w1 = k > 1 ? g->m[1].w : 0.0f, w2 = k > 2 ? g->m[2].w : 0.0f, w3 = k > 3 ? g->m[3].w : 0.0f;
 #pragma omp simd
     for (size_t j = 0; j < m; j++) {
         float x0 = d0[j], x1 = k > 1 ? d1[j] : 0.0f, x2 = k > 2 ? d2[j] : 0.0f, x3 = k > 3 ? d3[j] : 0.0f;
@@ -192,6 +162,39 @@ static inline __attribute__((always_inline)) void gta_combine(const gta_ctx *g, 
         float mx = consensus ? mixed : sum, dv = consensus ? (div == 0.0f ? 1.0f : div) : div_all;
         float scaled = normalize ? mx / dv : mx;
         o[j] = base[j] + scaled * lambda;
+    }
+}
+
+/* gta_combine for more than four models: one pass over the block per model. */
+static void gta_combine_passes(const gta_ctx *g, int k, const float *restrict d, const float *restrict base, size_t m,
+                               float *restrict o) {
+    float lambda = g->lambda, div_all = g->div_all;
+    bool consensus = g->consensus, normalize = g->normalize;
+    float sum[GTA_BLOCK], mixed[GTA_BLOCK], div[GTA_BLOCK];
+    for (size_t j = 0; j < m; j++) sum[j] = 0.0f, mixed[j] = 0.0f, div[j] = 0.0f;
+    for (int i = 0; i < k; i++) {
+        const float *restrict di = d + (size_t)i * GTA_BLOCK;
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) sum[j] += di[j];
+    }
+    for (int i = 0; i < k; i++) {
+        const float *restrict di = d + (size_t)i * GTA_BLOCK;
+        float wi = g->m[i].w;
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) {
+            float dj = di[j];
+            int pos = sum[j] >= 0.0f;
+            int agree = (consensus ? 0 : 1) | (pos & (dj > 0.0f)) | ((pos ^ 1) & (dj < 0.0f));
+            float md = mixed[j] + dj, dd = div[j] + wi;
+            mixed[j] = agree ? md : mixed[j];
+            div[j] = agree ? dd : div[j];
+        }
+    }
+#pragma omp simd
+    for (size_t j = 0; j < m; j++) {
+        float mx = consensus ? mixed[j] : sum[j];
+        float dv = consensus ? (div[j] == 0.0f ? 1.0f : div[j]) : div_all;
+        o[j] = normalize ? base[j] + (mx / dv) * lambda : base[j] + mx * lambda;
     }
 }
 
@@ -272,8 +275,8 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
     case 4:
         GTA_COMBINE(4);
         break;
-    default: /* k > 4 */
-        gta_combine(g, k, g->consensus, g->normalize, d, base, m, o);
+    default:
+        gta_combine_passes(g, k, d, base, m, o);
     }
 #undef GTA_COMBINE
     size_t at = merge_store(g->call, out, b0, o, m);
