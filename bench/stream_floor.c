@@ -2,8 +2,10 @@
  *
  * Plans the same recipe as `alloy merge`, then does only the unavoidable
  * work with the same I/O path: reads every input byte of every output tensor
- * once (through the same mmaps, the same madvise pattern) and writes an
- * output of the same size with the same safetensors writer the way the
+ * once (through the same mmaps, mapped and dropped by the same prefetch
+ * thread, merge/prefetch.h) and writes an
+ * output of the same size with the same safetensors writer (its flusher
+ * included) the way the
  * streaming executor does (merge/sink.c): every thread writes its share of
  * each tensor in 1 MiB pieces from its own buffer (real memory, not the zero
  * page); copied tensors straight from the input mapping. The merge's wall
@@ -12,29 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <omp.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "merge/plan.h"
+#include "merge/prefetch.h"
 #include "util/dtype.h"
 #include "util/fs.h"
-
-static void advise(const st_tensor *t, int advice) {
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
-    madvise((void *)a, (uintptr_t)t->data + t->nbytes - a, advice);
-}
-
-static void advise_all(const plan_tensor *pt, int advice) {
-    if (!pt->merge) {
-        advise(pt->copy.t, advice);
-        return;
-    }
-    if (pt->has_base) advise(pt->base.t, advice);
-    for (int j = 0; j < pt->k; j++) advise(pt->inputs[j].t, advice);
-}
 
 /* XOR of the 8-byte words of elements [lo, hi) of t (a few bytes at the
  * edges may be skipped: only the pages matter). */
@@ -83,10 +70,10 @@ int main(int argc, char **argv) {
     uint64_t acc = 0;
     int rc = w && buf ? 0 : 1;
     if (!rc) memset(buf, 0x3c, PIECE * (size_t)nt);
+    merge_prefetch *pf = merge_prefetch_start(&p, NULL, p.ntensors);
     for (int i = 0; i < p.ntensors && !rc; i++) {
         const plan_tensor *pt = &p.tensors[i];
-        if (i + 1 < p.ntensors) advise_all(&p.tensors[i + 1], MADV_WILLNEED);
-        advise_all(pt, MADV_POPULATE_READ);
+        merge_prefetch_ready(pf, &p, NULL, i);
         if (pt->merge) {
             /* per piece of output, as the streaming merge: read its inputs, write it */
             size_t es = dtype_size(pt->out_dtype), nb = (size_t)pt->numel * es, pieces = (nb + PIECE - 1) / PIECE;
@@ -107,8 +94,9 @@ int main(int argc, char **argv) {
         } else {
             rc = st_writer_put(w, i, pt->copy.t->data, &err);
         }
-        advise_all(pt, MADV_DONTNEED);
+        merge_prefetch_done(pf, &p, NULL, i);
     }
+    merge_prefetch_stop(pf);
     if (!rc) rc = st_writer_finish(w, &err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc) fprintf(stderr, "stream_floor: %s\n", err.msg);

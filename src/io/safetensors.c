@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,6 +487,8 @@ typedef struct wshard {
     uint64_t data_start; /* 8 + padded header length */
     uint64_t data_bytes;
     int first, count; /* tensors [first, first + count) */
+    int next;         /* tensors [first, next) are written */
+    uint64_t kicked;  /* data bytes [0, kicked) handed to writeback */
 } wshard;
 
 struct st_writer {
@@ -496,12 +499,20 @@ struct st_writer {
     int nshards;
     wshard *shards;
     uint64_t total;
+    /* the flusher (started for outputs of 2 x KICK_BYTES or more) */
+    bool flushing, stop;
+    pthread_t flusher;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 };
 
 int st_writer_nshards(const st_writer *w) { return w ? w->nshards : 0; }
 
+static void flusher_stop(st_writer *w);
+
 void st_writer_abort(st_writer *w) {
     if (!w) return;
+    flusher_stop(w);
     for (int s = 0; s < w->nshards; s++) {
         if (w->shards[s].fd >= 0) close(w->shards[s].fd);
         free(w->shards[s].file);
@@ -617,6 +628,53 @@ static int plan_tensors(st_writer *w, const char *dir, const st_spec *specs, int
     return 0;
 }
 
+/* Written data is handed to the kernel's writeback KICK_BYTES at a time by
+ * a flusher thread (sync_file_range, which may block while the device
+ * queue is full, so never on the caller's thread): the disk writes while the
+ * caller computes, instead of all of it in the final fsync. */
+#define KICK_BYTES ((uint64_t)32 << 20)
+
+/* The range of shard sh ready for writeback, [sh->kicked, *upto); false when
+ * less than KICK_BYTES and the shard is not complete. Under w->mu. */
+static bool kick_due(st_writer *w, wshard *sh, uint64_t *upto) {
+    while (sh->next < sh->first + sh->count && w->done[sh->next]) sh->next++;
+    *upto = sh->next < sh->first + sh->count ? w->t[sh->next].begin : sh->data_bytes;
+    return *upto > sh->kicked && (*upto - sh->kicked >= KICK_BYTES || *upto == sh->data_bytes);
+}
+
+static void *flusher_main(void *p) {
+    st_writer *w = p;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        bool any = false;
+        for (int s = 0; s < w->nshards; s++) {
+            wshard *sh = &w->shards[s];
+            uint64_t upto;
+            if (!kick_due(w, sh, &upto)) continue;
+            uint64_t from = sh->kicked;
+            sh->kicked = upto;
+            any = true;
+            pthread_mutex_unlock(&w->mu);
+            sync_file_range(sh->fd, (off_t)(sh->data_start + from), (off_t)(upto - from), SYNC_FILE_RANGE_WRITE);
+            pthread_mutex_lock(&w->mu);
+        }
+        if (w->stop) break;
+        if (!any) pthread_cond_wait(&w->cv, &w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void flusher_stop(st_writer *w) {
+    if (!w->flushing) return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->flusher, NULL);
+    w->flushing = false;
+}
+
 st_writer *st_writer_open(const char *dir, const st_spec *specs, int n, uint64_t max_shard_bytes,
                           alloy_err *err) {
     if (n < 0) {
@@ -684,6 +742,11 @@ st_writer *st_writer_open(const char *dir, const st_spec *specs, int n, uint64_t
             return NULL;
         }
     }
+    if (w->total >= 2 * KICK_BYTES) { /* without the thread, the final fsync writes it all */
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        w->flushing = pthread_create(&w->flusher, NULL, flusher_main, w) == 0;
+    }
     return w;
 }
 
@@ -693,7 +756,7 @@ int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err) {
     const wshard *sh = &w->shards[t->shard];
     if (t->nbytes && pwrite_all(sh->fd, data, (size_t)t->nbytes, sh->data_start + t->begin))
         return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
-    w->done[i] = 1;
+    st_writer_mark_done(w, i);
     return 0;
 }
 
@@ -710,7 +773,15 @@ int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, s
 }
 
 void st_writer_mark_done(st_writer *w, int i) {
-    if (i >= 0 && i < w->n) w->done[i] = 1;
+    if (i < 0 || i >= w->n) return;
+    if (!w->flushing) {
+        w->done[i] = 1;
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    w->done[i] = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 /* model.safetensors.index.json: total_size and the sorted weight_map. */
@@ -755,6 +826,7 @@ int st_writer_finish(st_writer *w, alloy_err *err) {
     for (int i = 0; i < w->n && !rc; i++)
         if (!w->done[i])
             rc = alloy_fail(err, "%s: tensor '%s' was never written", w->shards[w->t[i].shard].path, w->t[i].name);
+    flusher_stop(w);
     for (int s = 0; s < w->nshards && !rc; s++) {
         wshard *sh = &w->shards[s];
         int bad = fsync(sh->fd);

@@ -19,6 +19,7 @@
 #include "io/checkpoint.h"
 #include "io/peft_write.h"
 #include "io/st_async.h"
+#include "merge/prefetch.h"
 #include "merge/sink.h"
 #include "merge/svd.h"
 #include "merge/vec.h"
@@ -37,22 +38,6 @@ void alloy_merge_options_default(alloy_merge_options *opt) {
 
 /* Tell the kernel what we will read next, and drop what we are done with, so
  * that resident memory stays near the working set instead of the models. */
-static void advise(const st_tensor *t, int advice) {
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
-    uintptr_t b = (uintptr_t)t->data + t->nbytes;
-    if (b > a) madvise((void *)a, b - a, advice);
-}
-
-static void advise_tensor(const plan_tensor *pt, int advice) {
-    if (!pt->merge) {
-        advise(pt->copy.t, advice);
-        return;
-    }
-    if (pt->has_base) advise(pt->base.t, advice);
-    for (int i = 0; i < pt->k; i++) advise(pt->inputs[i].t, advice);
-}
-
 /* Input → f32 in buf, with its LoRA applied; errors name file and tensor. */
 static int load_input(const merge_plan *p, const plan_input *in, float *buf, int threads, alloy_err *err) {
     const st_tensor *t = in->t;
@@ -297,10 +282,10 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     if (!aw || (streams && !sink)) rc = rc ? rc : alloy_fail(err, "out of memory");
     uint64_t done_bytes = 0;
     int cur = 0; /* the packed buffer not being written */
+    merge_prefetch *pf = rc ? NULL : merge_prefetch_start(p, NULL, p->ntensors);
     for (int i = 0; i < p->ntensors && !rc; i++) {
         const plan_tensor *pt = &p->tensors[i];
-        if (i + 1 < p->ntensors) advise_tensor(&p->tensors[i + 1], MADV_WILLNEED);
-        advise_tensor(pt, MADV_POPULATE_READ); /* map its pages in one call, not one fault per 4 KiB */
+        merge_prefetch_ready(pf, p, NULL, i);
         size_t n = (size_t)pt->numel;
         if (!pt->merge) {
             /* straight from the input mapping, which is dropped right after */
@@ -323,10 +308,11 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
                 cur ^= 1;
             }
         }
-        advise_tensor(pt, MADV_DONTNEED);
+        merge_prefetch_done(pf, p, NULL, i);
         done_bytes += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
         if (!rc && opt->progress) opt->progress(opt->progress_user, i + 1, p->ntensors, done_bytes, total);
     }
+    merge_prefetch_stop(pf);
     if (aw) {
         alloy_err e2;
         int r2 = st_async_stop(aw, rc ? &e2 : err);
@@ -461,10 +447,10 @@ static int exec_lora(const merge_plan *p, const char *out_dir, const alloy_merge
     memset(&wk, 0, sizeof wk);
     if (!rc) rc = work_init(&wk, p, err);
     svd_set_threads(threads);
+    merge_prefetch *pf = rc ? NULL : merge_prefetch_start(p, idx, nt);
     for (int j = 0; j < nt && !rc; j++) {
         const plan_tensor *pt = &p->tensors[idx[j]];
-        if (j + 1 < nt) advise_tensor(&p->tensors[idx[j + 1]], MADV_WILLNEED);
-        advise_tensor(pt, MADV_POPULATE_READ);
+        merge_prefetch_ready(pf, p, idx, j);
         rc = merge_tensor(p, pt, &wk, opt, threads, NULL, err);
         /* the base in f32 (a streaming method did not convert it) */
         if (!rc && (!pt->has_base || p->method->streams)) rc = load_input(p, &pt->delta_base, wk.base, threads, err);
@@ -472,11 +458,12 @@ static int exec_lora(const merge_plan *p, const char *out_dir, const alloy_merge
             rc = factor_delta(pt, wk.out, wk.base, r, rng_mix64(opt->seed ^ rng_hash_str(pt->name)), A, B, &rel[j],
                               err);
         if (!rc) rc = peft_writer_put(pw, j, A, B, err);
-        advise_tensor(pt, MADV_DONTNEED);
-        advise(pt->delta_base.t, MADV_DONTNEED);
+        merge_prefetch_done(pf, p, idx, j);
+        merge_advise(pt->delta_base.t, MADV_DONTNEED);
         done_bytes += (uint64_t)(r * (pt->shape[0] + pt->shape[1])) * sizeof(float);
         if (!rc && opt->progress) opt->progress(opt->progress_user, j + 1, nt, done_bytes, total);
     }
+    merge_prefetch_stop(pf);
     if (!rc) {
         peft_writer *f = pw;
         pw = NULL;
