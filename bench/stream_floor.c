@@ -22,6 +22,7 @@
 #include "merge/prefetch.h"
 #include "util/dtype.h"
 #include "util/fs.h"
+#include "util/spin.h"
 
 /* XOR of the 8-byte words of elements [lo, hi) of t (a few bytes at the
  * edges may be skipped: only the pages matter). */
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: stream_floor RECIPE.yml OUT_DIR\n");
         return 1;
     }
+    alloy_short_spin(argv); /* the OpenMP runtime as `alloy merge` runs it */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     alloy_err err;

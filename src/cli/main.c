@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util/spin.h"
 #include "cli/cli.h"
 
 
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
         printf("alloy %s\n", ALLOY_VERSION);
         return 0;
     }
+    if (!strcmp(argv[1], "merge")) alloy_short_spin(argv); /* may run this again, with a short spin */
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) != 0) continue;
         return COMMANDS[i].fn(argc - 1, argv + 1);

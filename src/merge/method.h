@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "alloy.h"
 
@@ -101,6 +102,19 @@ static inline bool merge_has_base(const merge_call *call) { return call->base_sr
 /* Elements [lo, lo + m) of s as f32 into dst. Returns true when one of them
  * is not finite. */
 bool merge_load(merge_src s, size_t lo, size_t m, float *dst);
+
+/* A bf16 bit pattern widened to f32 (exact), inline so that loops over
+ * bf16 data read in place vectorise. */
+static inline float merge_bf16(uint16_t h) {
+    uint32_t w = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+/* The software prefetch merge_load does for a block of `bytes` at p, for
+ * callers that read a block in place. */
+void merge_prefetch_block(const void *p, size_t bytes);
 
 /* |x - base| of elements [lo, lo + m) of s into a, base the block's f32
  * base values: the load and the subtraction in one pass (bf16 inputs are

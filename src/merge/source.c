@@ -18,6 +18,10 @@
  * PREFETCH_BYTES ahead (prefetches never fault past the end). */
 #define PREFETCH_BYTES 8192
 
+void merge_prefetch_block(const void *p, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + PREFETCH_BYTES + off, 0, 3);
+}
+
 bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
     if (!m) return false;
     size_t es = dtype_size(s.dtype);

@@ -72,6 +72,7 @@ typedef struct gta_model {
                          * 1 bit per element */
     uint64_t rng_key, rng_thr;
     double density;
+    bool checked;       /* the first pass read every input element: finite */
 } gta_model;
 
 typedef struct gta_ctx {
@@ -198,9 +199,59 @@ static void gta_combine_passes(const gta_ctx *g, int k, const float *restrict d,
     }
 }
 
+/* Model i's weighted, masked deltas d_i of elements [b0, b0 + m) into di,
+ * its inputs read from xf (f32) or, with bf, from the bf16 xh in place.
+ * Inlined with bf a constant, so each loop is one straight vector pass. */
+static inline __attribute__((always_inline)) void gta_deltas(const gta_model *gm, bool bf, const uint16_t *restrict xh,
+                                                             const float *restrict xf, const float *restrict base,
+                                                             size_t b0, size_t m, float *restrict di) {
+    float wi = gm->w, si = gm->s;
+#define GTA_XJ(j) (bf ? merge_bf16(xh[j]) : xf[j])
+    if (gm->keep == KEEP_WHOLE) {
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) di[j] = (GTA_XJ(j) - base[j]) * wi;
+    } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM || gm->keep == KEEP_BITS) {
+        uint8_t drawn[GTA_BLOCK];
+        const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
+        if (gm->bits)
+            unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
+        else if (gm->keep == KEEP_RANDOM)
+            random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
+#pragma omp simd
+        for (size_t j = 0; j < m; j++) {
+            float t = ((GTA_XJ(j) - base[j]) * si) * wi; /* computed always: a select, not a branch */
+            di[j] = mi[j] ? t : 0.0f;
+        }
+    } else if (gm->rule.U == INFINITY && gm->rule.tu == UINT32_MAX && gm->rule.tlo == 0) {
+        /* TIES's one-sided cut: keep a > L, or a == L up to index thi */
+        float L = gm->rule.L;
+        uint32_t thi = gm->rule.thi, e0 = (uint32_t)b0, mm = (uint32_t)m;
+#pragma omp simd
+        for (uint32_t j = 0; j < mm; j++) {
+            float v = GTA_XJ(j) - base[j], a = fabsf(v);
+            bool keep = (a > L) | ((a == L) & (e0 + j <= thi));
+            float t = (v * si) * wi;
+            di[j] = keep ? t : 0.0f;
+        }
+    } else {
+        keep_rule r = gm->rule;
+        uint32_t e0 = (uint32_t)b0, mm = (uint32_t)m; /* 32-bit lanes for the index tests */
+#pragma omp simd
+        for (uint32_t j = 0; j < mm; j++) {
+            float v = GTA_XJ(j) - base[j];
+            bool keep = keep_rule_test(&r, fabsf(v), e0 + j);
+            float t = (v * si) * wi;
+            di[j] = keep ? t : 0.0f;
+        }
+    }
+#undef GTA_XJ
+}
+
 /* The merge of elements [b0, b0 + m): d is k x GTA_BLOCK scratch. Returns
  * true when an input was not finite; *obad is the index of the first
- * non-finite result in the block (n when none; packed output only). */
+ * non-finite result in the block (n when none; packed output only). A bf16
+ * input that the first pass already checked is read in place, not
+ * converted to a buffer first. */
 static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, float *out, size_t *obad) {
     int k = g->call->k;
     float base[GTA_BLOCK], x[GTA_BLOCK];
@@ -208,44 +259,13 @@ static bool gta_block(const gta_ctx *g, size_t b0, size_t m, float *restrict d, 
     for (int i = 0; i < k; i++) {
         const gta_model *gm = &g->m[i];
         float *restrict di = d + (size_t)i * GTA_BLOCK;
-        float wi = gm->w, si = gm->s;
-        bad |= merge_load(gm->src, b0, m, x);
-        if (gm->keep == KEEP_WHOLE) {
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) di[j] = (x[j] - base[j]) * wi;
-        } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM || gm->keep == KEEP_BITS) {
-            uint8_t drawn[GTA_BLOCK];
-            const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
-            if (gm->bits)
-                unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
-            else if (gm->keep == KEEP_RANDOM)
-                random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
-#pragma omp simd
-            for (size_t j = 0; j < m; j++) {
-                float t = ((x[j] - base[j]) * si) * wi; /* computed always: a select, not a branch */
-                di[j] = mi[j] ? t : 0.0f;
-            }
-        } else if (gm->rule.U == INFINITY && gm->rule.tu == UINT32_MAX && gm->rule.tlo == 0) {
-            /* TIES's one-sided cut: keep a > L, or a == L up to index thi */
-            float L = gm->rule.L;
-            uint32_t thi = gm->rule.thi, e0 = (uint32_t)b0, mm = (uint32_t)m;
-#pragma omp simd
-            for (uint32_t j = 0; j < mm; j++) {
-                float v = x[j] - base[j], a = fabsf(v);
-                bool keep = (a > L) | ((a == L) & (e0 + j <= thi));
-                float t = (v * si) * wi;
-                di[j] = keep ? t : 0.0f;
-            }
+        if (gm->checked && gm->src.dtype == ALLOY_BF16 && !((uintptr_t)gm->src.data & 1)) {
+            const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
+            merge_prefetch_block(xh, m * 2);
+            gta_deltas(gm, true, xh, NULL, base, b0, m, di);
         } else {
-            keep_rule r = gm->rule;
-            uint32_t e0 = (uint32_t)b0, mm = (uint32_t)m; /* 32-bit lanes for the index tests */
-#pragma omp simd
-            for (uint32_t j = 0; j < mm; j++) {
-                float v = x[j] - base[j];
-                bool keep = keep_rule_test(&r, fabsf(v), e0 + j);
-                float t = (v * si) * wi;
-                di[j] = keep ? t : 0.0f;
-            }
+            bad |= merge_load(gm->src, b0, m, x);
+            gta_deltas(gm, false, NULL, x, base, b0, m, di);
         }
     }
     float o[GTA_BLOCK];
@@ -638,9 +658,13 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
         if (gm[i].random) gm[i].bits = malloc(n / 8 + 1);
     if (!rc && survey) {
         part = calloc(nc * (size_t)k * 2 + 1, sizeof *part);
-        int r = part ? gta_survey(&g, rescale, part, nt) : -1;
+        bool *read = calloc((size_t)k, sizeof *read); /* the models the first pass reads whole */
+        for (int i = 0; read && i < k; i++) read[i] = gm[i].ncuts > 0 || (rescale && gm[i].masked);
+        int r = part && read ? gta_survey(&g, rescale, part, nt) : -1;
         if (r < 0) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
         if (r > 0) rc = MERGE_NONFINITE_INPUT;
+        for (int i = 0; !rc && i < k; i++) gm[i].checked = read[i];
+        free(read);
     }
     for (int i = 0; i < k && !rc; i++) {
         if (gm[i].ncuts != 0 && gta_exact_mask(&g, &gm[i], key, scratch, nt)) rc = MERGE_NONFINITE_INPUT;
