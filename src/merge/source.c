@@ -26,7 +26,7 @@ bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
     if (!m) return false;
     size_t es = dtype_size(s.dtype);
     const char *p = (const char *)s.data + lo * es;
-    for (size_t off = 0; off < m * es; off += 64) __builtin_prefetch(p + PREFETCH_BYTES + off, 0, 3);
+    merge_prefetch_block(p, m * es);
     return dtype_to_f32(p, s.dtype, dst, m) >= 0;
 }
 
@@ -40,7 +40,7 @@ bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *restrict 
         return bad;
     }
     const uint16_t *restrict h = (const uint16_t *)s.data + lo;
-    for (size_t off = 0; off < m * 2; off += 64) __builtin_prefetch((const char *)h + PREFETCH_BYTES + off, 0, 3);
+    merge_prefetch_block(h, m * 2);
     unsigned bad = 0;
 #pragma omp simd reduction(| : bad)
     for (size_t j = 0; j < m; j++) {
