@@ -351,9 +351,9 @@ int sparsify_mask(const sparsify_args *a, const float *x, const float *base, int
     }
     case SPARSIFY_RANDOM: {
         uint64_t key = rng_stream_key(a->seed, a->stream);
-        double p = a->density;
-#pragma omp parallel for simd num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) mask[e] = rng_uniform_at(key, e) < p;
+        uint32_t thr = rng_thr32(a->density);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (size_t e = 0; e < n; e++) mask[e] = (uint8_t)rng_keep32(key, e, thr);
         return 0;
     }
     case SPARSIFY_DELLA: {

@@ -68,9 +68,9 @@ typedef struct gta_model {
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
     bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
-    uint8_t *bits;      /* KEEP_BITS (della), or KEEP_RANDOM after a first pass (the mask it drew):
-                         * 1 bit per element */
-    uint64_t rng_key, rng_thr;
+    uint8_t *bits;      /* KEEP_BITS (della): 1 bit per element */
+    uint64_t rng_key;   /* KEEP_RANDOM: the stream's key and threshold */
+    uint32_t rng_thr;
     double density;
     bool checked;       /* the first pass read every input element: finite */
 } gta_model;
@@ -83,31 +83,12 @@ typedef struct gta_ctx {
     float lambda, div_all;
 } gta_ctx;
 
-/* DARE's mask of elements [b0, b0 + m): keep[j] = rng_uniform_at(key, b0 + j)
- * < density, computed as (mix >> 11) < thr with thr = ceil(density 2^53):
- * the same test in integers (both sides are exact), so that it vectorises
- * and can be drawn again in each pass instead of stored. */
-static inline void random_keep(uint64_t key, uint64_t thr, size_t b0, size_t m, uint8_t *restrict keep) {
-#pragma omp simd
-    for (size_t j = 0; j < m; j++) keep[j] = (rng_mix64(key ^ (b0 + j)) >> 11) < thr;
-}
-
-/* keep[0..m) (0/1 bytes) as bits, element j at bit j % 8 of byte j / 8:
- * eight bytes at a time, each multiplied into place (no carries: every
- * byte of the product sums distinct powers of two). */
-static void pack_keep(const uint8_t *restrict keep, size_t m, uint8_t *restrict bits) {
-    size_t j = 0;
-    for (; j + 8 <= m; j += 8) {
-        uint64_t w;
-        memcpy(&w, keep + j, 8);
-        bits[j / 8] = (uint8_t)((w * 0x0102040810204080ull) >> 56);
-    }
-    if (j < m) {
-        uint8_t b = 0;
-        for (size_t t = j; t < m; t++) b |= (uint8_t)(keep[t] << (t - j));
-        bits[j / 8] = b;
-    }
-}
+/* DARE's mask: element e kept iff rng_keep32(key, e, thr), thr =
+ * rng_thr32(density) (util/rng.h). A pure function of (seed, model, e),
+ * cheap enough (32-bit lanes) to be drawn again inside each pass's vector
+ * loops instead of stored. keep32 is rng_key32(key, b0 >> 32) of the block
+ * (blocks never straddle 2^32). */
+static inline uint32_t block_key32(uint64_t key, size_t b0) { return rng_key32(key, (uint64_t)b0 >> 32); }
 
 /* The inverse: bits of elements [0, m) back to 0/1 bytes. */
 static void unpack_keep(const uint8_t *restrict bits, size_t m, uint8_t *restrict keep) {
@@ -210,16 +191,20 @@ static inline __attribute__((always_inline)) void gta_deltas(const gta_model *gm
     if (gm->keep == KEEP_WHOLE) {
 #pragma omp simd
         for (size_t j = 0; j < m; j++) di[j] = (GTA_XJ(j) - base[j]) * wi;
-    } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_RANDOM || gm->keep == KEEP_BITS) {
+    } else if (gm->keep == KEEP_RANDOM) {
+        uint32_t k32 = block_key32(gm->rng_key, b0), thr = gm->rng_thr, e0 = (uint32_t)b0, mm = (uint32_t)m;
+#pragma omp simd
+        for (uint32_t j = 0; j < mm; j++) {
+            float t = ((GTA_XJ(j) - base[j]) * si) * wi; /* computed always: a select, not a branch */
+            di[j] = rng_bits32_at(k32, e0 + j) < thr ? t : 0.0f;
+        }
+    } else if (gm->keep == KEEP_MASK || gm->keep == KEEP_BITS) {
         uint8_t drawn[GTA_BLOCK];
         const uint8_t *restrict mi = gm->keep == KEEP_MASK ? gm->mask + b0 : drawn;
-        if (gm->bits)
-            unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
-        else if (gm->keep == KEEP_RANDOM)
-            random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
+        if (gm->keep == KEEP_BITS) unpack_keep(gm->bits + b0 / 8, m, drawn); /* b0 is a multiple of 8 */
 #pragma omp simd
         for (size_t j = 0; j < m; j++) {
-            float t = ((GTA_XJ(j) - base[j]) * si) * wi; /* computed always: a select, not a branch */
+            float t = ((GTA_XJ(j) - base[j]) * si) * wi;
             di[j] = mi[j] ? t : 0.0f;
         }
     } else if (gm->rule.U == INFINITY && gm->rule.tu == UINT32_MAX && gm->rule.tlo == 0) {
@@ -373,25 +358,29 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                     }
                     if (sums) {
-                        double before = 0.0, after = 0.0;
-                        uint8_t drawn[GTA_BLOCK];
-                        const uint8_t *restrict mi = gm->random || gm->keep == KEEP_BITS ? drawn : NULL;
-                        if (mi) {
-                            if (gm->keep == KEEP_BITS) { /* della's mask, made before this pass */
-                                unpack_keep(gm->bits + b0 / 8, m, drawn);
-                            } else {
-                                random_keep(gm->rng_key, gm->rng_thr, b0, m, drawn);
-                                if (gm->bits) pack_keep(drawn, m, gm->bits + b0 / 8); /* for the second pass */
+                        /* each block's L1 sums in f32 (vector lanes, a fixed
+                         * order), the blocks' in double */
+                        float before = 0.0f, after = 0.0f;
+                        if (gm->random) {
+                            uint32_t k32 = block_key32(gm->rng_key, b0), thr = gm->rng_thr, e0 = (uint32_t)b0;
+                            uint32_t mm = (uint32_t)m;
+#pragma omp simd reduction(+ : before, after)
+                            for (uint32_t j = 0; j < mm; j++) {
+                                float aj = a[j];
+                                before += aj;
+                                after += rng_bits32_at(k32, e0 + j) < thr ? aj : 0.0f;
                             }
+                        } else if (gm->keep == KEEP_BITS) { /* della's mask, made before this pass */
+                            uint8_t drawn[GTA_BLOCK];
+                            unpack_keep(gm->bits + b0 / 8, m, drawn);
 #pragma omp simd reduction(+ : before, after)
                             for (size_t j = 0; j < m; j++) {
-                                double dj = (double)a[j];
-                                before += dj;
-                                after += dj * (double)(mi[j] != 0);
+                                before += a[j];
+                                after += drawn[j] ? a[j] : 0.0f;
                             }
                         } else {
 #pragma omp simd reduction(+ : before)
-                            for (size_t j = 0; j < m; j++) before += (double)a[j];
+                            for (size_t j = 0; j < m; j++) before += a[j];
                         }
                         pi[0] += before;
                         pi[1] += after;
@@ -548,7 +537,7 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
         gm->random = true;
         gm->keep = KEEP_RANDOM;
         gm->rng_key = rng_stream_key(call->seed, (uint64_t)i);
-        gm->rng_thr = (uint64_t)ceil(density * 0x1p53);
+        gm->rng_thr = rng_thr32(density);
         break;
     case SPARSIFY_DELLA: {
         sparsify_args a = {.kind = v->sparsify, .density = density, .epsilon = MPARAM(call, i, P_EXTRA),
@@ -654,8 +643,6 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             }
     }
     size_t nc = rank_cut_nchunks(n);
-    for (int i = 0; i < k && !rc && survey && rescale; i++) /* DARE: keep the first pass's draws (else: drawn again) */
-        if (gm[i].random) gm[i].bits = malloc(n / 8 + 1);
     if (!rc && survey) {
         part = calloc(nc * (size_t)k * 2 + 1, sizeof *part);
         bool *read = calloc((size_t)k, sizeof *read); /* the models the first pass reads whole */

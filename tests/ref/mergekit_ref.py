@@ -99,11 +99,52 @@ def della_probs(delta, density, epsilon):
     return probs.transpose(1, -1).reshape(delta.shape)
 
 
-def sparsify(delta, kind, density, gamma, epsilon, rescale, gen=None):
-    """Sparsify one task vector as mergekit does (the random kinds draw from gen)."""
+# ---- alloy's documented random draws (src/util/rng.h), for an exact DARE check ----
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _hash_str(s):
+    h = 0xCBF29CE484222325
+    for c in s.encode():
+        h = ((h ^ c) * 0x100000001B3) & _M64
+    return _mix64(h)
+
+
+def alloy_dare_mask(run_seed, tensor_name, model, n, density):
+    """alloy's DARE keep-mask of model `model` (0-based) in tensor `tensor_name` of a
+    merge run with --seed run_seed: element e kept iff lowbias32(e * phi + key32) <
+    ceil(density 2^32), key32 from the run seed, the tensor name and the model
+    (rng_keep32 of rng_stream_key(call seed, model)). Returns a float32 0/1 tensor."""
+    import numpy as np
+    call_seed = _mix64(run_seed ^ _hash_str(tensor_name))
+    key = _mix64(call_seed ^ _mix64((model * 0xD1B54A32D192ED03 + 1) & _M64))
+    thr = min(math.ceil(density * 2.0 ** 32), 2 ** 32 - 1)
+    e = np.arange(n, dtype=np.uint64)
+    k32 = np.array([_mix64(key ^ hi) >> 32 for hi in range((n >> 32) + 1)], dtype=np.uint64)[e >> np.uint64(32)]
+    x = ((e & np.uint64(0xFFFFFFFF)) * np.uint64(0x9E3779B9) + k32) & np.uint64(0xFFFFFFFF)
+    for sh, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x ^= x >> np.uint64(sh)
+        x = (x * np.uint64(mul)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    return torch.from_numpy((x < np.uint64(thr)).astype(np.float32))
+
+
+def sparsify(delta, kind, density, gamma, epsilon, rescale, gen=None, mask=None):
+    """Sparsify one task vector as mergekit does (the random kinds draw from gen, or
+    take the given mask)."""
     if kind is None or density >= 1:
         return delta
-    if kind == "magnitude":
+    if mask is not None:
+        mask = mask.reshape(delta.shape)
+    elif kind == "magnitude":
         mask = magnitude_mask(delta, density)
     elif kind == "magnitude_outliers":
         mask = outliers_mask(delta, density, gamma)
@@ -148,15 +189,17 @@ def _gta_mix(method, base, deltas, weights, gparams):
     return base + mixed
 
 
-def gta(method, base, tensors, mparams, gparams, gen=None):
-    """task_arithmetic, ties, breadcrumbs(_ties) (and the random ones with a torch generator)."""
+def gta(method, base, tensors, mparams, gparams, gen=None, masks=None):
+    """task_arithmetic, ties, breadcrumbs(_ties) (and the random ones with a torch
+    generator, or with given keep-masks, one per model)."""
     _, kind, _, dr = GTA[method]
     rescale = _g(gparams, "rescale", dr)
     base = _f(base)
     deltas, weights = [], []
-    for x, p in zip(tensors, mparams):
+    for i, (x, p) in enumerate(zip(tensors, mparams)):
         d = _f(x) - base
-        d = sparsify(d, kind, p.get("density", 1.0), p.get("gamma", 0.01), p.get("epsilon", 0.15), rescale, gen)
+        d = sparsify(d, kind, p.get("density", 1.0), p.get("gamma", 0.01), p.get("epsilon", 0.15), rescale, gen,
+                     masks[i] if masks is not None else None)
         deltas.append(d)
         weights.append(float(p["weight"]))
     return _gta_mix(method, base, deltas, weights, gparams)

@@ -5,7 +5,8 @@ Generates small Qwen2-shaped checkpoints (f32 and bf16, tied and untied
 embeddings, biases, sharded and single-file inputs), writes a mergekit recipe
 per case, runs `build/alloy merge`, and compares every output tensor with the
 reference in mergekit_ref.py (f32: max |diff| / max |ref| <= 1e-5; bf16: 1e-2).
-Random methods (dare_*, della*) are checked structurally by mergekit_ref.check_random.
+DARE (dare_*) is compared with the formula applied to alloy's documented keep-mask
+(mergekit_ref.alloy_dare_mask); della* is checked structurally by mergekit_ref.check_random.
 Usage: test_merge_ref.py ALLOY_BIN
 """
 import json
@@ -154,6 +155,16 @@ def check_method(case, method, dirs, mparams, gparams, use_base=True, base_in_mo
         b = base_t[name].float() if use_base else None
         if got[name].dtype != dtype:
             return record(case, False, "%s: dtype %s, expected %s" % (name, got[name].dtype, dtype))
+        if method.startswith("dare_"):
+            # alloy's mask is a documented function of (seed, tensor, model, element):
+            # the formula with that mask, exactly
+            masks = [mergekit_ref.alloy_dare_mask(seed or 0, name, i, b.numel(), float(p["density"]))
+                     for i, p in enumerate(mparams[:len(xs)])]
+            ref = mergekit_ref.gta(method, b, xs, mparams, gparams or {}, masks=masks).to(dtype).float()
+            e = rel_err(got[name], ref)
+            if e > worst:
+                worst, worst_name = e, name
+            continue
         if method in mergekit_ref.RANDOM_METHODS:
             ok, msg = mergekit_ref.check_random(method, b, xs, mparams, gparams, got[name].float())
             if not ok:

@@ -395,12 +395,12 @@ static void test_dare(void **state) {
     double sd = sqrt(n * 0.3 * 0.7);
     assert_true(fabs((double)kept - 0.3 * n) < 5 * sd);
     /* the mask is the documented draw, element e kept iff
-     * rng_uniform(seed, model, e) < density, both when the first pass keeps
-     * its draws for the merge (rescale) and when the merge draws (none) */
+     * rng_keep32(rng_stream_key(seed, model), e, rng_thr32(density)), the
+     * same in the first pass (rescale) as in the merge */
     tc_set(&v, "rescale", -1, 0.0);
     assert_int_equal(tc_run(&v, o2, &err), 0);
     for (size_t i = 0; i < n; i++) {
-        bool keep = rng_uniform(42, 0, i) < 0.3;
+        bool keep = rng_keep32(rng_stream_key(42, 0), i, rng_thr32(0.3));
         float want = keep ? base[i] + (a[i] - base[i]) : base[i] + 0.0f;
         assert_true(o2[i] == want);
         assert_true((o1[i] != base[i]) == keep);

@@ -110,6 +110,47 @@ static void della_check(int ndim, const int64_t *shape, size_t n) {
     free(it), free(x), free(base), free(got), free(want);
 }
 
+/* DARE's mask: the documented draw (rng_keep32), for any thread count, and
+ * statistically a Bernoulli(density) sequence: the kept fraction, the
+ * fraction of neighbours both kept, of elements kept in two models, and of
+ * an element kept across a 2^32 index boundary stream all within 5 standard
+ * deviations of independence. */
+static void test_random_mask(void **state) {
+    (void)state;
+    size_t n = 1 << 20;
+    uint8_t *m1 = malloc(n), *m2 = malloc(n), *m3 = malloc(n);
+    float *x = calloc(n, sizeof *x), *base = calloc(n, sizeof *base);
+    assert_true(m1 && m2 && m3 && x && base);
+    alloy_err err;
+    double p = 0.3;
+    sparsify_args a = {.kind = SPARSIFY_RANDOM, .density = p, .seed = 7, .stream = 0};
+    assert_int_equal(sparsify_mask(&a, x, base, 1, (int64_t[]){(int64_t)n}, n, NULL, NULL, m1, 2, "t", &err), 0);
+    assert_int_equal(sparsify_mask(&a, x, base, 1, (int64_t[]){(int64_t)n}, n, NULL, NULL, m3, 1, "t", &err), 0);
+    assert_memory_equal(m1, m3, n);
+    a.stream = 1;
+    assert_int_equal(sparsify_mask(&a, x, base, 1, (int64_t[]){(int64_t)n}, n, NULL, NULL, m2, 2, "t", &err), 0);
+    uint64_t key = rng_stream_key(7, 0), key_hi = rng_stream_key(7, 0);
+    uint32_t thr = rng_thr32(p);
+    size_t kept = 0, pairs = 0, both = 0, far = 0;
+    for (size_t e = 0; e < n; e++) {
+        assert_int_equal(m1[e], rng_keep32(key, e, thr));
+        kept += m1[e];
+        pairs += e + 1 < n && m1[e] && m1[e + 1];
+        both += m1[e] && m2[e];
+        far += rng_keep32(key_hi, ((uint64_t)1 << 32) + e, thr) && m1[e];
+    }
+    double sd1 = sqrt((double)n * p * (1 - p)), q = p * p, sd2 = sqrt((double)n * q * (1 - q));
+    assert_true(fabs((double)kept - p * (double)n) < 5 * sd1);
+    assert_true(fabs((double)pairs - q * (double)n) < 5 * sd2);
+    assert_true(fabs((double)both - q * (double)n) < 5 * sd2);
+    assert_true(fabs((double)far - q * (double)n) < 5 * sd2);
+    /* thresholds: probability 0 keeps nothing, 1/2 exactly half the range */
+    assert_int_equal(rng_thr32(0.0), 0);
+    assert_int_equal(rng_thr32(0.5), 1u << 31);
+    assert_int_equal(rng_thr32(1.0), UINT32_MAX);
+    free(m1), free(m2), free(m3), free(x), free(base);
+}
+
 static void test_della_ranks(void **state) {
     (void)state;
     int64_t s2[2] = {37, 1001}, s1[1] = {5000};
@@ -166,6 +207,7 @@ int main(void) {
         cmocka_unit_test(test_many_ties),
         cmocka_unit_test(test_few_ties),
         cmocka_unit_test(test_small_path),
+        cmocka_unit_test(test_random_mask),
         cmocka_unit_test(test_della_ranks),
         cmocka_unit_test(test_della_bits),
     };
