@@ -141,39 +141,39 @@ typedef struct scan_counts {
 } scan_counts;
 
 /* Counts over a[0..len) (len <= RC_BLOCK) and the magnitudes strictly
- * inside (lo, hi) in order into in; returns how many. One pass, branch-free:
- * on AVX2 a vector of 8 at a time (4 compares and a compaction), otherwise
- * the counts vectorise and band_inside compacts. */
+ * inside (lo, hi) in order into in; returns how many. One pass: on AVX2 a
+ * vector of 8 at a time (4 compares, the inside mask kept as bits, the few
+ * inside picked out of them afterwards), otherwise the counts vectorise and
+ * band_inside compacts. */
 static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, scan_counts *sc, float *in) {
     size_t j = 0, cnt = 0;
     uint32_t z = 0, lt = 0, el = 0, eh = 0;
 #if RC_AVX2
-    static const int32_t take[16][4] = {
-        {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0}, {1, 2, 0, 0}, {0, 1, 2, 0},
-        {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0}, {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3},
-    };
     /* magnitudes are below 2^31 as patterns: signed compares order them */
     __m256i vlo = _mm256_set1_epi32((int32_t)lo), vhi = _mm256_set1_epi32((int32_t)hi), zero = _mm256_setzero_si256();
     __m256i cz = zero, clt = zero, cel = zero, ceh = zero;
-    for (; j + 8 <= len; j += 8) { /* cnt <= j: a store never passes in + j + 8 */
-        __m256i u = _mm256_loadu_si256((const __m256i *)(const void *)(a + j));
-        __m256i below = _mm256_cmpgt_epi32(vlo, u), atlo = _mm256_cmpeq_epi32(u, vlo);
-        cz = _mm256_sub_epi32(cz, _mm256_cmpeq_epi32(u, zero));
-        clt = _mm256_sub_epi32(clt, below);
-        cel = _mm256_sub_epi32(cel, atlo);
-        ceh = _mm256_sub_epi32(ceh, _mm256_cmpeq_epi32(u, vhi));
-        /* inside: neither below nor at lo, and below hi */
-        __m256i inside = _mm256_andnot_si256(_mm256_or_si256(below, atlo), _mm256_cmpgt_epi32(vhi, u));
-        unsigned k = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside));
-        unsigned k0 = k & 15u, k1 = k >> 4;
-        __m256 v = _mm256_castsi256_ps(u);
-        __m128i p0 = _mm_loadu_si128((const __m128i *)(const void *)take[k0]);
-        __m128i p1 = _mm_loadu_si128((const __m128i *)(const void *)take[k1]);
-        _mm_storeu_ps(in + cnt, _mm_permutevar_ps(_mm256_castps256_ps128(v), p0));
-        cnt += (size_t)__builtin_popcount(k0);
-        _mm_storeu_ps(in + cnt, _mm_permutevar_ps(_mm256_extractf128_ps(v, 1), p1));
-        cnt += (size_t)__builtin_popcount(k1);
+    /* which elements lie inside (lo, hi), a bit each: the band holds a few
+     * percent of them, so picking them out of these words afterwards is
+     * cheaper than compacting every vector */
+    uint64_t word[RC_BLOCK / 64];
+    size_t nw = 0;
+    while (j + 8 <= len) { /* 64 elements (or what is left in eights) per word, in a register */
+        uint64_t w = 0;
+        for (int sh = 0; sh < 64 && j + 8 <= len; sh += 8, j += 8) {
+            __m256i u = _mm256_loadu_si256((const __m256i *)(const void *)(a + j));
+            __m256i below = _mm256_cmpgt_epi32(vlo, u), atlo = _mm256_cmpeq_epi32(u, vlo);
+            cz = _mm256_sub_epi32(cz, _mm256_cmpeq_epi32(u, zero));
+            clt = _mm256_sub_epi32(clt, below);
+            cel = _mm256_sub_epi32(cel, atlo);
+            ceh = _mm256_sub_epi32(ceh, _mm256_cmpeq_epi32(u, vhi));
+            /* inside: neither below nor at lo, and below hi */
+            __m256i inside = _mm256_andnot_si256(_mm256_or_si256(below, atlo), _mm256_cmpgt_epi32(vhi, u));
+            w |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside)) << sh;
+        }
+        word[nw++] = w;
     }
+    for (size_t w = 0; w < nw; w++)
+        for (uint64_t bits = word[w]; bits; bits &= bits - 1) in[cnt++] = a[w * 64 + (size_t)__builtin_ctzll(bits)];
     uint32_t lane[8];
     _mm256_storeu_si256((__m256i *)(void *)lane, cz);
     for (int l = 0; l < 8; l++) z += lane[l];

@@ -406,27 +406,34 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             }
         }
     }
-    int rc = bad ? 1 : 0;
-    cut_acc *mine = malloc((size_t)nt * sizeof *mine);
-    if (!mine) rc = -1;
+    /* the models' cuts resolve independently: in parallel when several have
+     * cuts (each then reads its chunks on one thread), else one model with
+     * all threads */
+    int rc = bad ? 1 : 0, fail = 0, with_cuts = 0;
+    for (int i = 0; i < k; i++) with_cuts += g->m[i].ncuts > 0;
+    int outer = with_cuts >= 2 ? nt : 1, inner = with_cuts >= 2 ? 1 : nt;
+#pragma omp parallel for num_threads(outer) schedule(dynamic, 1) reduction(| : fail)
     for (int i = 0; i < k; i++) {
         gta_model *gm = &g->m[i];
         if (gm->ncuts <= 0) continue;
         size_t nz = 0;
         for (int t = 0; t < nt; t++) nz += nzt[(size_t)t * (size_t)k + (size_t)i];
         mag_ctx mc = {gm->src, g->base};
+        cut_acc *mine = rc ? NULL : malloc((size_t)nt * sizeof *mine);
+        if (!rc && !mine) fail |= 2;
         bool resolved = true;
         for (int cu = 0; cu < gm->ncuts; cu++) {
             int r = 0;
-            if (!rc) {
+            if (mine) {
                 for (int t = 0; t < nt; t++) mine[t] = acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu];
-                r = rank_cut_resolve(&gm->cut[cu], mine, nt, n - nz, mag_block, &mc, nt);
-                if (r < 0) rc = 1;
+                r = rank_cut_resolve(&gm->cut[cu], mine, nt, n - nz, mag_block, &mc, inner);
+                if (r < 0) fail |= 1;
             } else {
                 rank_cut_free(&gm->cut[cu]);
             }
             resolved &= r == 1;
         }
+        free(mine);
         if (resolved) {
             const rank_cut *lower = NULL, *upper = NULL;
             for (int cu = 0; cu < gm->ncuts; cu++) *(gm->cut_upper[cu] ? &upper : &lower) = &gm->cut[cu];
@@ -435,7 +442,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             gm->ncuts = 0;
         }
     }
-    free(mine);
+    if (!rc) rc = fail & 2 ? -1 : fail & 1 ? 1 : 0;
     free(acc);
     free(nzt);
     return rc;
