@@ -11,7 +11,9 @@ LIBS="$(pkg-config --libs openblas lapacke yaml-0.1 libcjson libpcre2-8) -lm -lp
 cc $CFLAGS bench/stream_floor.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/stream_floor"
 cc $CFLAGS bench/svd_bench.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/svd_bench"
 cc $CFLAGS bench/infer_bench.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/infer_bench"
+cc $CFLAGS bench/kernel_bench.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/kernel_bench"
 /usr/bin/python3 bench/bench_merge.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"
+"$BUILD/bench/kernel_bench" "${THREADS:-2}" 20
 /usr/bin/python3 bench/bench_svd.py "$BUILD" --threads "${THREADS:-2}"
 /usr/bin/python3 bench/bench_drm.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"
 /usr/bin/python3 bench/bench_infer.py "$BUILD" "$BENCH_DIR" --threads "${THREADS:-2}"

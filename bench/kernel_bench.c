@@ -1,0 +1,102 @@
+/* kernel_bench.c — the merge kernels alone, without the checkpoint I/O.
+ *
+ * Runs each streaming method's merge() on one MLP-shaped bf16 tensor (4864 x
+ * 896, base + 3 models, in anonymous memory: 35 MB of inputs, more than the
+ * last-level cache) and prints the best of R runs in ns per element, with
+ * the ratio to a single read of the same bytes (task_arithmetic: one pass,
+ * no masks) measured in the same run. TIES needs its rank cuts before it can
+ * merge, DARE its L1 rescale: both read the inputs twice, so 2x that floor
+ * is what a two-pass kernel costs in memory traffic alone.
+ * usage: kernel_bench [THREADS] [ROUNDS] */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "merge/method.h"
+#include "util/rng.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* f32 to bf16, round to nearest even (inputs are finite) */
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* best seconds of `rounds` runs of method `name`, -1 on error */
+static double run(const char *name, merge_call *c, float *out, int rounds) {
+    const merge_method *m = merge_method_find(name);
+    if (!m) return -1;
+    int np = m->nparams;
+    double *gp = calloc((size_t)np, sizeof *gp), *mp = calloc((size_t)np * 3, sizeof *mp);
+    static const double weight[3] = {0.5, 0.3, 0.2}, density[3] = {0.5, 0.6, 0.4};
+    for (int q = 0; q < np; q++) {
+        gp[q] = m->params[q].dflt;
+        for (int i = 0; i < 3; i++) {
+            double v = m->params[q].dflt;
+            if (!strcmp(m->params[q].name, "weight")) v = weight[i];
+            if (!strcmp(m->params[q].name, "density")) v = density[i];
+            mp[(size_t)i * (size_t)np + (size_t)q] = v;
+        }
+    }
+    c->gparam = gp, c->mparam = mp, c->nparams = np;
+    double best = INFINITY;
+    for (int r = 0; r < rounds; r++) {
+        alloy_err err;
+        double t0 = now();
+        int rc = m->merge(c, out, &err);
+        double t = now() - t0;
+        if (rc) {
+            fprintf(stderr, "kernel_bench: %s: %s\n", name, err.msg);
+            best = -1;
+            break;
+        }
+        if (t < best) best = t;
+    }
+    free(gp);
+    free(mp);
+    return best;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 2, rounds = argc > 2 ? atoi(argv[2]) : 20;
+    const int64_t rows = 4864, cols = 896;
+    size_t n = (size_t)(rows * cols);
+    uint16_t *h[4];
+    for (int i = 0; i < 4; i++)
+        if (!(h[i] = malloc(n * sizeof *h[i]))) return 1;
+    /* fine-tune deltas ~1/20 of the weights, as in the bench checkpoints */
+    for (size_t e = 0; e < n; e++) {
+        float b = (float)(rng_uniform(1, 0, e) - 0.5) * 0.04f;
+        h[0][e] = to_bf16(b);
+        for (int i = 1; i < 4; i++) h[i][e] = to_bf16(b + (float)(rng_uniform(1, (uint64_t)i, e) - 0.5) * 0.002f);
+    }
+    merge_src src[3] = {{h[1], ALLOY_BF16}, {h[2], ALLOY_BF16}, {h[3], ALLOY_BF16}};
+    int64_t shape[2] = {rows, cols};
+    merge_call c = {.tensor_name = "mlp", .ndim = 2, .shape = shape, .n = n, .k = 3, .src = src,
+                    .base_src = {h[0], ALLOY_BF16}, .seed = 5, .threads = threads};
+    float *out = malloc(n * sizeof *out);
+    if (!out) return 1;
+    printf("\nmerge kernels: one %lld x %lld bf16 tensor, base + 3, %d threads, best of %d (no checkpoint I/O)\n",
+           (long long)rows, (long long)cols, threads, rounds);
+    printf("%-17s %10s %14s\n", "method", "ns/elem", "x one read");
+    double floor = run("task_arithmetic", &c, out, rounds);
+    if (floor <= 0) return 1;
+    static const char *methods[] = {"task_arithmetic", "linear", "ties", "dare_ties", "breadcrumbs_ties", "della"};
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        double t = i ? run(methods[i], &c, out, rounds) : floor;
+        if (t < 0) return 1;
+        printf("%-17s %10.3f %14.2f\n", methods[i], t * 1e9 / (double)n, t / floor);
+    }
+    for (int i = 0; i < 4; i++) free(h[i]);
+    free(out);
+    return 0;
+}
