@@ -4,11 +4,10 @@
  * survive (magnitude, random/bernoulli, magnitude_outliers, della_magprune);
  * the L1 rescale of the survivors is task_arithmetic.c's, summed while it
  * streams. The mask is written as bytes (1 keep, 0 drop) so callers combine
- * it with their own arithmetic; DARE's
- * random mask keeps element e of model `stream` iff
- * rng_keep32(rng_stream_key(seed, stream), e, rng_thr32(density)), della
- * draws rng_uniform(seed, stream, e): masks do not depend on the thread count. Consensus and mixing are
- * task_arithmetic.c's; this file only selects. */
+ * it with their own arithmetic. DARE's random mask keeps element e of model
+ * `stream` iff rng_keep32(rng_stream_key(seed, stream), e, rng_thr32(density)),
+ * della draws rng_uniform(seed, stream, e): masks do not depend on the thread
+ * count. Consensus and mixing are task_arithmetic.c's; this file only selects. */
 #ifndef ALLOY_MERGE_SPARSIFY_H
 #define ALLOY_MERGE_SPARSIFY_H
 

@@ -102,8 +102,8 @@ typedef struct gta_ctx {
 /* DARE's mask: element e kept iff rng_keep32(key, e, thr), thr =
  * rng_thr32(density) (util/rng.h). A pure function of (seed, model, e),
  * cheap enough (32-bit lanes) to be drawn again inside each pass's vector
- * loops instead of stored. keep32 is rng_key32(key, b0 >> 32) of the block
- * (blocks never straddle 2^32). */
+ * loops instead of stored. A block's 32-bit key is rng_key32(key, b0 >> 32)
+ * (blocks never straddle a multiple of 2^32). */
 static inline uint32_t block_key32(uint64_t key, size_t b0) { return rng_key32(key, (uint64_t)b0 >> 32); }
 
 /* The inverse: bits of elements [0, m) back to 0/1 bytes. */
@@ -691,13 +691,12 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     if (!rc) {
         int oom = 0, bad = 0;
         size_t obad = n;
-        size_t nc_all = rank_cut_nchunks(n);
 #pragma omp parallel num_threads(nt) reduction(| : oom, bad) reduction(min : obad)
         {
             float *d = malloc((size_t)k * GTA_BLOCK * sizeof *d);
             if (!d) oom = 1;
             size_t c0, c1, lo = 0, hi = 0, e0, e1;
-            gta_share(nc_all, omp_get_num_threads(), omp_get_thread_num(), &c0, &c1);
+            gta_share(nc, omp_get_num_threads(), omp_get_thread_num(), &c0, &c1);
             if (c1 > c0) {
                 rank_cut_chunk(n, c0, &lo, &e1);
                 rank_cut_chunk(n, c1 - 1, &e0, &hi);
