@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 BENCH_DIR=${BENCH_DIR:-$HOME/.cache/alloy-bench}
 mkdir -p "$BENCH_DIR" "$BUILD/bench"
-CFLAGS="-std=c11 -O2 -march=native -fno-trapping-math -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp -Iinclude -Isrc $(pkg-config --cflags openblas lapacke yaml-0.1 libcjson libpcre2-8)"
+CFLAGS="-std=c11 -O2 -march=native -mprefer-vector-width=512 -fno-trapping-math -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp -Iinclude -Isrc $(pkg-config --cflags openblas lapacke yaml-0.1 libcjson libpcre2-8)"
 LIBS="$(pkg-config --libs openblas lapacke yaml-0.1 libcjson libpcre2-8) -lm -lpthread"
 cc $CFLAGS bench/stream_floor.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/stream_floor"
 cc $CFLAGS bench/svd_bench.c "$BUILD/liballoy.a" $LIBS -fopenmp -o "$BUILD/bench/svd_bench"

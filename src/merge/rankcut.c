@@ -7,10 +7,15 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-/* AVX2 without AVX-512: the scan has its own vector loop (scan_block) */
-#if defined(__AVX2__) && !defined(__AVX512F__)
+/* The scan has its own vector loop (scan_block) on AVX-512 and on AVX2 */
+#if defined(__AVX512F__)
+#define RC_AVX512 1
+#define RC_AVX2 0
+#elif defined(__AVX2__)
+#define RC_AVX512 0
 #define RC_AVX2 1
 #else
+#define RC_AVX512 0
 #define RC_AVX2 0
 #endif
 
@@ -112,20 +117,11 @@ void rank_cut_free(rank_cut *c) {
     c->eq = NULL;
 }
 
-#if !RC_AVX2
+#if !RC_AVX2 && !RC_AVX512
 /* The magnitudes of a[0..m) strictly inside (blo, bhi), in order, into out;
  * returns how many. */
 static size_t band_inside(const float *a, size_t m, float blo, float bhi, float *out) {
     size_t cnt = 0, j = 0;
-#if defined(__AVX512F__)
-    __m512 lo = _mm512_set1_ps(blo), hi = _mm512_set1_ps(bhi);
-    for (; j + 16 <= m; j += 16) {
-        __m512 v = _mm512_loadu_ps(a + j);
-        __mmask16 k = _mm512_cmp_ps_mask(v, lo, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, hi, _CMP_LT_OQ);
-        _mm512_mask_compressstoreu_ps(out + cnt, k, v);
-        cnt += (size_t)__builtin_popcount(k);
-    }
-#endif
     for (; j < m; j++) { /* branch-free compaction */
         out[cnt] = a[j];
         cnt += (a[j] > blo) & (a[j] < bhi);
@@ -141,14 +137,34 @@ typedef struct scan_counts {
 } scan_counts;
 
 /* Counts over a[0..len) (len <= RC_BLOCK) and the magnitudes strictly
- * inside (lo, hi) in order into in; returns how many. One pass: on AVX2 a
- * vector of 8 at a time (4 compares, the inside mask kept as bits, the few
- * inside picked out of them afterwards), otherwise the counts vectorise and
- * band_inside compacts. */
+ * inside (lo, hi) in order into in; returns how many. One pass: on
+ * AVX-512 16 at a time with mask compares and a compress; on AVX2 8 at a
+ * time (4 compares, the inside mask kept as bits, the few inside picked out
+ * of them afterwards); otherwise the counts vectorise and band_inside
+ * compacts. */
 static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, scan_counts *sc, float *in) {
     size_t j = 0, cnt = 0;
     uint32_t z = 0, lt = 0, el = 0, eh = 0;
-#if RC_AVX2
+#if RC_AVX512
+    /* 16 at a time: the compares go to mask registers, the counts to vector
+     * lanes (masked subtracts of -1), the inside compacted in a register and
+     * stored whole (in + cnt + 16 <= in + j + 16 <= in + len: cnt <= j) */
+    __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
+    __m512i one = _mm512_set1_epi32(1), cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    for (; j + 16 <= len; j += 16) {
+        __m512i u = _mm512_loadu_si512((const void *)(a + j));
+        __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
+        __mmask16 inside = _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
+        cz = _mm512_mask_add_epi32(cz, _mm512_testn_epi32_mask(u, u), cz, one);
+        clt = _mm512_mask_add_epi32(clt, below, clt, one);
+        cel = _mm512_mask_add_epi32(cel, atlo, cel, one);
+        ceh = _mm512_mask_add_epi32(ceh, _mm512_cmpeq_epi32_mask(u, vhi), ceh, one);
+        _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
+        cnt += (size_t)__builtin_popcount((unsigned)inside);
+    }
+    z = (uint32_t)_mm512_reduce_add_epi32(cz), lt = (uint32_t)_mm512_reduce_add_epi32(clt);
+    el = (uint32_t)_mm512_reduce_add_epi32(cel), eh = (uint32_t)_mm512_reduce_add_epi32(ceh);
+#elif RC_AVX2
     /* magnitudes are below 2^31 as patterns: signed compares order them */
     __m256i vlo = _mm256_set1_epi32((int32_t)lo), vhi = _mm256_set1_epi32((int32_t)hi), zero = _mm256_setzero_si256();
     __m256i cz = zero, clt = zero, cel = zero, ceh = zero;
