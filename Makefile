@@ -58,7 +58,7 @@ demo: deps
 	@BUILD=$(BUILD) scripts/demo.sh
 
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" LDFLAGS="-fopenmp -fsanitize=address,undefined" all unit
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -march=native -mprefer-vector-width=512 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" LDFLAGS="-fopenmp -fsanitize=address,undefined" all unit
 	@BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 tests/run.sh
 
 bench: deps
