@@ -88,16 +88,22 @@ void rank_cut_sort_sample(float *sample, size_t ns, float *tmp) {
     memcpy(sample, a, ns * sizeof *a);
 }
 
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns) {
+/* The sample positions of the band around rank `rank` of n: [*lo, *hi],
+ * below 0 meaning from zero and ns or more meaning to infinity. */
+static void band_positions(size_t n, size_t rank, size_t ns, double *lo, double *hi) {
+    double q = (double)rank / (double)n, centre = q * (double)ns;
+    double margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
+    *lo = centre - margin, *hi = centre + margin;
+}
+
+/* Cut c over the band [blo, bhi]. */
+static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float blo, float bhi) {
     memset(c, 0, sizeof *c);
     c->n = n;
     c->rank = rank;
     c->idx_desc = idx_desc;
-    double q = (double)rank / (double)n, centre = q * (double)ns;
-    double margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
-    double lo = centre - margin, hi = centre + margin;
-    c->blo = lo < 0 ? 0.0f : sample[(size_t)lo];
-    c->bhi = hi >= (double)ns ? INFINITY : sample[(size_t)hi];
+    c->blo = blo;
+    c->bhi = bhi;
     /* buckets over the positive bit patterns strictly inside (blo, bhi) */
     c->lo_bits = fbits(c->blo) + 1;
     uint32_t span = fbits(c->bhi) - c->lo_bits;
@@ -108,6 +114,57 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
     for (size_t b = 0; c->hist && b < c->nchunks * RC_BUCKETS; b++)
         c->hist[b] = (rc_cell){.count = 0, .lo = UINT32_MAX, .nlo = 0, .hi = 0, .nhi = 0};
     return c->hist && c->eq;
+}
+
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns) {
+    double lo, hi;
+    band_positions(n, rank, ns, &lo, &hi);
+    return plan_band(c, n, rank, idx_desc, lo < 0 ? 0.0f : sample[(size_t)lo],
+                     hi >= (double)ns ? INFINITY : sample[(size_t)hi]);
+}
+
+/* The values of ascending ranks r[0..nr) (each < ns) of the magnitudes
+ * a[0..ns) into out: a histogram of the top 11 bits of the patterns finds
+ * the few buckets that hold them, and only those are sorted. tmp holds
+ * 2 ns floats. */
+static void sample_select(const float *a, size_t ns, const size_t *r, int nr, float *out, float *tmp) {
+    const uint32_t *u = (const uint32_t *)(const void *)a;
+    size_t cnt[2048] = {0}, rmin = r[0], rmax = r[0];
+    for (int j = 1; j < nr; j++) rmin = r[j] < rmin ? r[j] : rmin, rmax = r[j] > rmax ? r[j] : rmax;
+    for (size_t i = 0; i < ns; i++) cnt[u[i] >> 20]++; /* patterns of magnitudes are below 2^31 */
+    uint32_t bmin = 0, bmax = 0;
+    size_t at = 0, below = 0;
+    bool found = false;
+    for (uint32_t d = 0; d < 2048; d++) {
+        if (!found && at + cnt[d] > rmin) bmin = d, below = at, found = true;
+        if (at + cnt[d] > rmax) {
+            bmax = d;
+            break;
+        }
+        at += cnt[d];
+    }
+    uint32_t *t = (uint32_t *)(void *)tmp;
+    size_t m = 0;
+    for (size_t i = 0; i < ns; i++) { /* branch-free compaction of buckets [bmin, bmax] */
+        uint32_t b = u[i] >> 20;
+        t[m] = u[i];
+        m += (b >= bmin) & (b <= bmax);
+    }
+    rank_cut_sort_sample(tmp, m, tmp + ns);
+    for (int j = 0; j < nr; j++) out[j] = tmp[r[j] - below];
+}
+
+bool rank_cut_plan_select(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns,
+                          float *tmp) {
+    double lo, hi;
+    band_positions(n, rank, ns, &lo, &hi);
+    size_t r[2];
+    float v[2];
+    int nr = 0;
+    if (lo >= 0) r[nr++] = (size_t)lo;
+    if (hi < (double)ns) r[nr++] = (size_t)hi;
+    if (nr) sample_select(sample, ns, r, nr, v, tmp);
+    return plan_band(c, n, rank, idx_desc, lo < 0 ? 0.0f : v[0], hi >= (double)ns ? INFINITY : v[nr - 1]);
 }
 
 void rank_cut_free(rank_cut *c) {

@@ -93,6 +93,11 @@ void rank_cut_sort_sample(float *sample, size_t ns, float *tmp);
 /* Set up cut c from the sorted sample. Returns false when out of memory. */
 bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns);
 
+/* The same from the sample in any order (left as it is), without sorting
+ * it: only the band's two ends are needed. tmp holds 2 ns floats. */
+bool rank_cut_plan_select(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns,
+                          float *tmp);
+
 /* Count and histogram magnitudes a[0..m) of elements inside chunk `chunk`
  * (one thread per chunk) into c and acc. Returns how many of them
  * are positive. */

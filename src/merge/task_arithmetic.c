@@ -649,15 +649,14 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             for (int i = 0; i < k; i++) {
                 gta_model *m = &gm[i];
                 if (m->ncuts <= 0) continue;
-                float *smp = sample + (size_t)i * ns, *tmp = malloc(ns * sizeof *tmp);
+                float *smp = sample + (size_t)i * ns, *tmp = malloc(2 * ns * sizeof *tmp);
                 if (!tmp) {
                     oom = 1;
                     continue;
                 }
-                rank_cut_sort_sample(smp, ns, tmp);
-                free(tmp);
                 for (int cu = 0; cu < m->ncuts; cu++)
-                    if (!rank_cut_plan(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns)) oom = 1;
+                    if (!rank_cut_plan_select(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns, tmp)) oom = 1;
+                free(tmp);
             }
         }
         for (int i = 0; i < k && !rc && oom; i++) /* no memory for the histograms: the exact path */

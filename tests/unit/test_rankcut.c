@@ -4,7 +4,8 @@
  * groups (the cut on a bucket's or the band's end: the one-chunk walk), with
  * most magnitudes zero (the cut among the zeros), for both index orders and
  * ranks from the first to the last; and a sample that misses the band, which
- * must report the miss instead of a wrong cut. */
+ * must report the miss instead of a wrong cut; and the band planned from an
+ * unsorted sample (rank_cut_plan_select) against the sorted one. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -168,10 +169,41 @@ static void test_band_miss(void **state) {
     free(fake);
 }
 
+/* rank_cut_plan_select (any sample order, no sort) sets the same band as
+ * rank_cut_plan on the sorted sample: continuous, tied (bf16) and mostly
+ * zero samples, ranks from the first to the last. */
+static void test_plan_select(void **state) {
+    (void)state;
+    size_t n = 1 << 20, ns = rank_cut_sample_size(n);
+    float *s = malloc(ns * sizeof *s), *sorted = malloc(ns * sizeof *sorted), *tmp = malloc(2 * ns * sizeof *tmp);
+    assert_true(s && sorted && tmp);
+    for (int kind = 0; kind < 3; kind++) {
+        for (size_t i = 0; i < ns; i++) {
+            float v = (float)rng_uniform(7, (uint64_t)kind, i);
+            if (kind == 1) v = bf16_to_f32(f32_to_bf16(v * 0.01f)); /* ties in large groups */
+            if (kind == 2) v = i % 10 ? 0.0f : v;                   /* mostly zero */
+            s[i] = v;
+        }
+        memcpy(sorted, s, ns * sizeof *s);
+        rank_cut_sort_sample(sorted, ns, tmp);
+        for (size_t rank = 0; rank < n; rank += n / 64 - 1) {
+            rank_cut a, b;
+            assert_true(rank_cut_plan(&a, n, rank, true, sorted, ns));
+            assert_true(rank_cut_plan_select(&b, n, rank, true, s, ns, tmp));
+            assert_true(a.blo == b.blo);
+            assert_true(a.bhi == b.bhi);
+            assert_int_equal(a.shift, b.shift);
+            rank_cut_free(&a);
+            rank_cut_free(&b);
+        }
+    }
+    free(s), free(sorted), free(tmp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
-        cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss),
+        cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_select),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
