@@ -158,7 +158,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
     if (!ns) return 0;
     int K = c->K, bad = 0, rc = 0;
     size_t runs = ns / RC_RUN, nz_sample = 0;
-    float *sample = malloc(ns * sizeof *sample), *tmp = malloc(ns * sizeof *tmp);
+    float *sample = malloc(ns * sizeof *sample), *tmp = malloc(2 * ns * sizeof *tmp);
     if (!sample || !tmp) {
         free(sample), free(tmp);
         return 0;
@@ -173,12 +173,11 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
         free(sample), free(tmp);
         return MERGE_NONFINITE_INPUT;
     }
-    rank_cut_sort_sample(sample, ns, tmp);
-    free(tmp);
     /* the rank is planned from the sample's nonzero share and set exactly after the pass */
     size_t kk_hat = (size_t)((double)nz_sample / (double)ns * (double)n * topk);
     rank_cut cut;
-    bool planned = rank_cut_plan(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns);
+    bool planned = rank_cut_plan_select(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns, tmp);
+    free(tmp);
     free(sample);
     size_t nc = rank_cut_nchunks(n), nz = 0;
     cut_acc *acc = calloc((size_t)nt, sizeof *acc);
