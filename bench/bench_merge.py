@@ -8,7 +8,9 @@ RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
 floor and merge alternating, each after a sync() so that neither pays for
 the other's writeback, with the inputs read back into the page cache just
-before. Target: ratio <= 1.3. Then one run of every mergekit method: wall
+before. Target: ratio <= 1.3. The ratio is best wall over best floor; the
+median of the rounds' own ratios (each merge over the floor run just before
+it) is printed beside it, as a check on a VM whose speed drifts. Then one run of every mergekit method: wall
 time and peak RSS against the largest tensor.
 usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2] [--methods linear,ties,...]
 """
@@ -119,7 +121,7 @@ def main():
     size = sum(os.path.getsize(os.path.join(M, d, "model.safetensors")) for d in ("base", "ft1"))
     print("\nmerge benchmark: Qwen2-0.5B shape (hidden 896, inter 4864, 24 layers, vocab 151936), bf16, "
           "%d threads, model %.2f GB" % (int(THREADS), size / 2e9))
-    print("%-10s %9s %12s %11s %7s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio"))
+    print("%-10s %9s %12s %11s %7s %12s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio", "median pair"))
     for method in METHODS:
         r = recipe(method)
         fts = ("ft1",) if method == "slerp" else ("ft1", "ft2", "ft3")
@@ -127,14 +129,19 @@ def main():
         if method != "linear":
             inputs.append(os.path.join(M, "base", "model.safetensors"))
         floor = wall = rss = float("inf")
+        paired = []
         for _ in range(ROUNDS):
             shutil.rmtree(out, ignore_errors=True)
             f, _, fout = timed([FLOOR, r, out], env, inputs)
-            floor = min(floor, float(fout.strip() or f))
+            f = float(fout.strip() or f)
+            floor = min(floor, f)
             shutil.rmtree(out, ignore_errors=True)
             w, m, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env, inputs)
             wall, rss = min(wall, w), min(rss, m)
-        print("%-10s %9.2f %12.0f %11.2f %7.2f" % (method, wall, rss, floor, wall / floor), flush=True)
+            paired.append(w / f)
+        paired.sort()
+        print("%-10s %9.2f %12.0f %11.2f %7.2f %12.2f" % (method, wall, rss, floor, wall / floor,
+                                                       paired[len(paired) // 2]), flush=True)
     if "--methods" not in sys.argv:
         every_method(env, out)
     shutil.rmtree(out, ignore_errors=True)
