@@ -20,6 +20,7 @@
 #include "merge/rankcut.h"
 #include "merge/sparsify.h"
 #include "merge/vec.h"
+#include "util/dtype.h"
 #include "util/err.h"
 #include "util/mem.h"
 #include "util/rng.h"
@@ -506,6 +507,17 @@ static void gta_l1_after(const gta_ctx *g, int i, double *part, int nt) {
     }
 }
 
+/* How many sample runs ahead gta_sample asks for the lines of. */
+#define SAMPLE_AHEAD 8
+
+/* The lines of the RC_RUN elements of s from `at`. */
+static void merge_prefetch_run(merge_src s, size_t at) {
+    size_t es = dtype_size(s.dtype);
+    const char *p = (const char *)s.data + at * es;
+    for (size_t off = 0; off < RC_RUN * es; off += 64) __builtin_prefetch(p + off, 0, 3);
+    __builtin_prefetch(p + RC_RUN * es - 1, 0, 3);
+}
+
 /* The magnitudes of every model with rank cuts at the sample positions
  * (rankcut.h) into sample[i * ns ...]; true when an input was not finite. */
 static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
@@ -515,6 +527,12 @@ static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
     for (size_t r = 0; r < runs; r++) {
         size_t at = rank_cut_sample_run(n, runs, r, call->seed);
+        if (r + SAMPLE_AHEAD < runs) { /* random places: ask for a later run's lines while this one loads */
+            size_t ahead = rank_cut_sample_run(n, runs, r + SAMPLE_AHEAD, call->seed);
+            merge_prefetch_run(g->base, ahead);
+            for (int i = 0; i < call->k; i++)
+                if (g->m[i].ncuts > 0) merge_prefetch_run(g->m[i].src, ahead);
+        }
         float base[RC_RUN], x[RC_RUN];
         bad |= merge_load(g->base, at, RC_RUN, base);
         for (int i = 0; i < call->k; i++)
