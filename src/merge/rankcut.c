@@ -23,7 +23,7 @@
 #include "util/rng.h"
 
 #define SAMPLE_MAX ((size_t)1 << 15)
-#define STREAM_MIN ((size_t)1 << 18)
+#define STREAM_MIN ((size_t)1 << 15)
 
 static inline uint32_t fbits(float v) {
     uint32_t u;

@@ -220,7 +220,7 @@ def main():
         check_method("della-" + tag, "della", fam, [dict(d, epsilon=0.1) for d in w3d], None, dtype=dt, seed=3)
         check_method("della_linear-" + tag, "della_linear", fam, [dict(d, epsilon=0.1) for d in w3d], None,
                      dtype=dt, seed=3)
-    # Tensors of >= 2^18 elements take the streaming rank cuts (merge/rankcut.c)
+    # Tensors of >= 2^15 elements take the streaming rank cuts (merge/rankcut.c)
     # instead of the exact select (TIES, breadcrumbs, SCE's variance cut):
     # bf16 deltas (large tie groups) and f32.
     big = {"hidden": 64, "inter": 96, "vocab": 8192, "layers": 1}

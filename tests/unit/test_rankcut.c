@@ -3,7 +3,8 @@
  * values: collect and select), on bf16-like magnitudes that tie in large
  * groups (the cut on a bucket's or the band's end: the one-chunk walk), with
  * most magnitudes zero (the cut among the zeros), for both index orders and
- * ranks from the first to the last; and a sample that misses the band, which
+ * ranks from the first to the last, down to the smallest tensors that
+ * stream; and a sample that misses the band, which
  * must report the miss instead of a wrong cut; and the band planned from an
  * unsorted sample (rank_cut_plan_select) against the sorted one. */
 #include <math.h>
@@ -123,6 +124,24 @@ static void test_continuous(void **state) {
     free(a);
 }
 
+/* The smallest tensors that stream (2^15 elements and a little over: a
+ * sample of ~2k values, so the widest relative band), continuous and tied. */
+static void test_small(void **state) {
+    (void)state;
+    size_t sizes[] = {(size_t)1 << 15, 40009};
+    for (size_t k = 0; k < 2; k++) {
+        size_t n = sizes[k];
+        assert_true(rank_cut_sample_size(n) > 0);
+        float *a = malloc(n * sizeof *a);
+        for (size_t e = 0; e < n; e++) a[e] = (float)fabs(gauss(6, e));
+        check_ranks(a, n);
+        for (size_t e = 0; e < n; e++) a[e] = (float)(1 + rng_mix64(e) % 7) * 0.125f;
+        check_ranks(a, n);
+        free(a);
+    }
+    assert_int_equal(rank_cut_sample_size(((size_t)1 << 15) - 1), 0);
+}
+
 /* |bf16(b + d) - bf16(b)|: multiples of a few ulps, large tie groups */
 static void test_bf16_ties(void **state) {
     (void)state;
@@ -204,6 +223,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
         cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_select),
+        cmocka_unit_test(test_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
