@@ -204,7 +204,7 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
     uint32_t z = 0, lt = 0, el = 0, eh = 0;
 #if RC_AVX512
     /* 16 at a time: the compares go to mask registers, the counts to vector
-     * lanes (masked subtracts of -1), the inside compacted in a register and
+     * lanes (masked adds of 1), the inside compacted in a register and
      * stored whole (in + cnt + 16 <= in + j + 16 <= in + len: cnt <= j) */
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
     __m512i one = _mm512_set1_epi32(1), cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;

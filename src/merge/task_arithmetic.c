@@ -511,7 +511,7 @@ static void gta_l1_after(const gta_ctx *g, int i, double *part, int nt) {
 #define SAMPLE_AHEAD 8
 
 /* The lines of the RC_RUN elements of s from `at`. */
-static void merge_prefetch_run(merge_src s, size_t at) {
+static void sample_prefetch(merge_src s, size_t at) {
     size_t es = dtype_size(s.dtype);
     const char *p = (const char *)s.data + at * es;
     for (size_t off = 0; off < RC_RUN * es; off += 64) __builtin_prefetch(p + off, 0, 3);
@@ -529,9 +529,9 @@ static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
         size_t at = rank_cut_sample_run(n, runs, r, call->seed);
         if (r + SAMPLE_AHEAD < runs) { /* random places: ask for a later run's lines while this one loads */
             size_t ahead = rank_cut_sample_run(n, runs, r + SAMPLE_AHEAD, call->seed);
-            merge_prefetch_run(g->base, ahead);
+            sample_prefetch(g->base, ahead);
             for (int i = 0; i < call->k; i++)
-                if (g->m[i].ncuts > 0) merge_prefetch_run(g->m[i].src, ahead);
+                if (g->m[i].ncuts > 0) sample_prefetch(g->m[i].src, ahead);
         }
         float base[RC_RUN], x[RC_RUN];
         bad |= merge_load(g->base, at, RC_RUN, base);
