@@ -10,8 +10,9 @@ floor and merge alternating, each after a sync() so that neither pays for
 the other's writeback, with the inputs read back into the page cache just
 before. Target: ratio <= 1.3. The ratio is best wall over best floor; the
 median of the rounds' own ratios (each merge over the floor run just before
-it) is printed beside it, as a check on a VM whose speed drifts. Then one run of every mergekit method: wall
-time and peak RSS against the largest tensor.
+it) is printed beside it, as a check on a VM whose speed drifts. Then one
+run of every mergekit method: wall time and peak RSS against the largest
+tensor.
 usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2] [--methods linear,ties,...]
 """
 import os

@@ -62,11 +62,8 @@ size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed) {
     return lo + (size_t)(rng_mix64(seed ^ (run * 0x9e3779b97f4a7c15ull)) % (hi - lo - RC_RUN + 1));
 }
 
-/* The sample quantile of rank r/n has standard deviation sqrt(ns q (1-q))
- * sample positions (a little more: the sample is in runs); the band spans
- * five of them either side plus a few for tiny q, so it misses with
- * probability ~1e-6, and a miss only costs the exact path. */
-void rank_cut_sort_sample(float *sample, size_t ns, float *tmp) {
+/* Sort magnitudes (>= 0) ascending; tmp holds ns floats. */
+static void sort_sample(float *sample, size_t ns, float *tmp) {
     /* LSD radix sort of the bit patterns: magnitudes are >= 0, so patterns
      * order as values; three passes of 11 bits */
     uint32_t *a = (uint32_t *)(void *)sample, *b = (uint32_t *)(void *)tmp;
@@ -89,7 +86,11 @@ void rank_cut_sort_sample(float *sample, size_t ns, float *tmp) {
 }
 
 /* The sample positions of the band around rank `rank` of n: [*lo, *hi],
- * below 0 meaning from zero and ns or more meaning to infinity. */
+ * below 0 meaning from zero and ns or more meaning to infinity. The sample
+ * quantile of rank r/n has standard deviation sqrt(ns q (1-q)) sample
+ * positions (a little more: the sample is in runs); the band spans five of
+ * them either side plus a few for tiny q, so it misses with probability
+ * ~1e-6, and a miss only costs the exact path. */
 static void band_positions(size_t n, size_t rank, size_t ns, double *lo, double *hi) {
     double q = (double)rank / (double)n, centre = q * (double)ns;
     double margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
@@ -114,13 +115,6 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
     for (size_t b = 0; c->hist && b < c->nchunks * RC_BUCKETS; b++)
         c->hist[b] = (rc_cell){.count = 0, .lo = UINT32_MAX, .nlo = 0, .hi = 0, .nhi = 0};
     return c->hist && c->eq;
-}
-
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns) {
-    double lo, hi;
-    band_positions(n, rank, ns, &lo, &hi);
-    return plan_band(c, n, rank, idx_desc, lo < 0 ? 0.0f : sample[(size_t)lo],
-                     hi >= (double)ns ? INFINITY : sample[(size_t)hi]);
 }
 
 /* The values of ascending ranks r[0..nr) (each < ns) of the magnitudes
@@ -150,12 +144,11 @@ static void sample_select(const float *a, size_t ns, const size_t *r, int nr, fl
         t[m] = u[i];
         m += (b >= bmin) & (b <= bmax);
     }
-    rank_cut_sort_sample(tmp, m, tmp + ns);
+    sort_sample(tmp, m, tmp + ns);
     for (int j = 0; j < nr; j++) out[j] = tmp[r[j] - below];
 }
 
-bool rank_cut_plan_select(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns,
-                          float *tmp) {
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp) {
     double lo, hi;
     band_positions(n, rank, ns, &lo, &hi);
     size_t r[2];

@@ -87,16 +87,13 @@ size_t rank_cut_sample_size(size_t n);
 #define RC_RUN 32
 size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed);
 
-/* Sort the sample's magnitudes (>= 0) ascending; tmp holds ns floats. */
-void rank_cut_sort_sample(float *sample, size_t ns, float *tmp);
-
-/* Set up cut c from the sorted sample. Returns false when out of memory. */
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns);
-
-/* The same from the sample in any order (left as it is), without sorting
- * it: only the band's two ends are needed. tmp holds 2 ns floats. */
-bool rank_cut_plan_select(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns,
-                          float *tmp);
+/* Set up cut c from the sample's ns magnitudes, in any order (left as they
+ * are): the band is [value of sample rank lo, value of sample rank hi] with
+ * lo, hi = q ns -+ (5 sqrt(ns q (1 - q)) + 16), q = rank / n (from zero
+ * when lo < 0, to infinity when hi >= ns); only those two order statistics
+ * are found, not the whole order. tmp holds 2 ns floats. Returns false
+ * when out of memory. */
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp);
 
 /* Count and histogram magnitudes a[0..m) of elements inside chunk `chunk`
  * (one thread per chunk) into c and acc. Returns how many of them

@@ -673,7 +673,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
                     continue;
                 }
                 for (int cu = 0; cu < m->ncuts; cu++)
-                    if (!rank_cut_plan_select(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns, tmp)) oom = 1;
+                    if (!rank_cut_plan(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns, tmp)) oom = 1;
                 free(tmp);
             }
         }
