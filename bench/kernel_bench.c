@@ -7,7 +7,7 @@
  * no masks) measured in the same run. TIES needs its rank cuts before it can
  * merge, DARE its L1 rescale: both read the inputs twice, so 2x that floor
  * is what a two-pass kernel costs in memory traffic alone.
- * usage: kernel_bench [THREADS] [ROUNDS] */
+ * usage: kernel_bench [THREADS] [ROUNDS] [METHOD,...] (task_arithmetic always runs) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -92,6 +92,7 @@ int main(int argc, char **argv) {
     if (floor <= 0) return 1;
     static const char *methods[] = {"task_arithmetic", "linear", "ties", "dare_ties", "breadcrumbs_ties", "della"};
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (i && argc > 3 && !strstr(argv[3], methods[i])) continue;
         double t = i ? run(methods[i], &c, out, rounds) : floor;
         if (t < 0) return 1;
         printf("%-17s %10.3f %14.2f\n", methods[i], t * 1e9 / (double)n, t / floor);

@@ -116,6 +116,9 @@ static inline float merge_bf16(uint16_t h) {
  * callers that read a block in place. */
 void merge_prefetch_block(const void *p, size_t bytes);
 
+/* True when one of elements [lo, lo + m) of s is NaN or infinite. */
+bool merge_nonfinite(merge_src s, size_t lo, size_t m);
+
 /* |x - base| of elements [lo, lo + m) of s into a, base the block's f32
  * base values: the load and the subtraction in one pass (bf16 inputs are
  * widened in registers), xbuf m floats of scratch for other dtypes. Returns

@@ -8,6 +8,11 @@
 #include <immintrin.h>
 #endif
 /* The scan has its own vector loop (scan_block) on AVX-512 and on AVX2 */
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+#define RC_AVX512BW 1 /* 16-bit masked loads: the bf16 scan */
+#else
+#define RC_AVX512BW 0
+#endif
 #if defined(__AVX512F__)
 #define RC_AVX512 1
 #define RC_AVX2 0
@@ -274,40 +279,124 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
     return cnt;
 }
 
-size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
-    uint32_t lo_bits = c->lo_bits, blo = fbits(c->blo), bhi = fbits(c->bhi);
-    rc_cell *row = c->hist + chunk * RC_BUCKETS;
+/* What one block's scan adds to chunk `row` of c and to the running counts:
+ * the counts of sc over len magnitudes, and the cnt magnitudes strictly
+ * inside the band, in[0..cnt), into their cells. */
+typedef struct scan_tally {
+    size_t below, eqlo, eqhi, npos;
+} scan_tally;
+
+static void tally_block(const rank_cut *c, rc_cell *row, const scan_counts *sc, size_t len, const float *in, size_t cnt,
+                        scan_tally *tl) {
+    uint32_t lo_bits = c->lo_bits;
     int shift = c->shift;
-    bool two = c->bhi > c->blo, lo_pos = blo > 0;
-    size_t below = 0, eqlo = 0, eqhi = 0, npos = 0;
+    bool two = c->bhi > c->blo, lo_pos = fbits(c->blo) > 0;
+    /* below and at blo count positive magnitudes only (zeros rank
+     * apart); a band from blo = 0 has none below it */
+    tl->npos += len - sc->zero;
+    tl->below += lo_pos ? sc->lt - sc->zero : 0;
+    tl->eqlo += lo_pos ? sc->eqlo : 0;
+    tl->eqhi += two ? sc->eqhi : 0;
+    /* strictly inside the band: few, when magnitudes tie in large groups;
+     * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
+    for (size_t t = 0; t < cnt; t++) {
+        uint32_t u = fbits(in[t]);
+        rc_cell *cl = &row[(u - lo_bits) >> shift];
+        uint32_t l = cl->lo, h = cl->hi;
+        cl->count++;
+        cl->nlo = u < l ? 1 : cl->nlo + (u == l);
+        cl->lo = u < l ? u : l;
+        cl->nhi = u > h ? 1 : cl->nhi + (u == h);
+        cl->hi = u > h ? u : h;
+    }
+}
+
+static size_t tally_done(rank_cut *c, cut_acc *acc, size_t chunk, const scan_tally *tl) {
+    acc->below += tl->below;
+    c->eq[chunk * 2] += tl->eqlo;
+    c->eq[chunk * 2 + 1] += tl->eqhi;
+    return tl->npos;
+}
+
+size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
+    uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
+    rc_cell *row = c->hist + chunk * RC_BUCKETS;
+    scan_tally tl = {0, 0, 0, 0};
     float in[RC_BLOCK];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
         scan_counts sc;
         size_t cnt = scan_block(a + j0, len, blo, bhi, &sc, in);
-        /* below and at blo count positive magnitudes only (zeros rank
-         * apart); a band from blo = 0 has none below it */
-        npos += len - sc.zero;
-        below += lo_pos ? sc.lt - sc.zero : 0;
-        eqlo += lo_pos ? sc.eqlo : 0;
-        eqhi += two ? sc.eqhi : 0;
-        /* strictly inside the band: few, when magnitudes tie in large groups;
-         * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
-        for (size_t t = 0; t < cnt; t++) {
-            uint32_t u = fbits(in[t]);
-            rc_cell *cl = &row[(u - lo_bits) >> shift];
-            uint32_t l = cl->lo, h = cl->hi;
-            cl->count++;
-            cl->nlo = u < l ? 1 : cl->nlo + (u == l);
-            cl->lo = u < l ? u : l;
-            cl->nhi = u > h ? 1 : cl->nhi + (u == h);
-            cl->hi = u > h ? u : h;
-        }
+        tally_block(c, row, &sc, len, in, cnt, &tl);
     }
-    acc->below += below;
-    c->eq[chunk * 2] += eqlo;
-    c->eq[chunk * 2 + 1] += eqhi;
-    return npos;
+    return tally_done(c, acc, chunk, &tl);
+}
+
+#if RC_AVX512BW
+/* 16 bf16 values from p (lanes outside tm: 0) widened exactly to f32 bits. */
+static inline __m512i widen_bf16(const uint16_t *p, __mmask16 tm) {
+    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
+}
+
+/* scan_block of the magnitudes |x - base| of bf16 inputs, made in
+ * registers; *nonfinite set when an x is NaN or infinite. Lanes past len
+ * are masked out of every count (tm). */
+static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t len, uint32_t lo, uint32_t hi,
+                              scan_counts *sc, float *in, bool *nonfinite) {
+    __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
+    __m512i one = _mm512_set1_epi32(1), cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    __m512i expo = _mm512_set1_epi32(0x7f800000);
+    __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __mmask16 bad = 0;
+    size_t cnt = 0;
+    for (size_t j = 0; j < len; j += 16) {
+        __mmask16 tm = len - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - j)) - 1u);
+        __m512i xu = widen_bf16(x + j, tm), bu = widen_bf16(base + j, tm);
+        bad |= _mm512_mask_cmpeq_epi32_mask(tm, _mm512_and_si512(xu, expo), expo);
+        __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), _mm512_castsi512_ps(bu));
+        __m512i u = _mm512_castps_si512(_mm512_and_ps(v, absmask));
+        __mmask16 below = _mm512_mask_cmplt_epi32_mask(tm, u, vlo), atlo = _mm512_mask_cmpeq_epi32_mask(tm, u, vlo);
+        __mmask16 inside = _mm512_mask_cmplt_epi32_mask((__mmask16)(tm & ~(below | atlo)), u, vhi);
+        cz = _mm512_mask_add_epi32(cz, _mm512_mask_testn_epi32_mask(tm, u, u), cz, one);
+        clt = _mm512_mask_add_epi32(clt, below, clt, one);
+        cel = _mm512_mask_add_epi32(cel, atlo, cel, one);
+        ceh = _mm512_mask_add_epi32(ceh, _mm512_mask_cmpeq_epi32_mask(tm, u, vhi), ceh, one);
+        /* in has room for 16 past cnt <= j */
+        _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
+        cnt += (size_t)__builtin_popcount((unsigned)inside);
+    }
+    sc->zero = (uint32_t)_mm512_reduce_add_epi32(cz), sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
+    sc->eqlo = (uint32_t)_mm512_reduce_add_epi32(cel), sc->eqhi = (uint32_t)_mm512_reduce_add_epi32(ceh);
+    *nonfinite |= bad != 0;
+    return cnt;
+}
+#endif
+
+size_t rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                          bool *nonfinite) {
+    uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
+    rc_cell *row = c->hist + chunk * RC_BUCKETS;
+    scan_tally tl = {0, 0, 0, 0};
+    float in[RC_BLOCK + 16];
+    for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
+        size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
+        scan_counts sc;
+#if RC_AVX512BW
+        size_t cnt = scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite);
+#else
+        float a[RC_BLOCK];
+        unsigned bad = 0;
+        for (size_t j = 0; j < len; j++) {
+            float xv = fvalue((uint32_t)x[j0 + j] << 16), bv = fvalue((uint32_t)base[j0 + j] << 16);
+            a[j] = fabsf(xv - bv);
+            bad |= (x[j0 + j] & 0x7f80u) == 0x7f80u;
+        }
+        *nonfinite |= bad != 0;
+        size_t cnt = scan_block(a, len, blo, bhi, &sc, in);
+#endif
+        tally_block(c, row, &sc, len, in, cnt, &tl);
+    }
+    return tally_done(c, acc, chunk, &tl);
 }
 
 /* The k-th smallest (0-based) of distinct keys a[0..n) (reordered):

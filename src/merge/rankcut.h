@@ -100,6 +100,12 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
  * are positive. */
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m);
 
+/* rank_cut_scan of the magnitudes |x - base| of bf16 inputs x[0..m),
+ * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512);
+ * *nonfinite is set when an x is NaN or infinite (base is the caller's). */
+size_t rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                          bool *nonfinite);
+
 /* Combine the accumulators with the number of zero magnitudes and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found
  * (c->zero, v, idx set), 0 when the band missed or memory ran out (take the

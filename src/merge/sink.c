@@ -90,6 +90,18 @@ size_t merge_sink_put(merge_sink *s, size_t lo, const float *v, size_t m) {
     return bad;
 }
 
+void *merge_sink_slot(merge_sink *s, size_t lo, size_t m) {
+    int t = omp_get_thread_num();
+    stage *g = &s->st[t < s->threads ? t : 0];
+    if (g->len && (g->lo + g->len != lo || (g->len + m) * s->es > STAGE_BYTES)) flush(s, g);
+    if (!g->len) g->lo = lo;
+    void *p = g->buf + g->len * s->es;
+    g->len += m;
+    return p;
+}
+
+alloy_dtype merge_sink_dtype(const merge_sink *s) { return s->dt; }
+
 int merge_sink_end(merge_sink *s, alloy_err *err) {
     int rc = 0;
     for (int t = 0; t < s->threads; t++) {

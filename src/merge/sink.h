@@ -28,6 +28,15 @@ void merge_sink_begin(merge_sink *s, st_writer *w, int i, alloy_dtype dt);
  * non-finite value, or m. */
 size_t merge_sink_put(merge_sink *s, size_t lo, const float *v, size_t m);
 
+/* Room for elements [lo, lo + m) in the calling thread's stage (m at most
+ * a stage's worth), in the sink's dtype, counted as staged from now: the
+ * caller fills it before its next call to the sink. What merge_sink_put
+ * does for a kernel that converts and stores itself. */
+void *merge_sink_slot(merge_sink *s, size_t lo, size_t m);
+
+/* The dtype of the tensor being written. */
+alloy_dtype merge_sink_dtype(const merge_sink *s);
+
 /* Write what is staged, mark the tensor written: 0, or -1 with the first
  * write error. */
 int merge_sink_end(merge_sink *s, alloy_err *err);

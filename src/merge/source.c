@@ -30,6 +30,21 @@ bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
     return dtype_to_f32(p, s.dtype, dst, m) >= 0;
 }
 
+bool merge_nonfinite(merge_src s, size_t lo, size_t m) {
+    if (s.dtype != ALLOY_BF16 || ((uintptr_t)s.data & 1)) {
+        float buf[1024];
+        bool bad = false;
+        for (size_t j = 0; j < m; j += 1024) bad |= merge_load(s, lo + j, m - j < 1024 ? m - j : 1024, buf);
+        return bad;
+    }
+    const uint16_t *restrict h = (const uint16_t *)s.data + lo;
+    merge_prefetch_block(h, m * 2);
+    unsigned bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (size_t j = 0; j < m; j++) bad |= (h[j] & 0x7f80u) == 0x7f80u;
+    return bad != 0;
+}
+
 bool merge_load_absdiff(merge_src s, size_t lo, size_t m, const float *restrict base, float *xbuf,
                         float *restrict a) {
     if (!m) return false;

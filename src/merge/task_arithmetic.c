@@ -16,8 +16,10 @@
 
 #include <omp.h>
 
+#include "merge/gta_kernel.h"
 #include "merge/method.h"
 #include "merge/rankcut.h"
+#include "merge/sink.h"
 #include "merge/sparsify.h"
 #include "merge/vec.h"
 #include "util/dtype.h"
@@ -349,6 +351,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
         free(nzt);
         return -1;
     }
+    bool base_bf = g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
 #pragma omp parallel num_threads(nt) reduction(| : bad)
     {
         int t = omp_get_thread_num();
@@ -361,18 +364,40 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             for (size_t i = 0; i < 2 * (size_t)k; i++) part[c * (size_t)k * 2 + i] = 0;
             for (size_t b0 = lo; b0 < hi; b0 += GTA_BLOCK) {
                 size_t m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
-                bad |= merge_load(g->base, b0, m, base);
+                bool have_base = false; /* base widened to f32, for inputs not read as bf16 */
+                if (base_bf) {
+                    bad |= merge_nonfinite(g->base, b0, m);
+                } else {
+                    bad |= merge_load(g->base, b0, m, base);
+                    have_base = true;
+                }
                 for (int i = 0; i < k; i++) {
                     gta_model *gm = &g->m[i];
                     bool sums = rescale && gm->masked;
                     if (gm->ncuts <= 0 && !sums) continue;
+                    cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
+                    if (!sums && base_bf && gm->src.dtype == ALLOY_BF16 && !((uintptr_t)gm->src.data & 1)) {
+                        /* cuts only, both bf16: the magnitudes made inside the scan */
+                        const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
+                        const uint16_t *bh = (const uint16_t *)g->base.data + b0;
+                        bool nf = false;
+                        size_t z = 0;
+                        merge_prefetch_block(xh, m * 2);
+                        for (int cu = 0; cu < gm->ncuts; cu++)
+                            z = rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, &nf);
+                        bad |= nf;
+                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
+                        continue;
+                    }
+                    if (!have_base) {
+                        merge_load(g->base, b0, m, base);
+                        have_base = true;
+                    }
                     bad |= magnitudes(gm->src, b0, m, base, x, a);
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
                     if (gm->ncuts > 0) {
                         size_t z = 0;
-                        for (int cu = 0; cu < gm->ncuts; cu++)
-                            z = rank_cut_scan(&gm->cut[cu], &acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu],
-                                              c, a, m);
+                        for (int cu = 0; cu < gm->ncuts; cu++) z = rank_cut_scan(&gm->cut[cu], ai + cu, c, a, m);
                         nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                     }
                     if (sums) {
@@ -602,6 +627,46 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
     return 0;
 }
 
+/* The fused kernel (gta_kernel.h) for this merge pass, with its arguments
+ * in *a, or NULL where it does not apply: some input not bf16 (or not
+ * aligned), more than GK_MAX_MODELS models, a byte mask (the exact path),
+ * an output dtype other than bf16 and f32. base_checked: the first pass
+ * read the whole base. */
+static gk_block_fn gta_kernel_for(const gta_ctx *g, bool base_checked, gk_args *a) {
+    const merge_call *call = g->call;
+    if (!GTA_KERNEL || call->k > GK_MAX_MODELS) return NULL;
+    alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
+    if (odt != ALLOY_BF16 && odt != ALLOY_F32) return NULL;
+    if (g->base.dtype != ALLOY_BF16 || ((uintptr_t)g->base.data & 1)) return NULL;
+    *a = (gk_args){.k = call->k, .consensus = g->consensus, .normalize = g->normalize, .lambda = g->lambda,
+                   .div_all = g->div_all, .base = g->base.data, .check_base = !base_checked,
+                   .out_bf16 = odt == ALLOY_BF16};
+    for (int i = 0; i < call->k; i++) {
+        const gta_model *gm = &g->m[i];
+        gk_model *km = &a->m[i];
+        if (gm->src.dtype != ALLOY_BF16 || ((uintptr_t)gm->src.data & 1)) return NULL;
+        *km = (gk_model){.x = gm->src.data, .w = gm->w, .s = gm->s, .check = !gm->checked};
+        switch (gm->keep) {
+        case KEEP_WHOLE:
+            km->keep = GK_WHOLE;
+            break;
+        case KEEP_RULE:
+            km->keep = gm->rule.U == INFINITY && gm->rule.tu == UINT32_MAX && gm->rule.tlo == 0 ? GK_TOP : GK_RULE;
+            km->rule = gm->rule;
+            break;
+        case KEEP_RANDOM:
+            km->keep = GK_RANDOM, km->rng_key = gm->rng_key, km->thr = gm->rng_thr;
+            break;
+        case KEEP_BITS:
+            km->keep = GK_BITS, km->bits = gm->bits;
+            break;
+        case KEEP_MASK:
+            return NULL;
+        }
+    }
+    return gk_select(a);
+}
+
 static int gta_merge(const gta_variant *v, const merge_call *call, float *out, alloy_err *err) {
     int k = call->k, nt = vec_threads(call->threads);
     size_t n = call->n;
@@ -705,6 +770,8 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             before += part[(c * (size_t)k + (size_t)i) * 2], after += part[(c * (size_t)k + (size_t)i) * 2 + 1];
         gm[i].s = before < 1e-7 || after < 1e-7 ? 1.0f : (float)(before / after);
     }
+    gk_args ka;
+    gk_block_fn kernel = rc ? NULL : gta_kernel_for(&g, survey, &ka);
     if (!rc) {
         int oom = 0, bad = 0;
         size_t obad = n;
@@ -721,8 +788,14 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             size_t nbt = (hi - lo + GTA_BLOCK - 1) / GTA_BLOCK, nseg = (nbt + GTA_SEG - 1) / GTA_SEG;
             for (size_t sg = nseg; d && sg-- > 0;) {
                 for (size_t bi = sg * GTA_SEG; bi < nbt && bi < (sg + 1) * GTA_SEG; bi++) {
-                    size_t b0 = lo + bi * GTA_BLOCK, ob = n;
-                    bad |= gta_block(&g, b0, hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK, d, out, &ob);
+                    size_t b0 = lo + bi * GTA_BLOCK, ob = n, m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
+                    if (kernel) {
+                        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+                        bad |= kernel(&ka, b0, m, dst, &ob);
+                        ob = call->sink && ob < m ? b0 + ob : n;
+                    } else {
+                        bad |= gta_block(&g, b0, m, d, out, &ob);
+                    }
                     if (ob < obad) obad = ob;
                 }
             }

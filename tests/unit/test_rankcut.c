@@ -190,6 +190,74 @@ static int cmp_float(const void *pa, const void *pb) {
     return (a > b) - (a < b);
 }
 
+/* rank_cut_scan_bf16 (magnitudes made from bf16 inputs inside the scan)
+ * leaves exactly what rank_cut_scan of the same magnitudes leaves: counts,
+ * every histogram cell, the positive count; blocks with tails, zero
+ * deltas, band ends that tie; and it flags a NaN or infinite input. */
+static void test_scan_bf16(void **state) {
+    (void)state;
+    size_t n = 100003;
+    uint16_t *x = malloc(n * 2), *b = malloc(n * 2);
+    float *a = malloc(n * sizeof *a);
+    assert_true(x && b && a);
+    for (size_t e = 0; e < n; e++) {
+        b[e] = f32_to_bf16((float)(0.02 * gauss(7, e)));
+        x[e] = unit(8, e) < 0.2 ? b[e] : f32_to_bf16(bf16_to_f32(b[e]) + (float)(0.002 * gauss(9, e)));
+        a[e] = fabsf(bf16_to_f32(x[e]) - bf16_to_f32(b[e]));
+    }
+    size_t ns = rank_cut_sample_size(n), runs = ns / RC_RUN;
+    float *sample = malloc(ns * sizeof *sample), *tmp = malloc(2 * ns * sizeof *tmp);
+    assert_true(sample && tmp);
+    for (size_t r = 0; r < runs; r++)
+        memcpy(sample + r * RC_RUN, a + rank_cut_sample_run(n, runs, r, 5), RC_RUN * sizeof *sample);
+    size_t ranks[] = {n / 3, n / 2, n - n / 10};
+    for (size_t ri = 0; ri < 3; ri++) {
+        rank_cut c1, c2;
+        assert_true(rank_cut_plan(&c1, n, ranks[ri], true, sample, ns, tmp));
+        assert_true(rank_cut_plan(&c2, n, ranks[ri], true, sample, ns, tmp));
+        cut_acc acc1 = {0}, acc2 = {0};
+        size_t blocks = 0;
+        for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
+            size_t lo, hi;
+            rank_cut_chunk(n, ch, &lo, &hi);
+            for (size_t b0 = lo; b0 < hi; b0 += 1000, blocks++) { /* 1000: tails in every block */
+                size_t m = hi - b0 < 1000 ? hi - b0 : 1000;
+                bool nf = false;
+                assert_int_equal(rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, &nf),
+                                 rank_cut_scan(&c1, &acc1, ch, a + b0, m));
+                assert_false(nf);
+            }
+        }
+        assert_true(blocks > 100);
+        assert_int_equal(acc1.below, acc2.below);
+        assert_true(acc1.below > 0);
+        assert_memory_equal(c1.eq, c2.eq, c1.nchunks * 2 * sizeof *c1.eq);
+        assert_memory_equal(c1.hist, c2.hist, c1.nchunks * RC_BUCKETS * sizeof *c1.hist);
+        size_t inside = 0;
+        for (size_t t = 0; t < c1.nchunks * RC_BUCKETS; t++) inside += c1.hist[t].count;
+        assert_true(inside > 0);
+        if (ri == 0) { /* a NaN input, then infinity, inside a block */
+            bool nf = false;
+            uint16_t keep = x[500];
+            x[500] = 0x7fc1;
+            rank_cut_scan_bf16(&c2, &acc2, 0, x + 480, b + 480, 40, &nf);
+            assert_true(nf);
+            nf = false;
+            x[500] = 0xff80;
+            rank_cut_scan_bf16(&c2, &acc2, 0, x + 497, b + 497, 5, &nf);
+            assert_true(nf);
+            x[500] = keep;
+        }
+        rank_cut_free(&c1);
+        rank_cut_free(&c2);
+    }
+    free(sample);
+    free(tmp);
+    free(x);
+    free(b);
+    free(a);
+}
+
 /* rank_cut_plan's band, from the sample in its own order, is the one its
  * header states, read off a sorted copy: continuous, tied (bf16) and
  * mostly zero samples, ranks from the first to the last. */
@@ -224,7 +292,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
         cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_band),
-        cmocka_unit_test(test_small),
+        cmocka_unit_test(test_small), cmocka_unit_test(test_scan_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,193 @@
+/* gta_kernel.c — the fused AVX-512 merge pass of the task-arithmetic family
+ * (see gta_kernel.h); without AVX-512 it only says that it has no kernel. */
+#include "merge/gta_kernel.h"
+
+#if GTA_KERNEL
+
+#include <immintrin.h>
+
+#include "util/rng.h"
+
+/* How far ahead of the loop the inputs are asked for (as in source.c). */
+#define GK_AHEAD 8192
+
+/* 16 bf16 values from p (lanes outside tm: 0), widened exactly to f32. */
+static inline __m512i gk_widen(const uint16_t *p, __mmask16 tm) {
+    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
+}
+
+/* Lanes of tm whose f32 pattern is NaN or infinity (exponent all ones). */
+static inline __mmask16 gk_nonfinite(__m512i u, __mmask16 tm) {
+    __m512i e = _mm512_set1_epi32(0x7f800000);
+    return _mm512_mask_cmpeq_epi32_mask(tm, _mm512_and_si512(u, e), e);
+}
+
+/* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx. */
+static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx) {
+    __m512 L = _mm512_set1_ps(r->L), U = _mm512_set1_ps(r->U);
+    __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
+    eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->tlo));
+    eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->thi));
+    __mmask16 lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
+    __mmask16 eqU = _mm512_cmp_ps_mask(a, U, _CMP_EQ_OQ);
+    eqU = _mm512_mask_cmple_epu32_mask(eqU, idx, _mm512_set1_epi32((int32_t)r->tu));
+    return lower & (_mm512_cmp_ps_mask(a, U, _CMP_LT_OQ) | eqU);
+}
+
+/* rng_bits32_at (util/rng.h) of 16 lanes, given h = index * phi + key32. */
+static inline __m512i gk_hash(__m512i x) {
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int32_t)0x846ca68bu));
+    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+/* task_arithmetic.c's merge of a block, 16 lanes at a time:
+ *   d_i = w_i * s_i * m_i * (x_i - base)
+ *   sum = 0 + d_0 + d_1 + ...; g = +1 if sum >= 0 else -1
+ *   with consensus: mixed = sum of the d_i with sign(d_i) == g (zeros never
+ *     agree), div = sum of their w_i (0 -> 1); else mixed = sum, div = div_all
+ *   out = base + (mixed [/ div]) * lambda
+ * k, consensus, normalize and the output dtype are constants of each
+ * instance, so the model loop unrolls and the registers hold it all. */
+static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int k, bool consensus, bool normalize,
+                                                          bool out_bf16, size_t b0, size_t m, void *dst,
+                                                          size_t *obad) {
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    const __m512 lambda = _mm512_set1_ps(a->lambda), div_all = _mm512_set1_ps(a->div_all);
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i phi16 = _mm512_set1_epi32((int32_t)(16u * 0x9e3779b9u));
+    __m512i hw[GK_MAX_MODELS]; /* GK_RANDOM: index * phi + key32 of the current lanes */
+    for (int i = 0; i < k; i++) {
+        hw[i] = _mm512_setzero_si512();
+        if (a->m[i].keep == GK_RANDOM) {
+            uint32_t k32 = rng_key32(a->m[i].rng_key, (uint64_t)b0 >> 32);
+            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota);
+            hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, _mm512_set1_epi32((int32_t)0x9e3779b9u)),
+                                     _mm512_set1_epi32((int32_t)k32));
+        }
+    }
+    __mmask16 bad = 0;
+    size_t first = m;
+    for (size_t j = 0; j < m; j += 16) {
+        size_t e = b0 + j;
+        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        if (!(j & 31)) {
+            _mm_prefetch((const char *)(a->base + e) + GK_AHEAD, _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int i = 0; i < k; i++) _mm_prefetch((const char *)(a->m[i].x + e) + GK_AHEAD, _MM_HINT_T0);
+        }
+        __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)e), iota);
+        __m512i bu = gk_widen(a->base + e, tm);
+        if (a->check_base) bad |= gk_nonfinite(bu, tm);
+        __m512 b = _mm512_castsi512_ps(bu);
+        __m512 d[GK_MAX_MODELS];
+#pragma GCC unroll 4
+        for (int i = 0; i < k; i++) {
+            const gk_model *g = &a->m[i];
+            __m512i xu = gk_widen(g->x + e, tm);
+            if (g->check) bad |= gk_nonfinite(xu, tm);
+            __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), b);
+            __m512 t = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(g->s)), _mm512_set1_ps(g->w));
+            __mmask16 keep = 0xffff;
+            switch (g->keep) {
+            case GK_WHOLE:
+                break;
+            case GK_TOP: {
+                __m512 av = _mm512_abs_ps(v), L = _mm512_set1_ps(g->rule.L);
+                __mmask16 eq = _mm512_cmp_ps_mask(av, L, _CMP_EQ_OQ);
+                keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
+                       _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
+                break;
+            }
+            case GK_RULE:
+                keep = gk_rule(&g->rule, _mm512_abs_ps(v), idx);
+                break;
+            case GK_RANDOM:
+                keep = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), _mm512_set1_epi32((int32_t)g->thr));
+                hw[i] = _mm512_add_epi32(hw[i], phi16);
+                break;
+            case GK_BITS: { /* e is a multiple of 8 here (b0 is, j is of 16) */
+                uint16_t w16 = 0;
+                const uint8_t *p = g->bits + e / 8;
+                w16 = (uint16_t)(p[0] | (tm > 0xff ? (uint16_t)p[1] << 8 : 0));
+                keep = (__mmask16)w16;
+                break;
+            }
+            }
+            d[i] = _mm512_maskz_mov_ps(keep, t);
+        }
+        __m512 sum = _mm512_add_ps(zero, d[0]);
+#pragma GCC unroll 4
+        for (int i = 1; i < k; i++) sum = _mm512_add_ps(sum, d[i]);
+        __m512 mx = sum, dv = div_all;
+        if (consensus) {
+            __mmask16 pos = _mm512_cmp_ps_mask(sum, zero, _CMP_GE_OQ), neg = (__mmask16)~pos;
+            __m512 mixed = zero, div = zero;
+#pragma GCC unroll 4
+            for (int i = 0; i < k; i++) {
+                __mmask16 agree = _mm512_mask_cmp_ps_mask(pos, d[i], zero, _CMP_GT_OQ) |
+                                  _mm512_mask_cmp_ps_mask(neg, d[i], zero, _CMP_LT_OQ);
+                mixed = _mm512_mask_add_ps(mixed, agree, mixed, d[i]);
+                div = _mm512_mask_add_ps(div, agree, div, _mm512_set1_ps(a->m[i].w));
+            }
+            mx = mixed;
+            dv = _mm512_mask_mov_ps(div, _mm512_cmp_ps_mask(div, zero, _CMP_EQ_OQ), one);
+        }
+        __m512 scaled = normalize ? _mm512_div_ps(mx, dv) : mx;
+        __m512 o = _mm512_add_ps(b, _mm512_mul_ps(scaled, lambda));
+        __m512i ou = _mm512_castps_si512(o);
+        __mmask16 nf = gk_nonfinite(ou, tm);
+        if (nf && first == m) first = j + (size_t)__builtin_ctz((unsigned)nf);
+        if (out_bf16) { /* dtype.c's f32_to_bf16: nearest even, NaN quieted */
+            __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(1));
+            __m512i r = _mm512_srli_epi32(_mm512_add_epi32(ou, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
+                                                    _mm512_set1_epi32(0x7f800000));
+            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
+            _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)dst + j, tm, r);
+        } else {
+            _mm512_mask_storeu_ps((float *)dst + j, tm, o);
+        }
+    }
+    *obad = first;
+    return bad != 0;
+}
+
+#define GK_INSTANCE(K, C, N, B)                                                                                        \
+    static bool gk_##K##_##C##_##N##_##B(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad) {             \
+        return gk_body(a, K, C, N, B, b0, m, dst, obad);                                                               \
+    }
+#define GK_FOUR(K)                                                                                                     \
+    GK_INSTANCE(K, 0, 0, 0)                                                                                            \
+    GK_INSTANCE(K, 0, 0, 1)                                                                                            \
+    GK_INSTANCE(K, 0, 1, 0)                                                                                            \
+    GK_INSTANCE(K, 0, 1, 1)                                                                                            \
+    GK_INSTANCE(K, 1, 0, 0)                                                                                            \
+    GK_INSTANCE(K, 1, 0, 1)                                                                                            \
+    GK_INSTANCE(K, 1, 1, 0)                                                                                            \
+    GK_INSTANCE(K, 1, 1, 1)
+GK_FOUR(1)
+GK_FOUR(2)
+GK_FOUR(3)
+GK_FOUR(4)
+#define GK_ROW(K)                                                                                                      \
+    {gk_##K##_0_0_0, gk_##K##_0_0_1, gk_##K##_0_1_0, gk_##K##_0_1_1,                                                   \
+     gk_##K##_1_0_0, gk_##K##_1_0_1, gk_##K##_1_1_0, gk_##K##_1_1_1}
+
+static const gk_block_fn gk_table[GK_MAX_MODELS][8] = {GK_ROW(1), GK_ROW(2), GK_ROW(3), GK_ROW(4)};
+
+gk_block_fn gk_select(const gk_args *a) {
+    if (a->k < 1 || a->k > GK_MAX_MODELS) return NULL;
+    return gk_table[a->k - 1][(a->consensus ? 4 : 0) | (a->normalize ? 2 : 0) | (a->out_bf16 ? 1 : 0)];
+}
+
+#else
+
+gk_block_fn gk_select(const gk_args *a) {
+    (void)a;
+    return NULL;
+}
+
+#endif

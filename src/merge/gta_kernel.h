@@ -1,0 +1,69 @@
+/* gta_kernel.h — the task-arithmetic family's merge pass as one vector loop.
+ *
+ * task_arithmetic.c computes a block in straight passes over f32 scratch:
+ * the base widened, each model's masked weighted delta, then the consensus
+ * and the sum, then the store converts to the output dtype. Where the CPU
+ * has AVX-512 and every input is bf16, this file does the same arithmetic
+ * on 16 elements at a time with everything in registers: the inputs are
+ * widened, masked, weighted, combined, rounded to the output dtype and
+ * stored in one go. The float operations and their order are exactly those
+ * of task_arithmetic.c (no fused multiply-add, no reassociation), so the
+ * results are identical bit for bit; only the scratch traffic is gone. */
+#ifndef ALLOY_MERGE_GTA_KERNEL_H
+#define ALLOY_MERGE_GTA_KERNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "merge/rankcut.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define GTA_KERNEL 1
+#else
+#define GTA_KERNEL 0
+#endif
+
+/* The most models the kernel takes (more: task_arithmetic.c's passes). */
+#define GK_MAX_MODELS 4
+
+/* Which elements of a model's delta are kept (task_arithmetic.c's keep_kind). */
+typedef enum {
+    GK_WHOLE,
+    GK_TOP,    /* TIES's one-sided rule: a > L, or a == L with e <= thi */
+    GK_RULE,
+    GK_RANDOM,
+    GK_BITS
+} gk_keep;
+
+typedef struct gk_model {
+    const uint16_t *x;  /* the model's bf16 tensor (2-byte aligned) */
+    float w, s;         /* weight, rescale factor: d = ((x - base) * s) * w where kept */
+    gk_keep keep;
+    keep_rule rule;     /* GK_TOP, GK_RULE */
+    uint64_t rng_key;   /* GK_RANDOM: rng_keep32(rng_key, e, thr) */
+    uint32_t thr;
+    const uint8_t *bits; /* GK_BITS: bit e of the mask (LSB first) */
+    bool check;         /* test the inputs for NaN and infinity */
+} gk_model;
+
+typedef struct gk_args {
+    int k;
+    bool consensus, normalize;
+    float lambda, div_all;
+    const uint16_t *base; /* bf16, 2-byte aligned */
+    bool check_base;
+    bool out_bf16;      /* the output in bf16 (else f32) */
+    gk_model m[GK_MAX_MODELS];
+} gk_args;
+
+/* Merge elements [b0, b0 + m) into dst (element b0's place, in the output
+ * dtype). Returns true when a checked input was not finite; *obad is the
+ * index in the block of the first non-finite result, or m. */
+typedef bool (*gk_block_fn)(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad);
+
+/* The kernel for these arguments, or NULL (no AVX-512, more than
+ * GK_MAX_MODELS models). */
+gk_block_fn gk_select(const gk_args *a);
+
+#endif

@@ -1,0 +1,235 @@
+/* test_gta_kernel.c — the fused AVX-512 merge pass (merge/gta_kernel.c)
+ * against a scalar transcription of the formula it implements, bit for bit:
+ * every model count it takes, with and without consensus and normalize,
+ * bf16 and f32 output, every keep kind (whole, TIES's one-sided rule, a
+ * two-sided rule, DARE's random mask, a bit mask), ties on the rule's
+ * threshold decided by index, block lengths that leave a tail, zero and
+ * negative-zero deltas; then NaN inputs (reported only where checked) and
+ * a result that overflows (its index reported). Without AVX-512 the kernel
+ * must say that it is not there. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "merge/gta_kernel.h"
+#include "util/dtype.h"
+#include "util/rng.h"
+
+#define N 8192
+
+static float bf(uint16_t h) { return bf16_to_f32(h); }
+
+/* The formula of gk_body, one element at a time in the same order. */
+static void ref_block(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad, bool *bad) {
+    *obad = m;
+    *bad = false;
+    for (size_t j = 0; j < m; j++) {
+        size_t e = b0 + j;
+        float b = bf(a->base[e]), d[GK_MAX_MODELS];
+        if (a->check_base && !isfinite(b)) *bad = true;
+        for (int i = 0; i < a->k; i++) {
+            const gk_model *g = &a->m[i];
+            float x = bf(g->x[e]);
+            if (g->check && !isfinite(x)) *bad = true;
+            float v = x - b, t = (v * g->s) * g->w, av = fabsf(v);
+            uint32_t ix = (uint32_t)e;
+            bool keep = true;
+            switch (g->keep) {
+            case GK_WHOLE:
+                break;
+            case GK_TOP:
+                keep = av > g->rule.L || (av == g->rule.L && ix <= g->rule.thi);
+                break;
+            case GK_RULE:
+                keep = keep_rule_test(&g->rule, av, ix);
+                break;
+            case GK_RANDOM:
+                keep = rng_keep32(g->rng_key, e, g->thr);
+                break;
+            case GK_BITS:
+                keep = (g->bits[e / 8] >> (e % 8)) & 1u;
+                break;
+            }
+            d[i] = keep ? t : 0.0f;
+        }
+        float sum = 0.0f + d[0];
+        for (int i = 1; i < a->k; i++) sum += d[i];
+        float mx = sum, dv = a->div_all;
+        if (a->consensus) {
+            bool pos = sum >= 0.0f;
+            float mixed = 0.0f, div = 0.0f;
+            for (int i = 0; i < a->k; i++)
+                if ((pos && d[i] > 0.0f) || (!pos && d[i] < 0.0f)) mixed += d[i], div += a->m[i].w;
+            mx = mixed;
+            dv = div == 0.0f ? 1.0f : div;
+        }
+        float o = b + (a->normalize ? mx / dv : mx) * a->lambda;
+        if (!isfinite(o) && *obad == m) *obad = j;
+        if (a->out_bf16)
+            ((uint16_t *)dst)[j] = f32_to_bf16(o);
+        else
+            ((float *)dst)[j] = o;
+    }
+}
+
+static uint16_t to_bf(float f) { return f32_to_bf16(f); }
+
+typedef struct inputs {
+    uint16_t base[N], x[GK_MAX_MODELS][N];
+    uint8_t bits[GK_MAX_MODELS][N / 8];
+} inputs;
+
+/* Base ~ U(-0.02, 0.02); deltas on a coarse grid (so magnitudes tie), a
+ * tenth of them zero; the model's value is bf16(base + delta). */
+static void fill(inputs *in, uint64_t seed) {
+    for (size_t e = 0; e < N; e++) {
+        float b = (float)(rng_uniform(seed, 100, e) - 0.5) * 0.04f;
+        in->base[e] = to_bf(b);
+        for (int i = 0; i < GK_MAX_MODELS; i++) {
+            double u = rng_uniform(seed, (uint64_t)i, e);
+            float dlt = u < 0.1 ? 0.0f : (float)((int)(u * 64.0) - 32) * 0x1p-12f;
+            in->x[i][e] = u < 0.1 ? in->base[e] : to_bf(bf(in->base[e]) + dlt);
+        }
+    }
+    for (int i = 0; i < GK_MAX_MODELS; i++)
+        for (size_t t = 0; t < N / 8; t++) in->bits[i][t] = (uint8_t)(rng_mix64(seed * 7 + (uint64_t)i * N + t) >> 56);
+}
+
+/* A threshold that some magnitudes equal: the magnitude of a chosen element. */
+static float some_magnitude(const inputs *in, int i, size_t e) { return fabsf(bf(in->x[i][e]) - bf(in->base[e])); }
+
+static void setup_args(gk_args *a, const inputs *in, int k, int variant, uint64_t seed) {
+    *a = (gk_args){.k = k, .consensus = variant & 4, .normalize = variant & 2, .out_bf16 = variant & 1,
+                   .lambda = 0.75f, .div_all = 0.9f, .base = in->base, .check_base = false};
+    static const float w[GK_MAX_MODELS] = {0.5f, 0.3f, -0.2f, 0.45f}, s[GK_MAX_MODELS] = {1.0f, 1.9f, 2.5f, 1.25f};
+    for (int i = 0; i < k; i++) {
+        gk_model *g = &a->m[i];
+        *g = (gk_model){.x = in->x[i], .w = w[i], .s = s[i], .bits = in->bits[i]};
+        g->keep = (gk_keep)((seed + (uint64_t)i * 3 + (uint64_t)variant) % 5);
+        float L = some_magnitude(in, i, 77 + (size_t)i), U = some_magnitude(in, i, 1234 + (size_t)i);
+        if (U < L) {
+            float t = L;
+            L = U, U = t;
+        }
+        /* index bounds on elements at the thresholds: < for <= would show */
+        uint32_t eL = 77 + (uint32_t)i, eU = 1234 + (uint32_t)i;
+        if (fabsf(L - some_magnitude(in, i, eL)) != 0.0f) {
+            uint32_t t = eL;
+            eL = eU, eU = t;
+        }
+        uint32_t hiL = 3000;
+        while (hiL + 1 < N && some_magnitude(in, i, hiL) != L) hiL++;
+        g->rule = (keep_rule){.L = L, .U = U, .tlo = eL, .thi = hiL, .tu = eU};
+        if (g->keep == GK_TOP) g->rule = (keep_rule){.L = L, .U = INFINITY, .tlo = 0, .thi = eL, .tu = UINT32_MAX};
+        g->rng_key = rng_stream_key(seed, (uint64_t)i);
+        g->thr = rng_thr32(0.3 + 0.1 * i);
+    }
+}
+
+static void compare(const gk_args *a, gk_block_fn fn, size_t b0, size_t m) {
+    uint32_t got[1024], want[1024];
+    memset(got, 0xab, sizeof got);
+    memcpy(want, got, sizeof want);
+    size_t ob_got = 0, ob_want = 0;
+    bool bad_want, bad_got = fn(a, b0, m, got, &ob_got);
+    ref_block(a, b0, m, want, &ob_want, &bad_want);
+    size_t bytes = m * (a->out_bf16 ? 2 : 4);
+    assert_memory_equal(got, want, bytes);
+    /* nothing written past the block */
+    assert_memory_equal((char *)got + bytes, (char *)want + bytes, sizeof got - bytes);
+    assert_int_equal(ob_got, ob_want);
+    assert_int_equal(bad_got, bad_want);
+}
+
+static void test_matches_formula(void **state) {
+    (void)state;
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill(in, 3);
+    gk_args a;
+    setup_args(&a, in, 1, 0, 1);
+    if (!GTA_KERNEL) {
+        assert_null(gk_select(&a));
+        free(in);
+        skip();
+    }
+    int runs = 0;
+    for (int k = 1; k <= GK_MAX_MODELS; k++)
+        for (int variant = 0; variant < 8; variant++)
+            for (uint64_t seed = 0; seed < 5; seed++) {
+                setup_args(&a, in, k, variant, seed);
+                gk_block_fn fn = gk_select(&a);
+                assert_non_null(fn);
+                /* whole blocks, a tail of each length class, one element */
+                static const size_t lens[] = {1024, 1000, 17, 8, 1};
+                compare(&a, fn, 0, 1024); /* holds the elements the bounds name */
+                compare(&a, fn, 1024, 1024);
+                for (int i = 0; i < k; i++) compare(&a, fn, a.m[i].rule.thi & ~(size_t)7, 512);
+                for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+                    size_t b0 = 8 * (size_t)((seed * 131 + (uint64_t)t * 97) % ((N - lens[t]) / 8));
+                    compare(&a, fn, b0, lens[t]);
+                    runs++;
+                }
+            }
+    assert_int_equal(runs, GK_MAX_MODELS * 8 * 5 * 5);
+    /* the thresholds are magnitudes that many elements share, on both
+     * sides of the index bounds: ties were decided by index */
+    setup_args(&a, in, 1, 0, 1);
+    size_t before = 0, after = 0;
+    for (size_t e = 0; e < N; e++)
+        if (some_magnitude(in, 0, e) == a.m[0].rule.L) *(e <= 77 ? &before : &after) += 1;
+    assert_true(before >= 1 && after > 20);
+    free(in);
+}
+
+static void test_nonfinite(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) skip();
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill(in, 9);
+    gk_args a;
+    setup_args(&a, in, 3, 7, 2);
+    for (int i = 0; i < 3; i++) a.m[i].keep = GK_WHOLE;
+    gk_block_fn fn = gk_select(&a);
+    assert_non_null(fn);
+    /* a NaN in model 1: reported only when that model is checked */
+    in->x[1][2000 + 37] = 0x7fc0;
+    uint16_t out[1024];
+    size_t ob;
+    assert_false(fn(&a, 2000, 100, out, &ob));
+    a.m[1].check = true;
+    assert_true(fn(&a, 2000, 100, out, &ob));
+    assert_false(fn(&a, 2040, 100, out, &ob)); /* outside the block */
+    /* infinity in the base, checked */
+    in->base[4000 + 3] = 0x7f80;
+    a.check_base = true;
+    assert_true(fn(&a, 4000, 16, out, &ob));
+    in->base[4000 + 3] = 0x3c00;
+    /* a result that overflows: the first such index in the block */
+    a.m[0].w = 3e38f;
+    in->x[0][5000 + 21] = to_bf(1.0f), in->base[5000 + 21] = to_bf(-1.0f);
+    in->x[0][5000 + 40] = to_bf(1.0f), in->base[5000 + 40] = to_bf(-1.0f);
+    a.normalize = false, a.consensus = false;
+    fn = gk_select(&a);
+    bool bad = fn(&a, 5000, 64, out, &ob);
+    assert_false(bad);
+    assert_int_equal(ob, 21);
+    compare(&a, fn, 5000, 64);
+    free(in);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matches_formula),
+        cmocka_unit_test(test_nonfinite),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
