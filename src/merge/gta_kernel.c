@@ -155,6 +155,41 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
     return bad != 0;
 }
 
+bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
+                    uint8_t *bits, float *before, float *after) {
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i phi16 = _mm512_set1_epi32((int32_t)(16u * 0x9e3779b9u)), vthr = _mm512_set1_epi32((int32_t)thr);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    uint32_t k32 = rng_key32(rng_key, (uint64_t)b0 >> 32);
+    __m512i hw = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota),
+                                                     _mm512_set1_epi32((int32_t)0x9e3779b9u)),
+                                  _mm512_set1_epi32((int32_t)k32));
+    __m512 sb = _mm512_setzero_ps(), sa = sb;
+    __mmask16 bad = 0;
+    x += b0, base += b0;
+    for (size_t j = 0; j < m; j += 16) {
+        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        if (!(j & 31)) {
+            _mm_prefetch((const char *)(x + j) + GK_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)(base + j) + GK_AHEAD, _MM_HINT_T0);
+        }
+        __m512i xu = gk_widen(x + j, tm);
+        bad |= gk_nonfinite(xu, tm);
+        __m512 a = _mm512_and_ps(_mm512_sub_ps(_mm512_castsi512_ps(xu), _mm512_castsi512_ps(gk_widen(base + j, tm))),
+                                 absmask);
+        __mmask16 keep = _mm512_mask_cmplt_epu32_mask(tm, gk_hash(hw), vthr);
+        hw = _mm512_add_epi32(hw, phi16);
+        sb = _mm512_add_ps(sb, a); /* lanes past m hold 0 */
+        sa = _mm512_mask_add_ps(sa, keep, sa, a);
+        uint8_t *p = bits + (b0 + j) / 8;
+        p[0] = (uint8_t)keep;
+        if (m - j > 8) p[1] = (uint8_t)(keep >> 8);
+    }
+    *before = _mm512_reduce_add_ps(sb);
+    *after = _mm512_reduce_add_ps(sa);
+    return bad != 0;
+}
+
 #define GK_INSTANCE(K, C, N, B)                                                                                        \
     static bool gk_##K##_##C##_##N##_##B(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad) {             \
         return gk_body(a, K, C, N, B, b0, m, dst, obad);                                                               \
@@ -184,6 +219,13 @@ gk_block_fn gk_select(const gk_args *a) {
 }
 
 #else
+
+bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
+                    uint8_t *bits, float *before, float *after) {
+    (void)x, (void)base, (void)b0, (void)m, (void)rng_key, (void)thr, (void)bits;
+    *before = *after = 0.0f;
+    return true; /* never called: GTA_KERNEL is 0 */
+}
 
 gk_block_fn gk_select(const gk_args *a) {
     (void)a;

@@ -1,4 +1,5 @@
-/* gta_kernel.h — the task-arithmetic family's merge pass as one vector loop.
+/* gta_kernel.h — the task-arithmetic family's merge pass as one vector loop,
+ * and DARE's first pass likewise.
  *
  * task_arithmetic.c computes a block in straight passes over f32 scratch:
  * the base widened, each model's masked weighted delta, then the consensus
@@ -65,5 +66,15 @@ typedef bool (*gk_block_fn)(const gk_args *a, size_t b0, size_t m, void *dst, si
 /* The kernel for these arguments, or NULL (no AVX-512, more than
  * GK_MAX_MODELS models). */
 gk_block_fn gk_select(const gk_args *a);
+
+/* DARE's first pass over elements [b0, b0 + m) of one bf16 model x (the
+ * tensors from element 0, as bits; b0 a multiple of 8): the L1 sums of the magnitudes |x - base| before and after
+ * its random mask (rng_keep32(rng_key, e, thr)), each in 16 f32 lanes (lane
+ * l adds elements l, l + 16, ... in order) added up in a fixed tree; the
+ * mask itself as bits (bit e of bits, LSB first: the merge pass reads them
+ * instead of drawing again). Returns true when an x is NaN or infinite.
+ * Only where GTA_KERNEL is 1. */
+bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
+                    uint8_t *bits, float *before, float *after);
 
 #endif

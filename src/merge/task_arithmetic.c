@@ -87,7 +87,8 @@ typedef struct gta_model {
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
     bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
-    uint8_t *bits;      /* KEEP_BITS (della): 1 bit per element */
+    uint8_t *bits;      /* KEEP_BITS: 1 bit per element (della's, or DARE's drawn by gk_dare_survey) */
+    uint8_t *own_bits;  /* della's bits, allocated here */
     uint64_t rng_key;   /* KEEP_RANDOM: the stream's key and threshold */
     uint32_t rng_thr;
     double density;
@@ -352,6 +353,14 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
         return -1;
     }
     bool base_bf = g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
+    /* DARE on bf16 with the kernel: its sums and its mask, as bits into the
+     * model's mask space, in one loop (gk_dare_survey) */
+    bool dare_bits[GK_MAX_MODELS] = {false};
+    for (int i = 0; GTA_KERNEL && base_bf && i < k && k <= GK_MAX_MODELS; i++) {
+        const gta_model *gm = &g->m[i];
+        dare_bits[i] = rescale && gm->random && gm->ncuts <= 0 && gm->mask && gm->src.dtype == ALLOY_BF16 &&
+                       !((uintptr_t)gm->src.data & 1);
+    }
 #pragma omp parallel num_threads(nt) reduction(| : bad)
     {
         int t = omp_get_thread_num();
@@ -376,6 +385,15 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     bool sums = rescale && gm->masked;
                     if (gm->ncuts <= 0 && !sums) continue;
                     cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
+                    double *pi = part + (c * (size_t)k + (size_t)i) * 2;
+                    if (k <= GK_MAX_MODELS && dare_bits[i]) {
+                        float before, after;
+                        bad |= gk_dare_survey(gm->src.data, g->base.data, b0, m, gm->rng_key, gm->rng_thr, gm->mask,
+                                              &before, &after);
+                        pi[0] += before;
+                        pi[1] += after;
+                        continue;
+                    }
                     if (!sums && base_bf && gm->src.dtype == ALLOY_BF16 && !((uintptr_t)gm->src.data & 1)) {
                         /* cuts only, both bf16: the magnitudes made inside the scan */
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
@@ -394,7 +412,6 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         have_base = true;
                     }
                     bad |= magnitudes(gm->src, b0, m, base, x, a);
-                    double *pi = part + (c * (size_t)k + (size_t)i) * 2;
                     if (gm->ncuts > 0) {
                         size_t z = 0;
                         for (int cu = 0; cu < gm->ncuts; cu++) z = rank_cut_scan(&gm->cut[cu], ai + cu, c, a, m);
@@ -432,6 +449,8 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             }
         }
     }
+    for (int i = 0; i < k && k <= GK_MAX_MODELS; i++)
+        if (dare_bits[i]) g->m[i].keep = KEEP_BITS, g->m[i].bits = g->m[i].mask;
     /* the models' cuts resolve independently: in parallel when several have
      * cuts (each then reads its chunks on one thread), else one model with
      * all threads */
@@ -609,7 +628,8 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
     case SPARSIFY_DELLA: {
         sparsify_args a = {.kind = v->sparsify, .density = density, .epsilon = MPARAM(call, i, P_EXTRA),
                            .seed = call->seed, .stream = (uint64_t)i};
-        if (!(gm->bits = calloc(n / 8 + 1, 1))) return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+        if (!(gm->bits = gm->own_bits = calloc(n / 8 + 1, 1)))
+            return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
         mag_ctx mc = {gm->src, merge_input(call, -1)};
         int r = sparsify_della_bits(&a, della_mag, &mc, call->ndim, call->shape, n, gm->bits, nt, call->tensor_name,
                                     err);
@@ -808,7 +828,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     }
     for (int i = 0; gm && i < k; i++)
         for (int cu = 0; cu < 2; cu++) rank_cut_free(&gm[i].cut[cu]);
-    for (int i = 0; gm && i < k; i++) free(gm[i].bits);
+    for (int i = 0; gm && i < k; i++) free(gm[i].own_bits);
     free(gm);
     free(part);
     free(sample);

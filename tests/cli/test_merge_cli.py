@@ -221,16 +221,20 @@ dtype: float32
     record("--dry-run", p.returncode == 0 and not os.path.exists(out) and "linear" in p.stdout, p.stderr.strip())
 
     # 7. random methods: same seed → same bytes (any thread count); other seed → different.
-    r = recipe("dare", "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
-               "{weight: 0.5, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.5, density: 0.4}\n" % (base, a, b))
-    outs = []
-    for i, (seed, th) in enumerate(((1, 1), (1, 2), (2, 2))):
-        o = os.path.join(TMP, "out-dare%d" % i)
-        run("merge", r, o, "--seed", str(seed), "--threads", str(th))
-        outs.append(os.path.join(o, "model.safetensors"))
-    ok = all(os.path.exists(o) for o in outs) and filecmp.cmp(outs[0], outs[1], shallow=False) \
-        and not filecmp.cmp(outs[0], outs[2], shallow=False)
-    record("dare_ties reproducible across threads, seed-dependent", ok)
+    #    f32 checkpoints, and bf16 ones (which take the fused AVX-512 kernels where the CPU has them).
+    b16 = [model("bf16-%d" % i, i, dtype=torch.bfloat16) for i in range(3)]
+    for tag, (mb, ma, mbb) in (("f32", (base, a, b)), ("bf16", b16)):
+        r = recipe("dare-" + tag, "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
+                   "{weight: 0.5, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.5, density: 0.4}\n"
+                   % (mb, ma, mbb))
+        outs = []
+        for i, (seed, th) in enumerate(((1, 1), (1, 2), (1, 3), (2, 2))):
+            o = os.path.join(TMP, "out-dare-%s%d" % (tag, i))
+            run("merge", r, o, "--seed", str(seed), "--threads", str(th))
+            outs.append(os.path.join(o, "model.safetensors"))
+        ok = all(os.path.exists(o) for o in outs) and filecmp.cmp(outs[0], outs[1], shallow=False) \
+            and filecmp.cmp(outs[0], outs[2], shallow=False) and not filecmp.cmp(outs[0], outs[3], shallow=False)
+        record("dare_ties (%s) reproducible across threads, seed-dependent" % tag, ok)
 
     # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.
     gen = torch.Generator().manual_seed(11)

@@ -5,8 +5,9 @@
  * two-sided rule, DARE's random mask, a bit mask), ties on the rule's
  * threshold decided by index, block lengths that leave a tail, zero and
  * negative-zero deltas; then NaN inputs (reported only where checked) and
- * a result that overflows (its index reported). Without AVX-512 the kernel
- * must say that it is not there. */
+ * a result that overflows (its index reported); DARE's first pass (sums in
+ * their lane order, mask bits). Without AVX-512 the kernel must say that it
+ * is not there. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -226,10 +227,60 @@ static void test_nonfinite(void **state) {
     free(in);
 }
 
+/* gk_dare_survey: the mask bits are rng_keep32's, and the two sums are
+ * those of 16 lanes (lane l: elements l, l + 16, ... in order) added as
+ * halves, quarters, eighths, then the last two; tails included. */
+static float lanes_sum(const float *lane) {
+    float h[8], q[4], r[2];
+    for (int i = 0; i < 8; i++) h[i] = lane[i] + lane[i + 8];
+    for (int i = 0; i < 4; i++) q[i] = h[i] + h[i + 4];
+    for (int i = 0; i < 2; i++) r[i] = q[i] + q[i + 2];
+    return r[0] + r[1];
+}
+
+static void test_dare_survey(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) skip();
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill(in, 21);
+    uint64_t key = rng_stream_key(77, 1);
+    uint32_t thr = rng_thr32(0.35);
+    static const size_t lens[] = {1024, 1000, 24, 9, 8, 1};
+    for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+        size_t b0 = 8 * (37 + 101 * t), m = lens[t];
+        uint8_t bits[N / 8], want_bits[N / 8];
+        memset(bits, 0xee, sizeof bits);
+        memcpy(want_bits, bits, sizeof bits);
+        float lb[16] = {0}, la[16] = {0};
+        for (size_t j = 0; j < m; j++) {
+            size_t e = b0 + j;
+            float a = fabsf(bf(in->x[2][e]) - bf(in->base[e]));
+            bool keep = rng_keep32(key, e, thr);
+            lb[j % 16] += a;
+            if (keep) la[j % 16] += a;
+            if (j % 8 == 0) want_bits[e / 8] = 0;
+            want_bits[e / 8] |= (uint8_t)(keep << (e % 8));
+        }
+        float before, after;
+        assert_false(gk_dare_survey(in->x[2], in->base, b0, m, key, thr, bits, &before, &after));
+        if (!(before == lanes_sum(lb) && after == lanes_sum(la))) fail_msg("m %zu: %.9g %.9g, want %.9g %.9g", m, (double)before, (double)after, (double)lanes_sum(lb), (double)lanes_sum(la));
+        if (m >= 24) assert_true(after > 0.0f && after < before);
+        assert_memory_equal(bits, want_bits, sizeof bits); /* the block's bytes, nothing around them */
+    }
+    uint8_t bits[N / 8];
+    float before, after;
+    in->x[2][3000] = 0xffc0; /* NaN */
+    assert_true(gk_dare_survey(in->x[2], in->base, 2992, 16, key, thr, bits, &before, &after));
+    assert_false(gk_dare_survey(in->x[2], in->base, 3008, 16, key, thr, bits, &before, &after));
+    free(in);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_formula),
         cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_dare_survey),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
