@@ -16,10 +16,10 @@ static inline __m512i gk_widen(const uint16_t *p, __mmask16 tm) {
     return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
 }
 
-/* Lanes of tm whose f32 pattern is NaN or infinity (exponent all ones). */
+/* Lanes of tm whose f32 pattern is NaN or infinity: one classify (quiet
+ * and signalling NaN, +-infinity). */
 static inline __mmask16 gk_nonfinite(__m512i u, __mmask16 tm) {
-    __m512i e = _mm512_set1_epi32(0x7f800000);
-    return _mm512_mask_cmpeq_epi32_mask(tm, _mm512_and_si512(u, e), e);
+    return _mm512_mask_fpclass_ps_mask(tm, _mm512_castsi512_ps(u), 0x01 | 0x08 | 0x10 | 0x80);
 }
 
 /* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx. */
@@ -89,7 +89,9 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             __m512i xu = gk_widen(g->x + e, tm);
             if (g->check) bad |= gk_nonfinite(xu, tm);
             __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), b);
-            __m512 t = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(g->s)), _mm512_set1_ps(g->w));
+            /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
+            __m512 vs = g->s == 1.0f ? v : _mm512_mul_ps(v, _mm512_set1_ps(g->s));
+            __m512 t = _mm512_mul_ps(vs, _mm512_set1_ps(g->w));
             __mmask16 keep = 0xffff;
             switch (g->keep) {
             case GK_WHOLE:
@@ -143,9 +145,11 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         if (out_bf16) { /* dtype.c's f32_to_bf16: nearest even, NaN quieted */
             __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(1));
             __m512i r = _mm512_srli_epi32(_mm512_add_epi32(ou, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
-                                                    _mm512_set1_epi32(0x7f800000));
-            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
+            if (nf) { /* only a NaN needs more than the rounding (and fails the merge) */
+                __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
+                                                        _mm512_set1_epi32(0x7f800000));
+                r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
+            }
             _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)dst + j, tm, r);
         } else {
             _mm512_mask_storeu_ps((float *)dst + j, tm, o);

@@ -333,40 +333,67 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 }
 
 #if RC_AVX512BW
-/* 16 bf16 values from p (lanes outside tm: 0) widened exactly to f32 bits. */
-static inline __m512i widen_bf16(const uint16_t *p, __mmask16 tm) {
-    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
+/* 16 magnitudes as bit patterns u: the counts of scan_counts into the lane
+ * counters, and which of them lie strictly inside (lo, hi). */
+static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *cz, __m512i *clt, __m512i *cel,
+                               __m512i *ceh) {
+    const __m512i one = _mm512_set1_epi32(1);
+    __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
+    *cz = _mm512_mask_add_epi32(*cz, _mm512_testn_epi32_mask(u, u), *cz, one);
+    *clt = _mm512_mask_add_epi32(*clt, below, *clt, one);
+    *cel = _mm512_mask_add_epi32(*cel, atlo, *cel, one);
+    *ceh = _mm512_mask_add_epi32(*ceh, _mm512_cmpeq_epi32_mask(u, vhi), *ceh, one);
+    return _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
 }
 
 /* scan_block of the magnitudes |x - base| of bf16 inputs, made in
- * registers; *nonfinite set when an x is NaN or infinite. Lanes past len
- * are masked out of every count (tm). */
+ * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
+ * low one shifted up and the high one masked are both exact f32 (the even
+ * and the odd elements: the counts and the cells do not care about order).
+ * The magnitudes go to mag, and which are inside the band to one mask word
+ * per 32; the few inside are picked out afterwards, instead of compacting
+ * every vector. The tail (under 32) goes through scan_block. *nonfinite is
+ * set when an x is NaN or infinite. */
 static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t len, uint32_t lo, uint32_t hi,
                               scan_counts *sc, float *in, bool *nonfinite) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    __m512i one = _mm512_set1_epi32(1), cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
-    __m512i expo = _mm512_set1_epi32(0x7f800000);
-    __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    __mmask16 bad = 0;
-    size_t cnt = 0;
-    for (size_t j = 0; j < len; j += 16) {
-        __mmask16 tm = len - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - j)) - 1u);
-        __m512i xu = widen_bf16(x + j, tm), bu = widen_bf16(base + j, tm);
-        bad |= _mm512_mask_cmpeq_epi32_mask(tm, _mm512_and_si512(xu, expo), expo);
-        __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), _mm512_castsi512_ps(bu));
-        __m512i u = _mm512_castps_si512(_mm512_and_ps(v, absmask));
-        __mmask16 below = _mm512_mask_cmplt_epi32_mask(tm, u, vlo), atlo = _mm512_mask_cmpeq_epi32_mask(tm, u, vlo);
-        __mmask16 inside = _mm512_mask_cmplt_epi32_mask((__mmask16)(tm & ~(below | atlo)), u, vhi);
-        cz = _mm512_mask_add_epi32(cz, _mm512_mask_testn_epi32_mask(tm, u, u), cz, one);
-        clt = _mm512_mask_add_epi32(clt, below, clt, one);
-        cel = _mm512_mask_add_epi32(cel, atlo, cel, one);
-        ceh = _mm512_mask_add_epi32(ceh, _mm512_mask_cmpeq_epi32_mask(tm, u, vhi), ceh, one);
-        /* in has room for 16 past cnt <= j */
-        _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
-        cnt += (size_t)__builtin_popcount((unsigned)inside);
+    __m512i cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    float mag[RC_BLOCK];
+    uint32_t word[RC_BLOCK / 32];
+    __mmask32 bad = 0;
+    size_t j = 0, nw = 0;
+    for (; j + 32 <= len; j += 32) {
+        __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
+        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
+        __m512 ve = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)),
+                                  _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
+        __m512 vo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
+                                  _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
+        __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
+        __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
+        _mm512_storeu_si512((void *)(mag + j), ue);
+        _mm512_storeu_si512((void *)(mag + j + 16), uo);
+        __mmask16 ie = scan16(ue, vlo, vhi, &cz, &clt, &cel, &ceh), io = scan16(uo, vlo, vhi, &cz, &clt, &cel, &ceh);
+        word[nw++] = (uint32_t)ie | (uint32_t)io << 16;
     }
+    size_t cnt = 0;
+    for (size_t w = 0; w < nw; w++)
+        for (uint32_t bits = word[w]; bits; bits &= bits - 1) in[cnt++] = mag[w * 32 + (size_t)__builtin_ctz(bits)];
     sc->zero = (uint32_t)_mm512_reduce_add_epi32(cz), sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
     sc->eqlo = (uint32_t)_mm512_reduce_add_epi32(cel), sc->eqhi = (uint32_t)_mm512_reduce_add_epi32(ceh);
+    if (j < len) { /* the tail, as f32 magnitudes */
+        unsigned tbad = 0;
+        for (size_t t = j; t < len; t++) {
+            mag[t] = fabsf(fvalue((uint32_t)x[t] << 16) - fvalue((uint32_t)base[t] << 16));
+            tbad |= (x[t] & 0x7f80u) == 0x7f80u;
+        }
+        bad |= tbad != 0;
+        scan_counts tc;
+        cnt += scan_block(mag + j, len - j, lo, hi, &tc, in + cnt);
+        sc->zero += tc.zero, sc->lt += tc.lt, sc->eqlo += tc.eqlo, sc->eqhi += tc.eqhi;
+    }
     *nonfinite |= bad != 0;
     return cnt;
 }

@@ -227,6 +227,14 @@ static void test_nonfinite(void **state) {
     assert_false(bad);
     assert_int_equal(ob, 21);
     compare(&a, fn, 5000, 64);
+    /* +inf + -inf: a NaN result, stored as torch stores it (quiet) */
+    a.m[1].w = -3e38f, a.m[1].s = 1.0f;
+    in->x[1][5000 + 21] = to_bf(1.0f);
+    compare(&a, fn, 5000, 64);
+    uint16_t nan_out[64];
+    fn(&a, 5000, 64, nan_out, &ob);
+    assert_int_equal(nan_out[21] & 0x7fc0, 0x7fc0);
+    assert_int_equal(ob, 21);
     free(in);
 }
 
