@@ -236,6 +236,22 @@ dtype: float32
             and filecmp.cmp(outs[0], outs[2], shallow=False) and not filecmp.cmp(outs[0], outs[3], shallow=False)
         record("dare_ties (%s) reproducible across threads, seed-dependent" % tag, ok)
 
+    #    bf16 inputs merged to f32 (out_dtype) round to exactly the bf16 merge: the f32 output
+    #    path of the fused kernels against its bf16 one, for ties and dare_ties.
+    for meth in ("ties", "dare_ties"):
+        body = "merge_method: %s\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: " \
+               "{weight: 0.6, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.4, density: 0.3}\n" \
+               % (meth, b16[0], b16[1], b16[2])
+        o16, o32 = os.path.join(TMP, "out-%s-16" % meth), os.path.join(TMP, "out-%s-32" % meth)
+        p16 = run("merge", recipe(meth + "-16", body), o16, "--seed", "3")
+        p32 = run("merge", recipe(meth + "-32", body + "out_dtype: float32\n"), o32, "--seed", "3")
+        ok = p16.returncode == 0 and p32.returncode == 0
+        if ok:
+            g16, g32 = st.load_dir(o16), st.load_dir(o32)
+            ok = set(g16) == set(g32) and all(g32[k].dtype == torch.float32 and torch.equal(
+                g32[k].to(torch.bfloat16).view(torch.int16), g16[k].view(torch.int16)) for k in g16)
+        record("%s on bf16: the f32 output rounds to the bf16 output" % meth, ok, "" if ok else p16.stderr + p32.stderr)
+
     # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.
     gen = torch.Generator().manual_seed(11)
     big = []
