@@ -222,7 +222,18 @@ dtype: float32
 
     # 7. random methods: same seed → same bytes (any thread count); other seed → different.
     #    f32 checkpoints, and bf16 ones (which take the fused AVX-512 kernels where the CPU has them).
-    b16 = [model("bf16-%d" % i, i, dtype=torch.bfloat16) for i in range(3)]
+    #    The bf16 ones are a base and two fine-tunes of it, with matrices large enough (64k elements)
+    #    for the streaming rank cuts.
+    gen = torch.Generator().manual_seed(40)
+    shape = dict(hidden=128, inter=512, vocab=512, layers=2)
+    t0 = qwen_tensors(gen, **shape)
+    b16 = []
+    for i in range(3):
+        t = {k: (v if i == 0 else v + 0.002 * torch.randn(v.shape, generator=gen)).to(torch.bfloat16)
+             for k, v in t0.items()}
+        d = os.path.join(TMP, "bf16-%d" % i)
+        st.save_dir(t, d, config(dtype="bfloat16", **shape))
+        b16.append(d)
     for tag, (mb, ma, mbb) in (("f32", (base, a, b)), ("bf16", b16)):
         r = recipe("dare-" + tag, "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
                    "{weight: 0.5, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.5, density: 0.4}\n"
