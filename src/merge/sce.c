@@ -25,12 +25,16 @@ typedef enum { SEL_ALL, SEL_NONE, SEL_RULE, SEL_MASK } sel_kind;
 
 #define SCE_BLOCK 1024
 
+/* Eight double lanes (a GCC vector: one register on AVX-512, split where narrower). */
+typedef double sce_v8d __attribute__((vector_size(64)));
+
 typedef struct sce_ctx {
     const merge_call *call;
     int K;
     sel_kind sel;
     keep_rule rule;      /* SEL_RULE */
     const uint8_t *mask; /* SEL_MASK */
+    uint8_t *keep;       /* SEL_RULE: the weights' pass writes the selection here, for the output pass */
     const float *w;      /* the weights (output pass) */
 } sce_ctx;
 
@@ -54,18 +58,58 @@ static inline float sce_var(const float *const *in, int K, size_t e) {
     return (float)(v / K);
 }
 
-static inline bool sce_selected(const sce_ctx *c, const float *const *in, size_t lo, size_t e) {
+/* sce_var of elements [0, m) of a block into var: the same operations in
+ * the same order per element, as straight passes over the block (they
+ * vectorise; the per-element form does not). */
+static void sce_var_block_f(const float *const *in, int K, size_t m, float *restrict var) {
+    const float *b = in[K];
+    double mean[SCE_BLOCK], v[SCE_BLOCK];
+    /* the first model starts each sum (0 + a is a, up to the sign of a
+     * zero, which no square or variance keeps) */
+#pragma omp simd
+    for (size_t e = 0; e < m; e++) mean[e] = (double)(in[0][e] - b[e]);
+    for (int i = 1; i < K; i++) {
+        const float *restrict x = in[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) mean[e] += (double)(x[e] - b[e]);
+    }
+#pragma omp simd
+    for (size_t e = 0; e < m; e++) {
+        mean[e] /= K;
+        double d = (double)(in[0][e] - b[e]) - mean[e];
+        v[e] = d * d;
+    }
+    for (int i = 1; i < K; i++) {
+        const float *restrict x = in[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) {
+            double d = (double)(x[e] - b[e]) - mean[e];
+            v[e] += d * d;
+        }
+    }
+#pragma omp simd
+    for (size_t e = 0; e < m; e++) var[e] = (float)(v[e] / K);
+}
+
+/* Which elements [lo, lo + m) of a loaded block are selected, 0/1 into sel. */
+static void sce_select_block(const sce_ctx *c, const float *const *in, size_t lo, size_t m, uint8_t *restrict sel) {
     switch (c->sel) {
     case SEL_ALL:
-        return true;
     case SEL_NONE:
-        return false;
+        memset(sel, c->sel == SEL_ALL, m);
+        return;
     case SEL_MASK:
-        return c->mask[lo + e] != 0;
+        memcpy(sel, c->mask + lo, m);
+        return;
     case SEL_RULE:
         break;
     }
-    return keep_rule_test(&c->rule, sce_var(in, c->K, e), (uint32_t)(lo + e));
+    float var[SCE_BLOCK];
+    sce_var_block_f(in, c->K, m, var);
+    keep_rule r = c->rule;
+    uint32_t e0 = (uint32_t)lo, mm = (uint32_t)m;
+#pragma omp simd
+    for (uint32_t e = 0; e < mm; e++) sel[e] = keep_rule_test(&r, var[e], e0 + e);
 }
 
 /* Per-thread block buffers: K + 1 inputs and one more. */
@@ -91,13 +135,15 @@ static bool sce_var_block(const void *p, size_t lo, size_t m, float *a) {
     float **in = sce_buffers(c->K);
     if (!in) return true; /* reported as a failed resolve: the exact path follows */
     bool bad = sce_load(c, lo, m, in);
-    for (size_t e = 0; e < m; e++) a[e] = sce_var((const float *const *)in, c->K, e);
+    sce_var_block_f((const float *const *)in, c->K, m, a);
     sce_free_buffers(in);
     return bad;
 }
 
 /* vec_reduce chunk: acc[i] = sum over the selected of tau_i^2 (double of
- * the f32 difference, index order); acc[K] non-finite, acc[K+1] no memory. */
+ * the f32 difference): per block in 8 lanes (lane l: the elements l, l + 8,
+ * ... in order), the lanes added pairwise, the blocks in order; acc[K]
+ * non-finite, acc[K+1] no memory. */
 static void sce_sq_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     const sce_ctx *c = p;
     int K = c->K;
@@ -108,41 +154,65 @@ static void sce_sq_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     }
     const float *const *cin = (const float *const *)in;
     uint8_t sel[SCE_BLOCK];
+    double sq[SCE_BLOCK];
     for (size_t b0 = lo; b0 < hi; b0 += SCE_BLOCK) {
         size_t m = hi - b0 < SCE_BLOCK ? hi - b0 : SCE_BLOCK;
         if (sce_load(c, b0, m, in)) acc[K] += 1.0;
-        for (size_t e = 0; e < m; e++) sel[e] = sce_selected(c, cin, b0, e);
+        sce_select_block(c, cin, b0, m, sel);
+        if (c->keep) memcpy(c->keep + b0, sel, m);
         for (int i = 0; i < K; i++) {
-            double s = acc[i];
+            const float *restrict x = in[i], *restrict b = in[K];
+#pragma omp simd
             for (size_t e = 0; e < m; e++) {
-                if (!sel[e]) continue;
-                double d = in[i][e] - in[K][e];
-                s += d * d;
+                double d = x[e] - b[e];
+                sq[e] = sel[e] ? d * d : 0.0;
             }
-            acc[i] = s;
+            sce_v8d lane = {0, 0, 0, 0, 0, 0, 0, 0};
+            size_t e = 0;
+            for (; e + 8 <= m; e += 8) {
+                sce_v8d t;
+                memcpy(&t, sq + e, sizeof t);
+                lane += t;
+            }
+            for (size_t l = 0; e + l < m; l++) lane[l] += sq[e + l];
+            acc[i] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
         }
     }
     sce_free_buffers(in);
 }
 
-/* Erase and merge one block (in[0..K) the models, in[K] the base). */
+/* Erase and merge one block (in[0..K) the models, in[K] the base), per
+ * element in model order, as straight passes over the block. */
 static void sce_out_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
     const sce_ctx *c = p;
     int K = c->K;
-    const float *b = in[K];
+    const float *restrict b = in[K];
+    uint8_t sel[SCE_BLOCK];
+    float sum[SCE_BLOCK], num[SCE_BLOCK], den[SCE_BLOCK];
+    sce_select_block(c, in, lo, m, sel);
+    for (size_t e = 0; e < m; e++) sum[e] = 0.0f, num[e] = 0.0f, den[e] = 0.0f;
+    for (int i = 0; i < K; i++) {
+        const float *restrict x = in[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) sum[e] += x[e] - b[e];
+    }
+    for (int i = 0; i < K; i++) {
+        const float *restrict x = in[i];
+        float wi = c->w[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) {
+            float d = x[e] - b[e];
+            /* sign(d) == g, g = +1 when sum >= 0: zeros never agree */
+            int agree = sum[e] >= 0.0f ? d > 0.0f : d < 0.0f;
+            float nn = num[e] + wi * d, dd = den[e] + wi;
+            num[e] = agree ? nn : num[e];
+            den[e] = agree ? dd : den[e];
+        }
+    }
+#pragma omp simd
     for (size_t e = 0; e < m; e++) {
-        if (!sce_selected(c, in, lo, e)) {
-            o[e] = b[e];
-            continue;
-        }
-        float sum = 0.0f;
-        for (int i = 0; i < K; i++) sum += in[i][e] - b[e];
-        float g = sum >= 0.0f ? 1.0f : -1.0f, num = 0.0f, den = 0.0f;
-        for (int i = 0; i < K; i++) {
-            float d = in[i][e] - b[e];
-            if ((float)((d > 0.0f) - (d < 0.0f)) == g) num += c->w[i] * d, den += c->w[i];
-        }
-        o[e] = b[e] + num / (den > 1e-6f ? den : 1e-6f);
+        float q = b[e] + num[e] / (den[e] > 1e-6f ? den[e] : 1e-6f);
+        o[e] = sel[e] ? q : b[e];
     }
 }
 
@@ -199,7 +269,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
             for (size_t b0 = lo; b0 < hi; b0 += SCE_BLOCK) {
                 size_t m = hi - b0 < SCE_BLOCK ? hi - b0 : SCE_BLOCK;
                 bad |= sce_load(c, b0, m, in);
-                for (size_t e = 0; e < m; e++) a[e] = sce_var((const float *const *)in, K, e);
+                sce_var_block_f((const float *const *)in, K, m, a);
                 nz += rank_cut_scan(&cut, &acc[omp_get_thread_num()], ch, a, m);
             }
         }
@@ -241,10 +311,11 @@ static int sce_select_exact(sce_ctx *c, double topk, uint8_t *sel, int nt, alloy
                 if (!in) continue;
                 size_t m = n - b0 < SCE_BLOCK ? n - b0 : SCE_BLOCK;
                 bad |= sce_load(c, b0, m, in);
+                float vf[SCE_BLOCK];
+                sce_var_block_f((const float *const *)in, c->K, m, vf);
                 for (size_t e = 0; e < m; e++) {
-                    float vf = sce_var((const float *const *)in, c->K, e);
-                    key[b0 + e] = -vf;
-                    nz += vf != 0.0f;
+                    key[b0 + e] = -vf[e];
+                    nz += vf[e] != 0.0f;
                 }
             }
             sce_free_buffers(in);
@@ -303,7 +374,11 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
         }
     }
     if (!rc && K > 0) {
+        /* a rule's selection is kept as bytes by this pass (when there is
+         * room), so the output pass need not compute the variances again */
+        if (c.sel == SEL_RULE && (mask = mem_big_alloc(n + 1))) c.keep = mask;
         rc = merge_stream_reduce(call, K, sce_sq_chunk, &c, acc, err);
+        if (c.keep) c.sel = SEL_MASK, c.mask = c.keep, c.keep = NULL;
         double wsum = 0.0;
         for (int i = 0; i < K && !rc; i++) {
             w[i] = (float)(acc[i] / (double)n);
