@@ -204,22 +204,35 @@ void sparsify_rank_mask(const float *key, size_t n, size_t lo, size_t hi, float 
 static void sort_by_key(uint32_t *key, uint32_t *idx, uint32_t *tk, uint32_t *ti, size_t len) {
     for (size_t j = 0; j < len; j++) idx[j] = (uint32_t)j;
     if (!len) return;
-    for (int sh = 0; sh < 32; sh += 8) {
-        size_t cnt[256] = {0};
-        for (size_t j = 0; j < len; j++) cnt[(key[j] >> sh) & 255]++;
-        if (cnt[(key[0] >> sh) & 255] == len) continue; /* one digit: nothing moves */
-        for (size_t d = 0, at = 0; d < 256; d++) {
-            size_t c = cnt[d];
-            cnt[d] = at;
-            at += c;
+    /* the four digits' histograms in one read */
+    size_t cnt[4][256] = {{0}};
+    for (size_t j = 0; j < len; j++) {
+        uint32_t u = key[j];
+        cnt[0][u & 255]++, cnt[1][(u >> 8) & 255]++, cnt[2][(u >> 16) & 255]++, cnt[3][u >> 24]++;
+    }
+    /* stable scatters, back and forth between the two buffer pairs */
+    uint32_t *sk = key, *si = idx, *dk = tk, *di = ti;
+    for (int d = 0; d < 4; d++) {
+        int sh = 8 * d;
+        size_t *c = cnt[d];
+        if (c[(sk[0] >> sh) & 255] == len) continue; /* one digit: nothing moves */
+        for (size_t v = 0, at = 0; v < 256; v++) {
+            size_t k = c[v];
+            c[v] = at;
+            at += k;
         }
         for (size_t j = 0; j < len; j++) {
-            size_t to = cnt[(key[j] >> sh) & 255]++;
-            tk[to] = key[j];
-            ti[to] = idx[j];
+            size_t to = c[(sk[j] >> sh) & 255]++;
+            dk[to] = sk[j];
+            di[to] = si[j];
         }
-        memcpy(key, tk, len * sizeof *key);
-        memcpy(idx, ti, len * sizeof *idx);
+        uint32_t *t = sk;
+        sk = dk, dk = t;
+        t = si, si = di, di = t;
+    }
+    if (sk != key) {
+        memcpy(key, sk, len * sizeof *key);
+        memcpy(idx, si, len * sizeof *idx);
     }
 }
 
