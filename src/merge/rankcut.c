@@ -8,11 +8,7 @@
 #include <immintrin.h>
 #endif
 /* The scan has its own vector loop (scan_block) on AVX-512 and on AVX2 */
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-#define RC_AVX512BW 1 /* 16-bit masked loads: the bf16 scan */
-#else
-#define RC_AVX512BW 0
-#endif
+#define RC_AVX512BW RC_BF16_SCAN /* 16-bit masked loads: the bf16 scan */
 #if defined(__AVX512F__)
 #define RC_AVX512 1
 #define RC_AVX2 0

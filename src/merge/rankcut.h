@@ -100,6 +100,15 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
  * are positive. */
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m);
 
+/* 1 where rank_cut_scan_bf16 has its own vector loop (AVX-512BW); elsewhere
+ * it widens into a buffer first, and callers do better converting blocks
+ * themselves and calling rank_cut_scan. */
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+#define RC_BF16_SCAN 1
+#else
+#define RC_BF16_SCAN 0
+#endif
+
 /* rank_cut_scan of the magnitudes |x - base| of bf16 inputs x[0..m),
  * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512);
  * *nonfinite is set when an x is NaN or infinite (base is the caller's). */

@@ -352,7 +352,9 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
         free(nzt);
         return -1;
     }
-    bool base_bf = g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
+    /* bf16 read in place (the scan's and DARE's own loops) only where those
+     * loops are vector code; elsewhere the blocks are widened first */
+    bool base_bf = (RC_BF16_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
     /* DARE on bf16 with the kernel: its sums and its mask, as bits into the
      * model's mask space, in one loop (gk_dare_survey) */
     bool dare_bits[GK_MAX_MODELS] = {false};
@@ -394,7 +396,8 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         pi[1] += after;
                         continue;
                     }
-                    if (!sums && base_bf && gm->src.dtype == ALLOY_BF16 && !((uintptr_t)gm->src.data & 1)) {
+                    if (RC_BF16_SCAN && !sums && base_bf && gm->src.dtype == ALLOY_BF16 &&
+                        !((uintptr_t)gm->src.data & 1)) {
                         /* cuts only, both bf16: the magnitudes made inside the scan */
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
