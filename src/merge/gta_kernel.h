@@ -21,8 +21,10 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define GTA_KERNEL 1
+#define GK_LANES 16 /* f32 lanes of a vector: gk_dare_survey's sums */
 #else
 #define GTA_KERNEL 0
+#define GK_LANES 1
 #endif
 
 /* The most models the kernel takes (more: task_arithmetic.c's passes). */

@@ -239,14 +239,14 @@ static void test_nonfinite(void **state) {
 }
 
 /* gk_dare_survey: the mask bits are rng_keep32's, and the two sums are
- * those of 16 lanes (lane l: elements l, l + 16, ... in order) added as
- * halves, quarters, eighths, then the last two; tails included. */
-static float lanes_sum(const float *lane) {
-    float h[8], q[4], r[2];
-    for (int i = 0; i < 8; i++) h[i] = lane[i] + lane[i + 8];
-    for (int i = 0; i < 4; i++) q[i] = h[i] + h[i + 4];
-    for (int i = 0; i < 2; i++) r[i] = q[i] + q[i + 2];
-    return r[0] + r[1];
+ * those of GK_LANES lanes (lane l: elements l, l + GK_LANES, ... in order)
+ * added by halves (l[i] + l[i + w] for w = GK_LANES / 2, ..., 1); tails
+ * included. The magnitudes here spread over many exponents, so sums in
+ * another order would round differently. */
+static float lanes_sum(float *lane, int lanes) {
+    for (int w = lanes / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) lane[i] = lane[i] + lane[i + w];
+    return lane[0];
 }
 
 static void test_dare_survey(void **state) {
@@ -255,39 +255,51 @@ static void test_dare_survey(void **state) {
         skip();
         return;
     }
-    inputs *in = malloc(sizeof *in);
-    assert_non_null(in);
-    fill(in, 21);
+    uint16_t *x = malloc(N * sizeof *x), *base = malloc(N * sizeof *base);
+    assert_true(x && base);
+    for (size_t e = 0; e < N; e++) {
+        double u1 = rng_uniform(31, 0, e) + 1e-12, u2 = rng_uniform(31, 1, e);
+        double g = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+        /* the difference of a bf16 near 1 and a small one has many significant bits */
+        base[e] = to_bf((float)(1e-4 * g));
+        x[e] = to_bf((float)(1.0 + rng_uniform(31, 2, e)));
+    }
     uint64_t key = rng_stream_key(77, 1);
     uint32_t thr = rng_thr32(0.35);
     static const size_t lens[] = {1024, 1000, 24, 9, 8, 1};
+    int other_order_differs = 0;
     for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
         size_t b0 = 8 * (37 + 101 * t), m = lens[t];
         uint8_t bits[N / 8], want_bits[N / 8];
         memset(bits, 0xee, sizeof bits);
         memcpy(want_bits, bits, sizeof bits);
-        float lb[16] = {0}, la[16] = {0};
+        float lb[GK_LANES] = {0}, la[GK_LANES] = {0}, ob[2 * GK_LANES] = {0};
         for (size_t j = 0; j < m; j++) {
             size_t e = b0 + j;
-            float a = fabsf(bf(in->x[2][e]) - bf(in->base[e]));
+            float a = fabsf(bf(x[e]) - bf(base[e]));
             bool keep = rng_keep32(key, e, thr);
-            lb[j % 16] += a;
-            if (keep) la[j % 16] += a;
+            lb[j % GK_LANES] += a;
+            ob[j % (2 * GK_LANES)] += a;
+            if (keep) la[j % GK_LANES] += a;
             if (j % 8 == 0) want_bits[e / 8] = 0;
             want_bits[e / 8] |= (uint8_t)(keep << (e % 8));
         }
-        float before, after;
-        assert_false(gk_dare_survey(in->x[2], in->base, b0, m, key, thr, bits, &before, &after));
-        if (!(before == lanes_sum(lb) && after == lanes_sum(la))) fail_msg("m %zu: %.9g %.9g, want %.9g %.9g", m, (double)before, (double)after, (double)lanes_sum(lb), (double)lanes_sum(la));
+        float before, after, wb = lanes_sum(lb, GK_LANES), wa = lanes_sum(la, GK_LANES);
+        other_order_differs += lanes_sum(ob, 2 * GK_LANES) != wb;
+        assert_false(gk_dare_survey(x, base, b0, m, key, thr, bits, &before, &after));
+        if (!(before == wb && after == wa))
+            fail_msg("m %zu: %.9g %.9g, want %.9g %.9g", m, (double)before, (double)after, (double)wb, (double)wa);
         if (m >= 24) assert_true(after > 0.0f && after < before);
         assert_memory_equal(bits, want_bits, sizeof bits); /* the block's bytes, nothing around them */
     }
+    assert_true(other_order_differs > 0); /* twice the lanes would have summed to another value */
     uint8_t bits[N / 8];
     float before, after;
-    in->x[2][3000] = 0xffc0; /* NaN */
-    assert_true(gk_dare_survey(in->x[2], in->base, 2992, 16, key, thr, bits, &before, &after));
-    assert_false(gk_dare_survey(in->x[2], in->base, 3008, 16, key, thr, bits, &before, &after));
-    free(in);
+    x[3000] = 0xffc0; /* NaN */
+    assert_true(gk_dare_survey(x, base, 2992, 16, key, thr, bits, &before, &after));
+    assert_false(gk_dare_survey(x, base, 3008, 16, key, thr, bits, &before, &after));
+    free(x);
+    free(base);
 }
 
 int main(void) {
