@@ -272,6 +272,26 @@ static int della_rows(const sparsify_args *a, sparsify_mag_fn f, const void *ctx
                 }
                 memcpy(k, mag, l.len * sizeof *k);
                 sort_by_key(k, idx, tk, ti, l.len);
+                if (contiguous) {
+                    /* each element's rank, then the draws in index order: one
+                     * vector loop (the 64-bit mixer vectorises on AVX-512) */
+                    uint32_t *rank = tk;
+                    uint8_t *kb = (uint8_t *)ti;
+                    for (size_t r = 0; r < l.len; r++) rank[idx[r]] = (uint32_t)r;
+                    size_t e0 = v * l.len;
+                    float den = l.len > 1 ? (float)(l.len - 1) : 0.0f;
+#pragma omp simd
+                    for (size_t j = 0; j < l.len; j++) {
+                        float rn = l.len > 1 ? (float)rank[j] / den : 0.5f;
+                        float p = lo_p + rn * two_eps;
+                        kb[j] = rng_uniform_at(key, e0 + j) < (double)p;
+                    }
+                    if (mask)
+                        memcpy(mask + e0, kb, l.len);
+                    else
+                        for (size_t j = 0; j < l.len; j++) bits[(e0 + j) / 8] |= (uint8_t)(kb[j] << ((e0 + j) % 8));
+                    continue;
+                }
                 for (size_t r = 0; r < l.len; r++) {
                     size_t e = vec_at(&l, v, idx[r]);
                     float rn = l.len > 1 ? (float)r / (float)(l.len - 1) : 0.5f;
