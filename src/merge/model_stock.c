@@ -4,7 +4,6 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "merge/method.h"
 #include "merge/vec.h"
@@ -38,12 +37,9 @@ static bool stock_ratio(int N, const double *g, double *t) {
  * Source: mergekit ModelStockMergeTask (pairwise-average cos, clamp 1e-6).
  *
  * Streams its inputs: the whole-tensor Gram matrix in one pass (each entry
- * summed in double in index order per fixed chunk, vec.h), the result in a
+ * summed in double per fixed chunk, in vec_sum8's order per block), the result in a
  * second; filter_wise reads each row once and writes it. */
 #define MS_BLOCK 1024
-
-/* Eight double lanes (a GCC vector: one register on AVX-512, split where narrower). */
-typedef double ms_v8d __attribute__((vector_size(64)));
 
 typedef struct ms_ctx {
     const merge_call *call;
@@ -64,15 +60,7 @@ static void gram_add(int N, float *const *in, size_t m, double *g) {
                 double prod[MS_BLOCK];
 #pragma omp simd
                 for (size_t e = 0; e < mm; e++) prod[e] = ((double)xi[e] - bb[e]) * ((double)xj[e] - bb[e]);
-                ms_v8d lane = {0, 0, 0, 0, 0, 0, 0, 0};
-                size_t e = 0;
-                for (; e + 8 <= mm; e += 8) {
-                    ms_v8d t;
-                    memcpy(&t, prod + e, sizeof t);
-                    lane += t;
-                }
-                for (size_t l = 0; e + l < mm; l++) lane[l] += prod[e + l];
-                g[i * N + j] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+                g[i * N + j] += vec_sum8(prod, mm);
             }
     }
 }

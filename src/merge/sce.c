@@ -25,9 +25,6 @@ typedef enum { SEL_ALL, SEL_NONE, SEL_RULE, SEL_MASK } sel_kind;
 
 #define SCE_BLOCK 1024
 
-/* Eight double lanes (a GCC vector: one register on AVX-512, split where narrower). */
-typedef double sce_v8d __attribute__((vector_size(64)));
-
 typedef struct sce_ctx {
     const merge_call *call;
     int K;
@@ -167,15 +164,7 @@ static void sce_sq_chunk(const void *p, size_t lo, size_t hi, double *acc) {
                 double d = x[e] - b[e];
                 sq[e] = sel[e] ? d * d : 0.0;
             }
-            sce_v8d lane = {0, 0, 0, 0, 0, 0, 0, 0};
-            size_t e = 0;
-            for (; e + 8 <= m; e += 8) {
-                sce_v8d t;
-                memcpy(&t, sq + e, sizeof t);
-                lane += t;
-            }
-            for (size_t l = 0; e + l < m; l++) lane[l] += sq[e + l];
-            acc[i] += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+            acc[i] += vec_sum8(sq, m);
         }
     }
     sce_free_buffers(in);

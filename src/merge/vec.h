@@ -1,8 +1,9 @@
 /* vec.h — deterministic reductions and vector layouts shared by the merge methods.
  *
  * Sums over a tensor are split into fixed chunks whose size depends only on
- * n (never on the thread count); each chunk is accumulated in double, in
- * index order, and the chunk partials are added in chunk order. A reduction
+ * n (never on the thread count); each chunk is accumulated in double in a
+ * fixed order (index order, or vec_sum8's lanes per block), and the chunk
+ * partials are added in chunk order. A reduction
  * therefore gives the same bits with 1 or 64 threads. This file owns no
  * method semantics; the methods live in one file per family. */
 #ifndef ALLOY_MERGE_VEC_H
@@ -10,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "alloy.h"
 
@@ -29,6 +31,23 @@ double vec_dot_sub(const float *a, const float *b, const float *c, size_t n, int
 
 /* Σ (a[e]-c[e]) m[e] in double; c may be NULL. Cannot fail. */
 double vec_dot_diff(const float *a, const float *c, const float *m, size_t n, int threads);
+
+/* Sum of a[0..m) in eight double lanes (lane l: a[l], a[l + 8], ... in
+ * order), the lanes then added pairwise: a fixed order that vectorises
+ * (an index-order sum is one long chain of dependent adds). A GCC vector
+ * type: one register on AVX-512, split where narrower. */
+typedef double vec_v8d __attribute__((vector_size(64)));
+static inline double vec_sum8(const double *a, size_t m) {
+    vec_v8d lane = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 8 <= m; e += 8) {
+        vec_v8d t;
+        memcpy(&t, a + e, sizeof t);
+        lane += t;
+    }
+    for (size_t l = 0; e + l < m; l++) lane[l] += a[e + l];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
 
 /* Number of chunks vec_reduce uses for n elements, and the bounds of chunk i;
  * for passes that need per-chunk prefix counts. */
