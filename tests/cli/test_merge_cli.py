@@ -263,6 +263,29 @@ dtype: float32
                 g32[k].to(torch.bfloat16).view(torch.int16), g16[k].view(torch.int16)) for k in g16)
         record("%s on bf16: the f32 output rounds to the bf16 output" % meth, ok, "" if ok else p16.stderr + p32.stderr)
 
+    #    Mixed dtypes: a bf16 base with f32 models merges exactly as the same base widened to f32
+    #    (bf16 -> f32 is exact): the first pass reads the bf16 base in place and the f32 models
+    #    through their own path.
+    t_base = st.load_dir(b16[0])
+    d_b32 = os.path.join(TMP, "bf16-0-as-f32")
+    st.save_dir({k: v.to(torch.float32) for k, v in t_base.items()}, d_b32, config(**shape))
+    f32m = []
+    for i in (1, 2):
+        d = os.path.join(TMP, "f32-of-bf16-%d" % i)
+        st.save_dir({k: v.to(torch.float32) for k, v in st.load_dir(b16[i]).items()}, d, config(**shape))
+        f32m.append(d)
+    for meth in ("ties", "dare_ties", "task_arithmetic"):
+        outs = []
+        for tag, bdir in (("mixed", b16[0]), ("f32", d_b32)):
+            body = "merge_method: %s\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: " \
+                   "{weight: 0.6, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.4, density: 0.3}\n" \
+                   "dtype: float32\nout_dtype: float32\n" % (meth, bdir, f32m[0], f32m[1])
+            o = os.path.join(TMP, "out-%s-%s" % (meth, tag))
+            pr = run("merge", recipe("%s-%s" % (meth, tag), body), o, "--seed", "4")
+            outs.append(os.path.join(o, "model.safetensors") if pr.returncode == 0 else None)
+        ok = all(outs) and filecmp.cmp(outs[0], outs[1], shallow=False)
+        record("%s: bf16 base with f32 models == the base widened to f32" % meth, ok)
+
     # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.
     gen = torch.Generator().manual_seed(11)
     big = []
