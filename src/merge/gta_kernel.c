@@ -1,5 +1,6 @@
-/* gta_kernel.c — the fused AVX-512 merge pass of the task-arithmetic family
- * (see gta_kernel.h); without AVX-512 it only says that it has no kernel. */
+/* gta_kernel.c — the fused AVX-512 loops of the task-arithmetic family: its
+ * merge pass and DARE's first pass (see gta_kernel.h); without AVX-512 it
+ * only says that it has no kernel. */
 #include "merge/gta_kernel.h"
 
 #if GTA_KERNEL

@@ -1,9 +1,8 @@
 /* test_sink.c — merge/sink.c: results streamed from several OpenMP threads,
  * in blocks, put or filled into slots, land at their offsets in the output
- * file (bf16 and f32, blocks
- * that do not continue the staged run, a tensor larger than many stages),
- * the first non-finite value of a block is reported, and a tensor counts as
- * written only after merge_sink_end. */
+ * file (bf16 and f32, blocks that do not continue the staged run, a tensor
+ * larger than many stages), the first non-finite value of a block is
+ * reported, and a tensor counts as written only after merge_sink_end. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
