@@ -17,10 +17,13 @@
 enum { MS_NORMALIZE_WEIGHTS, MS_EPS, MS_WEIGHT };
 
 /* The streaming passes: each reads the blocks of every input again and
- * recomputes m (element-wise, the same f32 operations every time), so no
- * tensor-sized buffer exists. Every sum is one of vec.h's: double, index
- * order per fixed chunk. */
+ * recomputes m (element-wise, the same f32 operations every time, as passes
+ * over the block), so no tensor-sized buffer exists. Every sum is double per
+ * fixed chunk (vec.h), in vec_sum8's lanes per block. */
 #define MSL_BLOCK 1024
+#if MERGE_EW_BLOCK > MSL_BLOCK
+#error "msl_out_block's buffers hold MSL_BLOCK elements"
+#endif
 enum { MSL_NORMS, MSL_DOTS, MSL_TANGENT };
 
 typedef struct msl_ctx {
@@ -46,18 +49,39 @@ static inline float msl_v(const msl_ctx *c, const float *const *in, int i, size_
     return c->base ? in[i][e] - in[c->k][e] : in[i][e];
 }
 
-/* m = sum_i w_i v_i / (|v_i| + eps) at e */
-static inline float msl_m(const msl_ctx *c, const float *const *in, size_t e) {
-    float s = 0.0f;
-    for (int i = 0; i < c->k; i++) s += c->w[i] * msl_v(c, in, i, e) * c->inv[i];
-    return s;
+/* m = sum_i w_i v_i / (|v_i| + eps) of elements [0, m) of a block into mv,
+ * then the tangent sum_i w_i (u_i - (u_i . m_hat) m_hat) into tv from it:
+ * per element in model order, as passes over the block (so they vectorise). */
+static void msl_m_block(const msl_ctx *c, const float *const *in, size_t m, float *restrict mv) {
+    const float *restrict b = c->base ? in[c->k] : NULL;
+    for (size_t e = 0; e < m; e++) mv[e] = 0.0f;
+    for (int i = 0; i < c->k; i++) {
+        const float *restrict x = in[i];
+        float wi = c->w[i], ii = c->inv[i];
+        if (b) {
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) mv[e] += wi * (x[e] - b[e]) * ii;
+        } else {
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) mv[e] += wi * x[e] * ii;
+        }
+    }
 }
 
-/* The tangent vector at e: sum_i w_i (u_i - (u_i . m_hat) m_hat). */
-static inline float msl_tangent(const msl_ctx *c, const float *const *in, size_t e) {
-    float mh = msl_m(c, in, e) * c->inv_mnorm, s = 0.0f;
-    for (int i = 0; i < c->k; i++) s += c->w[i] * (msl_v(c, in, i, e) * c->inv[i] - c->dot[i] * mh);
-    return s;
+static void msl_tangent_block(const msl_ctx *c, const float *const *in, size_t m, const float *restrict mv,
+                              float *restrict tv) {
+    const float *restrict b = c->base ? in[c->k] : NULL;
+    float inv_mnorm = c->inv_mnorm;
+    for (size_t e = 0; e < m; e++) tv[e] = 0.0f;
+    for (int i = 0; i < c->k; i++) {
+        const float *restrict x = in[i];
+        float wi = c->w[i], ii = c->inv[i], di = c->dot[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) {
+            float v = b ? x[e] - b[e] : x[e];
+            tv[e] += wi * (v * ii - di * (mv[e] * inv_mnorm));
+        }
+    }
 }
 
 /* vec_reduce chunk of pass MSL_NORMS (acc[i] = |v_i|^2), MSL_DOTS (acc[0] =
@@ -75,35 +99,48 @@ static void msl_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     }
     for (int i = 0; i <= k; i++) in[i] = buf + (size_t)i * MSL_BLOCK;
     float *mv = buf + (size_t)(k + 1) * MSL_BLOCK;
+    double sq[MSL_BLOCK];
     const float *const *cin = (const float *const *)in;
     for (size_t b0 = lo; b0 < hi; b0 += MSL_BLOCK) {
         size_t m = hi - b0 < MSL_BLOCK ? hi - b0 : MSL_BLOCK;
         if (msl_load(c, b0, m, in)) acc[na] += 1.0;
         const float *b = c->base ? in[k] : NULL;
+        /* each block's terms into sq, then summed in vec_sum8's lanes */
         if (c->pass == MSL_NORMS) {
             for (int i = 0; i < k; i++) {
-                double s = acc[i];
-                for (size_t e = 0; e < m; e++)
-                    s += b ? ((double)in[i][e] - b[e]) * ((double)in[i][e] - b[e]) : (double)in[i][e] * in[i][e];
-                acc[i] = s;
+                const float *restrict x = in[i];
+                if (b) {
+#pragma omp simd
+                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - b[e]) * ((double)x[e] - b[e]);
+                } else {
+#pragma omp simd
+                    for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * x[e];
+                }
+                acc[i] += vec_sum8(sq, m);
             }
         } else if (c->pass == MSL_DOTS) {
-            for (size_t e = 0; e < m; e++) mv[e] = msl_m(c, cin, e);
-            double s = acc[0];
-            for (size_t e = 0; e < m; e++) s += (double)mv[e] * mv[e];
-            acc[0] = s;
+            msl_m_block(c, cin, m, mv);
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) sq[e] = (double)mv[e] * mv[e];
+            acc[0] += vec_sum8(sq, m);
             for (int i = 0; i < k; i++) {
-                double d = acc[1 + i];
-                for (size_t e = 0; e < m; e++) d += ((double)in[i][e] - (b ? b[e] : 0.0f)) * mv[e];
-                acc[1 + i] = d;
+                const float *restrict x = in[i];
+                if (b) {
+#pragma omp simd
+                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - b[e]) * mv[e];
+                } else {
+#pragma omp simd
+                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - 0.0f) * mv[e];
+                }
+                acc[1 + i] += vec_sum8(sq, m);
             }
         } else {
-            double s = acc[0];
-            for (size_t e = 0; e < m; e++) {
-                double t = msl_tangent(c, cin, e);
-                s += t * t;
-            }
-            acc[0] = s;
+            float tv[MSL_BLOCK];
+            msl_m_block(c, cin, m, mv);
+            msl_tangent_block(c, cin, m, mv, tv);
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) sq[e] = (double)tv[e] * tv[e];
+            acc[0] += vec_sum8(sq, m);
         }
     }
     free(in);
@@ -127,13 +164,22 @@ static void msl_out_block(const void *p, size_t lo, const float *const *in, size
     (void)lo;
     const msl_out *q = p;
     const msl_ctx *c = q->c;
+    if (q->fallback) {
+        for (size_t e = 0; e < m; e++) {
+            float r = msl_v(c, in, 0, e) * c->w[0] + msl_v(c, in, 1, e) * c->w[1];
+            o[e] = c->base ? r + in[c->k][e] : r;
+        }
+        return;
+    }
+    float mv[MSL_BLOCK], tv[MSL_BLOCK]; /* m <= MERGE_EW_BLOCK <= MSL_BLOCK */
+    msl_m_block(c, in, m, mv);
+    msl_tangent_block(c, in, m, mv, tv);
+    const float *restrict b = c->base ? in[c->k] : NULL;
+    float inv_mnorm = c->inv_mnorm, cm = q->cm, ct = q->ct;
+#pragma omp simd
     for (size_t e = 0; e < m; e++) {
-        float r;
-        if (q->fallback)
-            r = msl_v(c, in, 0, e) * c->w[0] + msl_v(c, in, 1, e) * c->w[1];
-        else
-            r = msl_m(c, in, e) * c->inv_mnorm * q->cm + msl_tangent(c, in, e) * q->ct;
-        o[e] = c->base ? r + in[c->k][e] : r;
+        float r = mv[e] * inv_mnorm * cm + tv[e] * ct;
+        o[e] = b ? r + b[e] : r;
     }
 }
 
