@@ -293,6 +293,7 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     int nin = c->pass == KA_NORMS ? K : nv;
     int na = c->pass == KA_NORMS ? K : c->pass == KA_DOTS ? nv : c->pass == KA_TANGENT ? 1 : 0;
     float *buf = malloc((size_t)nin * KA_BLOCK * sizeof *buf);
+    double sq[KA_BLOCK];
     if (!buf) {
         acc[na + 1] += 1.0;
         return;
@@ -303,39 +304,46 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
         for (int j = 0; j < nin; j++)
             bad |= merge_load(merge_input(c->call, c->pass == KA_NORMS ? j : c->idx[j]), b0, m, buf + (size_t)j * KA_BLOCK);
         if (bad) acc[na] += 1.0;
-        float *u = c->u + b0;
+        /* per element in model order, as passes over the block; sums in
+         * vec_sum8's lanes */
+        float *restrict u = c->u + b0;
         if (c->pass == KA_NORMS) {
             for (int i = 0; i < K; i++) {
-                const float *x = buf + (size_t)i * KA_BLOCK;
-                double s = acc[i];
-                for (size_t e = 0; e < m; e++) s += (double)x[e] * x[e];
-                acc[i] = s;
+                const float *restrict x = buf + (size_t)i * KA_BLOCK;
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * x[e];
+                acc[i] += vec_sum8(sq, m);
             }
         } else if (c->pass == KA_INIT && c->first) {
             for (size_t e = 0; e < m; e++) u[e] = buf[e] * c->in0;
         } else if (c->pass == KA_INIT) {
-            for (size_t e = 0; e < m; e++) {
-                float v = 0.0f;
-                for (int j = 0; j < nv; j++) v += c->a * (float)(buf[(size_t)j * KA_BLOCK + e] / c->norm[c->idx[j]]);
-                u[e] = v;
+            for (size_t e = 0; e < m; e++) u[e] = 0.0f;
+            for (int j = 0; j < nv; j++) {
+                const float *restrict x = buf + (size_t)j * KA_BLOCK;
+                double nj = c->norm[c->idx[j]];
+                float a = c->a;
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) u[e] += a * (float)(x[e] / nj);
             }
         } else if (c->pass == KA_DOTS) {
             for (int j = 0; j < nv; j++) {
-                const float *x = buf + (size_t)j * KA_BLOCK;
-                double s = acc[j];
-                for (size_t e = 0; e < m; e++) s += (double)u[e] * x[e];
-                acc[j] = s;
+                const float *restrict x = buf + (size_t)j * KA_BLOCK;
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * x[e];
+                acc[j] += vec_sum8(sq, m);
             }
         } else {
-            float *T = c->T + b0;
-            double s = acc[0];
-            for (size_t e = 0; e < m; e++) {
-                float t = 0.0f;
-                for (int j = 0; j < nv; j++) t += c->coef[j] * buf[(size_t)j * KA_BLOCK + e] - c->dotu[j] * u[e];
-                T[e] = t;
-                s += (double)t * t;
+            float *restrict T = c->T + b0;
+            for (size_t e = 0; e < m; e++) T[e] = 0.0f;
+            for (int j = 0; j < nv; j++) {
+                const float *restrict x = buf + (size_t)j * KA_BLOCK;
+                float cj = c->coef[j], dj = c->dotu[j];
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) T[e] += cj * x[e] - dj * u[e];
             }
-            acc[0] = s;
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) sq[e] = (double)T[e] * T[e];
+            acc[0] += vec_sum8(sq, m);
         }
     }
     free(buf);
