@@ -135,16 +135,32 @@ static bool nu_load(const nu_ctx *c, size_t lo, size_t m, float *const *in) {
     return bad;
 }
 
-/* v_0 . v_0, v_1 . v_1, v_0 . v_1 of elements [0, m) added to s[0..3), each in
- * index order (v_i = x_i - base in double, or x_i). */
+/* v_0 . v_0, v_1 . v_1, v_0 . v_1 of elements [0, m) added to s[0..3), each
+ * in vec_sum8's lanes per piece of 1024, the pieces in order (v_i = x_i -
+ * base in double, or x_i). */
 static void nu_sums(const float *const *in, bool base, size_t m, double *s) {
-    const float *x0 = in[0], *x1 = in[1], *b = base ? in[2] : NULL;
-    double s00 = s[0], s11 = s[1], s01 = s[2];
-    for (size_t e = 0; e < m; e++) {
-        double a = b ? (double)x0[e] - b[e] : x0[e], c = b ? (double)x1[e] - b[e] : x1[e];
-        s00 += a * a, s11 += c * c, s01 += a * c;
+    const float *b = base ? in[2] : NULL;
+    enum { PIECE = 1024 };
+    double p00[PIECE], p11[PIECE], p01[PIECE];
+    /* the products per piece, then each sum in vec_sum8's lanes */
+    for (size_t s0 = 0; s0 < m; s0 += PIECE) {
+        size_t mm = m - s0 < PIECE ? m - s0 : PIECE;
+        const float *restrict x0 = in[0] + s0, *restrict x1 = in[1] + s0, *restrict bb = b ? b + s0 : NULL;
+        if (bb) {
+#pragma omp simd
+            for (size_t e = 0; e < mm; e++) {
+                double a = (double)x0[e] - bb[e], c = (double)x1[e] - bb[e];
+                p00[e] = a * a, p11[e] = c * c, p01[e] = a * c;
+            }
+        } else {
+#pragma omp simd
+            for (size_t e = 0; e < mm; e++) {
+                double a = x0[e], c = x1[e];
+                p00[e] = a * a, p11[e] = c * c, p01[e] = a * c;
+            }
+        }
+        s[0] += vec_sum8(p00, mm), s[1] += vec_sum8(p11, mm), s[2] += vec_sum8(p01, mm);
     }
-    s[0] = s00, s[1] = s11, s[2] = s01;
 }
 
 /* vec_reduce chunk (flatten): acc[0..3) the sums, acc[3] non-finite inputs,
