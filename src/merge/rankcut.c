@@ -187,6 +187,22 @@ typedef struct scan_counts {
     uint32_t zero, lt, eqlo, eqhi;
 } scan_counts;
 
+#if RC_AVX512
+/* 16 magnitudes as bit patterns u: the counts of scan_counts into the lane
+ * counters, and which of them lie strictly inside (lo, hi). */
+static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *cz, __m512i *clt, __m512i *cel,
+                               __m512i *ceh) {
+    const __m512i one = _mm512_set1_epi32(1);
+    __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
+    *cz = _mm512_mask_add_epi32(*cz, _mm512_testn_epi32_mask(u, u), *cz, one);
+    *clt = _mm512_mask_add_epi32(*clt, below, *clt, one);
+    *cel = _mm512_mask_add_epi32(*cel, atlo, *cel, one);
+    *ceh = _mm512_mask_add_epi32(*ceh, _mm512_cmpeq_epi32_mask(u, vhi), *ceh, one);
+    return _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
+}
+
+#endif
+
 /* Counts over a[0..len) (len <= RC_BLOCK) and the magnitudes strictly
  * inside (lo, hi) in order into in; returns how many. One pass: on
  * AVX-512 16 at a time with mask compares and a compress; on AVX2 8 at a
@@ -201,15 +217,10 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
      * lanes (masked adds of 1), the inside compacted in a register and
      * stored whole (in + cnt + 16 <= in + j + 16 <= in + len: cnt <= j) */
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    __m512i one = _mm512_set1_epi32(1), cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    __m512i cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
     for (; j + 16 <= len; j += 16) {
         __m512i u = _mm512_loadu_si512((const void *)(a + j));
-        __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
-        __mmask16 inside = _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
-        cz = _mm512_mask_add_epi32(cz, _mm512_testn_epi32_mask(u, u), cz, one);
-        clt = _mm512_mask_add_epi32(clt, below, clt, one);
-        cel = _mm512_mask_add_epi32(cel, atlo, cel, one);
-        ceh = _mm512_mask_add_epi32(ceh, _mm512_cmpeq_epi32_mask(u, vhi), ceh, one);
+        __mmask16 inside = scan16(u, vlo, vhi, &cz, &clt, &cel, &ceh);
         _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
         cnt += (size_t)__builtin_popcount((unsigned)inside);
     }
@@ -329,19 +340,6 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 }
 
 #if RC_AVX512BW
-/* 16 magnitudes as bit patterns u: the counts of scan_counts into the lane
- * counters, and which of them lie strictly inside (lo, hi). */
-static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *cz, __m512i *clt, __m512i *cel,
-                               __m512i *ceh) {
-    const __m512i one = _mm512_set1_epi32(1);
-    __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
-    *cz = _mm512_mask_add_epi32(*cz, _mm512_testn_epi32_mask(u, u), *cz, one);
-    *clt = _mm512_mask_add_epi32(*clt, below, *clt, one);
-    *cel = _mm512_mask_add_epi32(*cel, atlo, *cel, one);
-    *ceh = _mm512_mask_add_epi32(*ceh, _mm512_cmpeq_epi32_mask(u, vhi), *ceh, one);
-    return _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
-}
-
 /* scan_block of the magnitudes |x - base| of bf16 inputs, made in
  * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
  * low one shifted up and the high one masked are both exact f32 (the even
