@@ -97,11 +97,17 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             switch (g->keep) {
             case GK_WHOLE:
                 break;
-            case GK_TOP: {
+            case GK_TOP: { /* |v| > L, or |v| == L at an index up to thi */
                 __m512 av = _mm512_abs_ps(v), L = _mm512_set1_ps(g->rule.L);
-                __mmask16 eq = _mm512_cmp_ps_mask(av, L, _CMP_EQ_OQ);
-                keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
-                       _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
+                if (e + 15 <= g->rule.thi) { /* every lane's index is up to thi */
+                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GE_OQ);
+                } else if (e > g->rule.thi) { /* none is */
+                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ);
+                } else {
+                    __mmask16 eq = _mm512_cmp_ps_mask(av, L, _CMP_EQ_OQ);
+                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
+                           _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
+                }
                 break;
             }
             case GK_RULE:
@@ -126,12 +132,15 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         for (int i = 1; i < k; i++) sum = _mm512_add_ps(sum, d[i]);
         __m512 mx = sum, dv = div_all;
         if (consensus) {
-            __mmask16 pos = _mm512_cmp_ps_mask(sum, zero, _CMP_GE_OQ), neg = (__mmask16)~pos;
+            /* g = +1 where sum >= 0: sum is never -0 (it starts from +0), so
+             * that is its sign bit clear, and d_i agrees iff d_i with that
+             * sign bit flipped in is > 0 (zeros and NaN never do). A NaN sum
+             * (inf - inf) fails the merge whichever sign it has. */
+            __m512 sg = _mm512_and_ps(sum, _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)0x80000000u)));
             __m512 mixed = zero, div = zero;
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
-                __mmask16 agree = _mm512_mask_cmp_ps_mask(pos, d[i], zero, _CMP_GT_OQ) |
-                                  _mm512_mask_cmp_ps_mask(neg, d[i], zero, _CMP_LT_OQ);
+                __mmask16 agree = _mm512_cmp_ps_mask(_mm512_xor_ps(d[i], sg), zero, _CMP_GT_OQ);
                 mixed = _mm512_mask_add_ps(mixed, agree, mixed, d[i]);
                 div = _mm512_mask_add_ps(div, agree, div, _mm512_set1_ps(a->m[i].w));
             }
