@@ -182,19 +182,20 @@ static size_t band_inside(const float *a, size_t m, float blo, float bhi, float 
 #endif
 
 /* Counts of one block of magnitudes, as bit patterns u (>= 0: they order
- * as the values): zero u, u < lo, u == lo, u == hi. */
+ * as the values): zero u (only where rank_cut_scan's count needs them),
+ * u < lo, u == lo, u == hi. */
 typedef struct scan_counts {
     uint32_t zero, lt, eqlo, eqhi;
 } scan_counts;
 
 #if RC_AVX512
-/* 16 magnitudes as bit patterns u: the counts of scan_counts into the lane
- * counters, and which of them lie strictly inside (lo, hi). */
-static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *cz, __m512i *clt, __m512i *cel,
-                               __m512i *ceh) {
+/* 16 magnitudes as bit patterns u: the counts of scan_counts but the zeros
+ * into the lane counters, and which of them lie strictly inside (lo, hi).
+ * (The zeros are u == lo when lo = 0 and among u < lo otherwise: the
+ * rank needs no count of its own, only sce's kk does.) */
+static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *clt, __m512i *cel, __m512i *ceh) {
     const __m512i one = _mm512_set1_epi32(1);
     __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
-    *cz = _mm512_mask_add_epi32(*cz, _mm512_testn_epi32_mask(u, u), *cz, one);
     *clt = _mm512_mask_add_epi32(*clt, below, *clt, one);
     *cel = _mm512_mask_add_epi32(*cel, atlo, *cel, one);
     *ceh = _mm512_mask_add_epi32(*ceh, _mm512_cmpeq_epi32_mask(u, vhi), *ceh, one);
@@ -220,7 +221,8 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
     __m512i cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
     for (; j + 16 <= len; j += 16) {
         __m512i u = _mm512_loadu_si512((const void *)(a + j));
-        __mmask16 inside = scan16(u, vlo, vhi, &cz, &clt, &cel, &ceh);
+        cz = _mm512_mask_add_epi32(cz, _mm512_testn_epi32_mask(u, u), cz, _mm512_set1_epi32(1));
+        __mmask16 inside = scan16(u, vlo, vhi, &clt, &cel, &ceh);
         _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
         cnt += (size_t)__builtin_popcount((unsigned)inside);
     }
@@ -290,7 +292,7 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
  * the counts of sc over len magnitudes, and the cnt magnitudes strictly
  * inside the band, in[0..cnt), into their cells. */
 typedef struct scan_tally {
-    size_t below, eqlo, eqhi, npos;
+    size_t below, zeros, eqlo, eqhi, npos;
 } scan_tally;
 
 static void tally_block(const rank_cut *c, rc_cell *row, const scan_counts *sc, size_t len, const float *in, size_t cnt,
@@ -298,10 +300,12 @@ static void tally_block(const rank_cut *c, rc_cell *row, const scan_counts *sc, 
     uint32_t lo_bits = c->lo_bits;
     int shift = c->shift;
     bool two = c->bhi > c->blo, lo_pos = fbits(c->blo) > 0;
-    /* below and at blo count positive magnitudes only (zeros rank
-     * apart); a band from blo = 0 has none below it */
+    /* zeros rank apart: below a band above zero with the positive
+     * magnitudes under blo; a band from blo = 0 has none below it, and its
+     * zeros are those at blo */
     tl->npos += len - sc->zero;
-    tl->below += lo_pos ? sc->lt - sc->zero : 0;
+    tl->below += lo_pos ? sc->lt : 0;
+    tl->zeros += lo_pos ? 0 : sc->eqlo;
     tl->eqlo += lo_pos ? sc->eqlo : 0;
     tl->eqhi += two ? sc->eqhi : 0;
     /* strictly inside the band: few, when magnitudes tie in large groups;
@@ -320,6 +324,7 @@ static void tally_block(const rank_cut *c, rc_cell *row, const scan_counts *sc, 
 
 static size_t tally_done(rank_cut *c, cut_acc *acc, size_t chunk, const scan_tally *tl) {
     acc->below += tl->below;
+    acc->zeros += tl->zeros;
     c->eq[chunk * 2] += tl->eqlo;
     c->eq[chunk * 2 + 1] += tl->eqhi;
     return tl->npos;
@@ -328,7 +333,7 @@ static size_t tally_done(rank_cut *c, cut_acc *acc, size_t chunk, const scan_tal
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
-    scan_tally tl = {0, 0, 0, 0};
+    scan_tally tl = {0, 0, 0, 0, 0};
     float in[RC_BLOCK];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
@@ -351,7 +356,7 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t len, uint32_t lo, uint32_t hi,
                               scan_counts *sc, float *in, bool *nonfinite) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    __m512i cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    __m512i clt = _mm512_setzero_si512(), cel = clt, ceh = clt;
     const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     float mag[RC_BLOCK];
@@ -369,13 +374,14 @@ static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t le
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
         _mm512_storeu_si512((void *)(mag + j), ue);
         _mm512_storeu_si512((void *)(mag + j + 16), uo);
-        __mmask16 ie = scan16(ue, vlo, vhi, &cz, &clt, &cel, &ceh), io = scan16(uo, vlo, vhi, &cz, &clt, &cel, &ceh);
+        __mmask16 ie = scan16(ue, vlo, vhi, &clt, &cel, &ceh), io = scan16(uo, vlo, vhi, &clt, &cel, &ceh);
         word[nw++] = (uint32_t)ie | (uint32_t)io << 16;
     }
     size_t cnt = 0;
     for (size_t w = 0; w < nw; w++)
         for (uint32_t bits = word[w]; bits; bits &= bits - 1) in[cnt++] = mag[w * 32 + (size_t)__builtin_ctz(bits)];
-    sc->zero = (uint32_t)_mm512_reduce_add_epi32(cz), sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
+    sc->zero = 0; /* not counted */
+    sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
     sc->eqlo = (uint32_t)_mm512_reduce_add_epi32(cel), sc->eqhi = (uint32_t)_mm512_reduce_add_epi32(ceh);
     if (j < len) { /* the tail, as f32 magnitudes */
         unsigned tbad = 0;
@@ -386,18 +392,18 @@ static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t le
         bad |= tbad != 0;
         scan_counts tc;
         cnt += scan_block(mag + j, len - j, lo, hi, &tc, in + cnt);
-        sc->zero += tc.zero, sc->lt += tc.lt, sc->eqlo += tc.eqlo, sc->eqhi += tc.eqhi;
+        sc->lt += tc.lt, sc->eqlo += tc.eqlo, sc->eqhi += tc.eqhi;
     }
     *nonfinite |= bad != 0;
     return cnt;
 }
 #endif
 
-size_t rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                          bool *nonfinite) {
+void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                        bool *nonfinite) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
-    scan_tally tl = {0, 0, 0, 0};
+    scan_tally tl = {0, 0, 0, 0, 0};
     float in[RC_BLOCK + 16];
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
@@ -417,7 +423,7 @@ size_t rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_
 #endif
         tally_block(c, row, &sc, len, in, cnt, &tl);
     }
-    return tally_done(c, acc, chunk, &tl);
+    tally_done(c, acc, chunk, &tl);
 }
 
 /* The k-th smallest (0-based) of distinct keys a[0..n) (reordered):
@@ -497,10 +503,9 @@ static int cut_on_value(rank_cut *c, uint32_t u, size_t want, const size_t *per,
     return rc;
 }
 
-int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, size_t zeros, rank_cut_mag_fn f, const void *ctx,
-                     int threads) {
-    size_t below = 0, nb = c->nchunks;
-    for (int t = 0; t < nacc; t++) below += acc[t].below;
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx, int threads) {
+    size_t below = 0, zeros = 0, nb = c->nchunks;
+    for (int t = 0; t < nacc; t++) below += acc[t].below, zeros += acc[t].zeros;
     size_t *per = NULL;
     int rc = 0;
     if (c->rank < zeros) {

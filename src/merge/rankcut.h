@@ -62,7 +62,8 @@ typedef struct rank_cut {
 
 /* What one thread's share of the pass found besides the histograms. */
 typedef struct cut_acc {
-    size_t below;       /* 0 < a < blo */
+    size_t below;       /* a < blo, when blo > 0 (0 else) */
+    size_t zeros;       /* a == 0, when blo == 0 (0 else: then below has them) */
 } cut_acc;
 
 /* Magnitudes of elements [lo, lo + m), m <= RC_BLOCK, into a; true when an
@@ -110,17 +111,17 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 #endif
 
 /* rank_cut_scan of the magnitudes |x - base| of bf16 inputs x[0..m),
- * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512);
- * *nonfinite is set when an x is NaN or infinite (base is the caller's). */
-size_t rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                          bool *nonfinite);
+ * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512),
+ * without the count of positive ones; *nonfinite is set when an x is NaN
+ * or infinite (base is the caller's). */
+void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                        bool *nonfinite);
 
-/* Combine the accumulators with the number of zero magnitudes and find the
+/* Combine the accumulators and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found
  * (c->zero, v, idx set), 0 when the band missed or memory ran out (take the
  * exact path), -1 when f met a non-finite input. Frees c->hist. */
-int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, size_t zeros, rank_cut_mag_fn f, const void *ctx,
-                     int threads);
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx, int threads);
 
 void rank_cut_free(rank_cut *c);
 

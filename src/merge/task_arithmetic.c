@@ -346,12 +346,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     int bad = 0;
     size_t nacc = (size_t)nt * (size_t)k * 2;
     cut_acc *acc = calloc(nacc, sizeof *acc);
-    size_t *nzt = calloc((size_t)nt * (size_t)k, sizeof *nzt);
-    if (!acc || !nzt) {
-        free(acc);
-        free(nzt);
-        return -1;
-    }
+    if (!acc) return -1;
     /* bf16 read in place (the scan's and DARE's own loops) only where those
      * loops are vector code; elsewhere the blocks are widened first */
     bool base_bf = (RC_BF16_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
@@ -402,12 +397,9 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
                         bool nf = false;
-                        size_t z = 0;
                         merge_prefetch_block(xh, m * 2);
-                        for (int cu = 0; cu < gm->ncuts; cu++)
-                            z = rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, &nf);
+                        for (int cu = 0; cu < gm->ncuts; cu++) rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, &nf);
                         bad |= nf;
-                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
                         continue;
                     }
                     if (!have_base) {
@@ -415,11 +407,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         have_base = true;
                     }
                     bad |= magnitudes(gm->src, b0, m, base, x, a);
-                    if (gm->ncuts > 0) {
-                        size_t z = 0;
-                        for (int cu = 0; cu < gm->ncuts; cu++) z = rank_cut_scan(&gm->cut[cu], ai + cu, c, a, m);
-                        nzt[(size_t)t * (size_t)k + (size_t)i] += z;
-                    }
+                    for (int cu = 0; cu < gm->ncuts; cu++) rank_cut_scan(&gm->cut[cu], ai + cu, c, a, m);
                     if (sums) {
                         /* each block's L1 sums in f32 (vector lanes, a fixed
                          * order), the blocks' in double */
@@ -464,8 +452,6 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     for (int i = 0; i < k; i++) {
         gta_model *gm = &g->m[i];
         if (gm->ncuts <= 0) continue;
-        size_t nz = 0;
-        for (int t = 0; t < nt; t++) nz += nzt[(size_t)t * (size_t)k + (size_t)i];
         mag_ctx mc = {gm->src, g->base};
         cut_acc *mine = rc ? NULL : malloc((size_t)nt * sizeof *mine);
         if (!rc && !mine) fail |= 2;
@@ -474,7 +460,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             int r = 0;
             if (mine) {
                 for (int t = 0; t < nt; t++) mine[t] = acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu];
-                r = rank_cut_resolve(&gm->cut[cu], mine, nt, n - nz, mag_block, &mc, inner);
+                r = rank_cut_resolve(&gm->cut[cu], mine, nt, mag_block, &mc, inner);
                 if (r < 0) fail |= 1;
             } else {
                 rank_cut_free(&gm->cut[cu]);
@@ -492,7 +478,6 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     }
     if (!rc) rc = fail & 2 ? -1 : fail & 1 ? 1 : 0;
     free(acc);
-    free(nzt);
     return rc;
 }
 

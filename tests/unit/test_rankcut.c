@@ -64,7 +64,6 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
     free(tmp);
     cut_acc acc[2];
     memset(acc, 0, sizeof acc);
-    size_t zeros = 0;
     for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
         size_t lo, hi;
         rank_cut_chunk(n, ch, &lo, &hi);
@@ -73,9 +72,14 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
             rank_cut_scan(c, &acc[ch % 2], ch, a + b0, m); /* two "threads" */
         }
     }
-    for (size_t e = 0; e < n; e++) zeros += a[e] == 0.0f;
+    /* what lies under the band: zeros apart when it starts at zero, in
+     * the count below it otherwise */
+    size_t zeros = 0, under = 0;
+    for (size_t e = 0; e < n; e++) zeros += a[e] == 0.0f, under += a[e] < c->blo;
+    assert_int_equal(acc[0].zeros + acc[1].zeros, c->blo == 0.0f ? zeros : 0);
+    assert_int_equal(acc[0].below + acc[1].below, c->blo == 0.0f ? 0 : under);
     free(sample);
-    return rank_cut_resolve(c, acc, 2, zeros, mags, a, 2);
+    return rank_cut_resolve(c, acc, 2, mags, a, 2);
 }
 
 static void check(const float *a, size_t n, size_t rank, bool desc) {
@@ -192,8 +196,8 @@ static int cmp_float(const void *pa, const void *pb) {
 
 /* rank_cut_scan_bf16 (magnitudes made from bf16 inputs inside the scan)
  * leaves exactly what rank_cut_scan of the same magnitudes leaves: counts,
- * every histogram cell, the positive count; blocks with tails, zero
- * deltas, band ends that tie; and it flags a NaN or infinite input. */
+ * every histogram cell; blocks with tails, zero deltas (a band from zero
+ * too), band ends that tie; and it flags a NaN or infinite input. */
 static void test_scan_bf16(void **state) {
     (void)state;
     size_t n = 100003;
@@ -210,8 +214,8 @@ static void test_scan_bf16(void **state) {
     assert_true(sample && tmp);
     for (size_t r = 0; r < runs; r++)
         memcpy(sample + r * RC_RUN, a + rank_cut_sample_run(n, runs, r, 5), RC_RUN * sizeof *sample);
-    size_t ranks[] = {n / 3, n / 2, n - n / 10};
-    for (size_t ri = 0; ri < 3; ri++) {
+    size_t ranks[] = {n / 3, n / 2, n - n / 10, n / 20};
+    for (size_t ri = 0; ri < 4; ri++) {
         rank_cut c1, c2;
         assert_true(rank_cut_plan(&c1, n, ranks[ri], true, sample, ns, tmp));
         assert_true(rank_cut_plan(&c2, n, ranks[ri], true, sample, ns, tmp));
@@ -223,19 +227,21 @@ static void test_scan_bf16(void **state) {
             for (size_t b0 = lo; b0 < hi; b0 += 1000, blocks++) { /* 1000: tails in every block */
                 size_t m = hi - b0 < 1000 ? hi - b0 : 1000;
                 bool nf = false;
-                assert_int_equal(rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, &nf),
-                                 rank_cut_scan(&c1, &acc1, ch, a + b0, m));
+                rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, &nf);
+                rank_cut_scan(&c1, &acc1, ch, a + b0, m);
                 assert_false(nf);
             }
         }
         assert_true(blocks > 100);
         assert_int_equal(acc1.below, acc2.below);
-        assert_true(acc1.below > 0);
+        assert_int_equal(acc1.zeros, acc2.zeros);
+        if (ri < 3) assert_true(acc1.below > 0 && acc1.zeros == 0);
+        else assert_true(c1.blo == 0.0f && acc1.below == 0 && acc1.zeros > 0); /* a fifth of the deltas are 0 */
         assert_memory_equal(c1.eq, c2.eq, c1.nchunks * 2 * sizeof *c1.eq);
         assert_memory_equal(c1.hist, c2.hist, c1.nchunks * RC_BUCKETS * sizeof *c1.hist);
         size_t inside = 0;
         for (size_t t = 0; t < c1.nchunks * RC_BUCKETS; t++) inside += c1.hist[t].count;
-        assert_true(inside > 0);
+        assert_true(ri == 3 || inside > 0); /* the band from zero may be [0, 0] */
         if (ri == 0) { /* a NaN input, then infinity, inside a block */
             bool nf = false;
             uint16_t keep = x[500];
