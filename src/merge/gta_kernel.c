@@ -83,7 +83,8 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         __m512i bu = gk_widen(a->base + e, tm);
         if (a->check_base) bad |= gk_nonfinite(bu, tm);
         __m512 b = _mm512_castsi512_ps(bu);
-        __m512 d[GK_MAX_MODELS];
+        __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
+        __mmask16 keep[GK_MAX_MODELS];
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             const gk_model *g = &a->m[i];
@@ -92,44 +93,47 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), b);
             /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
             __m512 vs = g->s == 1.0f ? v : _mm512_mul_ps(v, _mm512_set1_ps(g->s));
-            __m512 t = _mm512_mul_ps(vs, _mm512_set1_ps(g->w));
-            __mmask16 keep = 0xffff;
+            t[i] = _mm512_mul_ps(vs, _mm512_set1_ps(g->w));
+            __mmask16 kp = 0xffff;
             switch (g->keep) {
             case GK_WHOLE:
                 break;
             case GK_TOP: { /* |v| > L, or |v| == L at an index up to thi */
                 __m512 av = _mm512_abs_ps(v), L = _mm512_set1_ps(g->rule.L);
                 if (e + 15 <= g->rule.thi) { /* every lane's index is up to thi */
-                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GE_OQ);
+                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GE_OQ);
                 } else if (e > g->rule.thi) { /* none is */
-                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ);
+                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ);
                 } else {
                     __mmask16 eq = _mm512_cmp_ps_mask(av, L, _CMP_EQ_OQ);
-                    keep = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
-                           _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
+                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
+                         _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
                 }
                 break;
             }
             case GK_RULE:
-                keep = gk_rule(&g->rule, _mm512_abs_ps(v), idx);
+                kp = gk_rule(&g->rule, _mm512_abs_ps(v), idx);
                 break;
             case GK_RANDOM:
-                keep = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), _mm512_set1_epi32((int32_t)g->thr));
+                kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), _mm512_set1_epi32((int32_t)g->thr));
                 hw[i] = _mm512_add_epi32(hw[i], phi16);
                 break;
             case GK_BITS: { /* e is a multiple of 8 here (b0 is, j is of 16) */
                 uint16_t w16 = 0;
                 const uint8_t *p = g->bits + e / 8;
                 w16 = (uint16_t)(p[0] | (tm > 0xff ? (uint16_t)p[1] << 8 : 0));
-                keep = (__mmask16)w16;
+                kp = (__mmask16)w16;
                 break;
             }
             }
-            d[i] = _mm512_maskz_mov_ps(keep, t);
+            keep[i] = kp;
         }
-        __m512 sum = _mm512_add_ps(zero, d[0]);
+        /* 0 + d_0 + d_1 + ...: lanes not kept add +0, which changes no
+         * partial sum (one is never -0: it starts from +0), so they are
+         * left as they are */
+        __m512 sum = _mm512_maskz_add_ps(keep[0], zero, t[0]);
 #pragma GCC unroll 4
-        for (int i = 1; i < k; i++) sum = _mm512_add_ps(sum, d[i]);
+        for (int i = 1; i < k; i++) sum = _mm512_mask_add_ps(sum, keep[i], sum, t[i]);
         __m512 mx = sum, dv = div_all;
         if (consensus) {
             /* g = +1 where sum >= 0: sum is never -0 (it starts from +0), so
@@ -140,8 +144,8 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             __m512 mixed = zero, div = zero;
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
-                __mmask16 agree = _mm512_cmp_ps_mask(_mm512_xor_ps(d[i], sg), zero, _CMP_GT_OQ);
-                mixed = _mm512_mask_add_ps(mixed, agree, mixed, d[i]);
+                __mmask16 agree = _mm512_mask_cmp_ps_mask(keep[i], _mm512_xor_ps(t[i], sg), zero, _CMP_GT_OQ);
+                mixed = _mm512_mask_add_ps(mixed, agree, mixed, t[i]);
                 div = _mm512_mask_add_ps(div, agree, div, _mm512_set1_ps(a->m[i].w));
             }
             mx = mixed;
