@@ -352,9 +352,11 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
  * The magnitudes go to mag, and which are inside the band to one mask word
  * per 32; the few inside are picked out afterwards, instead of compacting
  * every vector. The tail (under 32) goes through scan_block. *nonfinite is
- * set when an x is NaN or infinite. */
-static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t len, uint32_t lo, uint32_t hi,
-                              scan_counts *sc, float *in, bool *nonfinite) {
+ * set when an x (or, with check_base, a base value) is NaN or infinite. */
+static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16_t *x, const uint16_t *base,
+                                                                    size_t len, uint32_t lo, uint32_t hi,
+                                                                    scan_counts *sc, float *in, bool *nonfinite,
+                                                                    bool check_base) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
     __m512i clt = _mm512_setzero_si512(), cel = clt, ceh = clt;
     const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
@@ -366,6 +368,7 @@ static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t le
     for (; j + 32 <= len; j += 32) {
         __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
+        if (check_base) bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(bw, exp16), exp16);
         __m512 ve = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)),
                                   _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
         __m512 vo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
@@ -388,6 +391,7 @@ static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t le
         for (size_t t = j; t < len; t++) {
             mag[t] = fabsf(fvalue((uint32_t)x[t] << 16) - fvalue((uint32_t)base[t] << 16));
             tbad |= (x[t] & 0x7f80u) == 0x7f80u;
+            tbad |= check_base && (base[t] & 0x7f80u) == 0x7f80u;
         }
         bad |= tbad != 0;
         scan_counts tc;
@@ -400,7 +404,7 @@ static size_t scan_block_bf16(const uint16_t *x, const uint16_t *base, size_t le
 #endif
 
 void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                        bool *nonfinite) {
+                        bool check_base, bool *nonfinite) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
     rc_cell *row = c->hist + chunk * RC_BUCKETS;
     scan_tally tl = {0, 0, 0, 0, 0};
@@ -409,7 +413,8 @@ void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t 
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
         scan_counts sc;
 #if RC_AVX512BW
-        size_t cnt = scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite);
+        size_t cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true)
+                                : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false);
 #else
         float a[RC_BLOCK];
         unsigned bad = 0;
@@ -417,6 +422,7 @@ void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t 
             float xv = fvalue((uint32_t)x[j0 + j] << 16), bv = fvalue((uint32_t)base[j0 + j] << 16);
             a[j] = fabsf(xv - bv);
             bad |= (x[j0 + j] & 0x7f80u) == 0x7f80u;
+            bad |= check_base && (base[j0 + j] & 0x7f80u) == 0x7f80u;
         }
         *nonfinite |= bad != 0;
         size_t cnt = scan_block(a, len, blo, bhi, &sc, in);

@@ -113,9 +113,10 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 /* rank_cut_scan of the magnitudes |x - base| of bf16 inputs x[0..m),
  * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512),
  * without the count of positive ones; *nonfinite is set when an x is NaN
- * or infinite (base is the caller's). */
+ * or infinite, or with check_base a base value (else base is the
+ * caller's to check). */
 void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                        bool *nonfinite);
+                        bool check_base, bool *nonfinite);
 
 /* Combine the accumulators and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found

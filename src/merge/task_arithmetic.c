@@ -371,9 +371,8 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             for (size_t b0 = lo; b0 < hi; b0 += GTA_BLOCK) {
                 size_t m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
                 bool have_base = false; /* base widened to f32, for inputs not read as bf16 */
-                if (base_bf) {
-                    bad |= merge_nonfinite(g->base, b0, m);
-                } else {
+                bool base_checked = false; /* base_bf: by a bf16 scan (else after the models) */
+                if (!base_bf) {
                     bad |= merge_load(g->base, b0, m, base);
                     have_base = true;
                 }
@@ -398,13 +397,16 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
                         bool nf = false;
                         merge_prefetch_block(xh, m * 2);
-                        for (int cu = 0; cu < gm->ncuts; cu++) rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, &nf);
+                        for (int cu = 0; cu < gm->ncuts; cu++) {
+                            rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, !base_checked, &nf);
+                            base_checked = true;
+                        }
                         bad |= nf;
                         continue;
                     }
                     if (!have_base) {
-                        merge_load(g->base, b0, m, base);
-                        have_base = true;
+                        bad |= merge_load(g->base, b0, m, base);
+                        have_base = base_checked = true;
                     }
                     bad |= magnitudes(gm->src, b0, m, base, x, a);
                     for (int cu = 0; cu < gm->ncuts; cu++) rank_cut_scan(&gm->cut[cu], ai + cu, c, a, m);
@@ -437,6 +439,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         pi[1] += after;
                     }
                 }
+                if (base_bf && !base_checked) bad |= merge_nonfinite(g->base, b0, m);
             }
         }
     }

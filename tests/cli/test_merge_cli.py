@@ -397,6 +397,18 @@ dtype: float32
     for meth, body in streaming.items():
         expect_error("NaN in a weight (%s)" % meth, ["merge", recipe("nan-" + meth, "merge_method: %s\n%s" % (meth, body)),
                                                      out], ["lm_head.weight", d], out)
+    # a NaN in a bf16 base, in a matrix large enough for the streaming rank cuts: the first pass
+    # checks the base inside the first model's scan (or on its own for DARE's survey)
+    t = {k: v.to(torch.bfloat16) for k, v in t0.items()}
+    t["model.layers.1.mlp.up_proj.weight"][300, 77] = float("nan")
+    nan_base = os.path.join(TMP, "bf16-nan-base")
+    st.save_dir(t, nan_base, config(dtype="bfloat16", **shape))
+    for meth, extra in (("ties", ""), ("breadcrumbs_ties", ", gamma: 0.05"), ("dare_ties", "")):
+        body = "base_model: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.5, density: 0.5%s}\n" \
+               "  - model: %s\n    parameters: {weight: 0.5, density: 0.4%s}\n" % (nan_base, b16[1], extra, b16[2], extra)
+        expect_error("NaN in a bf16 base (%s)" % meth,
+                     ["merge", recipe("nan-base-" + meth, "merge_method: %s\n%s" % (meth, body)), out],
+                     ["model.layers.1.mlp.up_proj.weight", nan_base], out)
     d = model("layers", 3, layers=2)
     expect_error("layer count mismatch", ["merge", recipe("layers", good % (base, d)), out], ["layer"], out)
     expect_error("unknown method", ["merge", recipe("unk", good.replace("ties", "tise") % (base, a)), out],

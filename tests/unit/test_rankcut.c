@@ -227,7 +227,7 @@ static void test_scan_bf16(void **state) {
             for (size_t b0 = lo; b0 < hi; b0 += 1000, blocks++) { /* 1000: tails in every block */
                 size_t m = hi - b0 < 1000 ? hi - b0 : 1000;
                 bool nf = false;
-                rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, &nf);
+                rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, (ch & 1) != 0, &nf);
                 rank_cut_scan(&c1, &acc1, ch, a + b0, m);
                 assert_false(nf);
             }
@@ -246,13 +246,25 @@ static void test_scan_bf16(void **state) {
             bool nf = false;
             uint16_t keep = x[500];
             x[500] = 0x7fc1;
-            rank_cut_scan_bf16(&c2, &acc2, 0, x + 480, b + 480, 40, &nf);
+            rank_cut_scan_bf16(&c2, &acc2, 0, x + 480, b + 480, 40, false, &nf);
             assert_true(nf);
             nf = false;
             x[500] = 0xff80;
-            rank_cut_scan_bf16(&c2, &acc2, 0, x + 497, b + 497, 5, &nf);
+            rank_cut_scan_bf16(&c2, &acc2, 0, x + 497, b + 497, 5, false, &nf);
             assert_true(nf);
             x[500] = keep;
+            /* in the base: the caller's unless check_base (vector body, tail) */
+            keep = b[500];
+            b[500] = 0x7f80;
+            for (int tail = 0; tail < 2; tail++) {
+                size_t at = tail ? 497 : 480, len = tail ? 5 : 40;
+                nf = false;
+                rank_cut_scan_bf16(&c2, &acc2, 0, x + at, b + at, len, false, &nf);
+                assert_false(nf);
+                rank_cut_scan_bf16(&c2, &acc2, 0, x + at, b + at, len, true, &nf);
+                assert_true(nf);
+            }
+            b[500] = keep;
         }
         rank_cut_free(&c1);
         rank_cut_free(&c2);
