@@ -23,16 +23,34 @@ static inline __mmask16 gk_nonfinite(__m512i u, __mmask16 tm) {
     return _mm512_mask_fpclass_ps_mask(tm, _mm512_castsi512_ps(u), 0x01 | 0x08 | 0x10 | 0x80);
 }
 
-/* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx. */
-static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx) {
+/* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx = e + lane.
+ * Where the 16 indices lie all inside (or all outside) a tie range, a tie
+ * at that bound is kept (or not) in every lane: one compare instead of
+ * three; only the vectors that straddle an end of a range pay for the
+ * index compares. */
+static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx, size_t e) {
     __m512 L = _mm512_set1_ps(r->L), U = _mm512_set1_ps(r->U);
-    __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
-    eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->tlo));
-    eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->thi));
-    __mmask16 lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
-    __mmask16 eqU = _mm512_cmp_ps_mask(a, U, _CMP_EQ_OQ);
-    eqU = _mm512_mask_cmple_epu32_mask(eqU, idx, _mm512_set1_epi32((int32_t)r->tu));
-    return lower & (_mm512_cmp_ps_mask(a, U, _CMP_LT_OQ) | eqU);
+    __mmask16 lower, upper;
+    if (e >= r->tlo && e + 15 <= r->thi) {
+        lower = _mm512_cmp_ps_mask(a, L, _CMP_GE_OQ);
+    } else if (e + 15 < r->tlo || e > r->thi) {
+        lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ);
+    } else {
+        __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
+        eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->tlo));
+        eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->thi));
+        lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
+    }
+    if (e + 15 <= r->tu) {
+        upper = _mm512_cmp_ps_mask(a, U, _CMP_LE_OQ);
+    } else if (e > r->tu) {
+        upper = _mm512_cmp_ps_mask(a, U, _CMP_LT_OQ);
+    } else {
+        __mmask16 eqU = _mm512_cmp_ps_mask(a, U, _CMP_EQ_OQ);
+        eqU = _mm512_mask_cmple_epu32_mask(eqU, idx, _mm512_set1_epi32((int32_t)r->tu));
+        upper = _mm512_cmp_ps_mask(a, U, _CMP_LT_OQ) | eqU;
+    }
+    return lower & upper;
 }
 
 /* rng_bits32_at (util/rng.h) of 16 lanes, given h = index * phi + key32. */
@@ -112,7 +130,7 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
                 break;
             }
             case GK_RULE:
-                kp = gk_rule(&g->rule, _mm512_abs_ps(v), idx);
+                kp = gk_rule(&g->rule, _mm512_abs_ps(v), idx, e);
                 break;
             case GK_RANDOM:
                 kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), _mm512_set1_epi32((int32_t)g->thr));
