@@ -488,25 +488,53 @@ static bool collect_chunk(const rank_cut *c, size_t ch, uint32_t lo, uint32_t hi
     return true;
 }
 
+/* The index of the k-th (0-based) element of chunk ch whose magnitude has
+ * bits u, counting from the chunk's start, or from its end when from_end:
+ * whole blocks are counted and skipped, and only the block that holds it is
+ * searched. *idx stays untouched when there are fewer (which cannot happen:
+ * the pass counted them). False on a non-finite input. */
+static bool find_on_value(const rank_cut *c, size_t ch, uint32_t u, size_t k, bool from_end, rank_cut_mag_fn f,
+                          const void *ctx, uint32_t *idx) {
+    size_t b, e;
+    rank_cut_chunk(c->n, ch, &b, &e);
+    float a[RC_BLOCK], fu = fvalue(u);
+    size_t nblk = (e - b + RC_BLOCK - 1) / RC_BLOCK;
+    for (size_t q = 0; q < nblk; q++) {
+        size_t b0 = b + (from_end ? nblk - 1 - q : q) * RC_BLOCK, m = e - b0 < RC_BLOCK ? e - b0 : RC_BLOCK;
+        if (f(ctx, b0, m, a)) return false;
+        size_t cnt = 0; /* positive floats order as their bit patterns: == on values is == on bits */
+#pragma omp simd reduction(+ : cnt)
+        for (size_t j = 0; j < m; j++) cnt += a[j] == fu;
+        if (cnt <= k) {
+            k -= cnt;
+            continue;
+        }
+        for (size_t t = 0; t < m; t++) {
+            size_t j = from_end ? m - 1 - t : t;
+            if (a[j] == fu && k-- == 0) {
+                *idx = (uint32_t)(b0 + j);
+                return true;
+            }
+        }
+    }
+    return true;
+}
+
 /* The cut is value u, the want-th (0-based, ascending index) of its
- * elements; per[ch] of them lie in chunk ch. */
+ * elements; per[ch] of them lie in chunk ch. The chunk that holds it is
+ * searched from its nearer end. */
 static int cut_on_value(rank_cut *c, uint32_t u, size_t want, const size_t *per, rank_cut_mag_fn f, const void *ctx) {
     size_t ch = 0, before = 0;
     while (before + per[ch] <= want) before += per[ch++];
-    size_t got = 0, need = want - before + 1;
-    uint64_t *cand = malloc(need * sizeof *cand);
-    if (!cand) return 0;
-    int rc = collect_chunk(c, ch, u, u, need, f, ctx, cand, &got) ? 1 : -1;
-    if (rc == 1 && got == need) {
-        uint32_t low = (uint32_t)cand[need - 1];
-        c->idx = c->idx_desc ? ~low : low;
-        c->v = fvalue(u);
-        c->zero = false;
-    } else if (rc == 1) {
-        rc = 0; /* cannot happen: the pass counted them */
-    }
-    free(cand);
-    return rc;
+    size_t local = want - before, total = per[ch];
+    bool from_end = local > total - 1 - local;
+    uint32_t idx = UINT32_MAX;
+    if (!find_on_value(c, ch, u, from_end ? total - 1 - local : local, from_end, f, ctx, &idx)) return -1;
+    if (idx == UINT32_MAX) return 0; /* cannot happen: the pass counted them */
+    c->idx = idx;
+    c->v = fvalue(u);
+    c->zero = false;
+    return 1;
 }
 
 int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx, int threads) {
