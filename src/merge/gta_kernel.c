@@ -1,6 +1,6 @@
-/* gta_kernel.c — the fused AVX-512 loops of the task-arithmetic family: its
- * merge pass and DARE's first pass (see gta_kernel.h); without AVX-512 it
- * only says that it has no kernel. */
+/* gta_kernel.c — the fused AVX-512 loops of the task-arithmetic family (its
+ * merge pass and DARE's first pass) and of linear (see gta_kernel.h);
+ * without AVX-512 it only says that it has no kernel. */
 #include "merge/gta_kernel.h"
 
 #if GTA_KERNEL
@@ -60,6 +60,28 @@ static inline __m512i gk_hash(__m512i x) {
     x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
     x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int32_t)0x846ca68bu));
     return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+/* Results o of lanes tm into element j of dst, in bf16 (dtype.c's
+ * f32_to_bf16: nearest even, NaN quieted) or f32; *first becomes j plus the
+ * first non-finite lane unless it is already below m. */
+static inline __attribute__((always_inline)) void gk_store(__m512 o, __mmask16 tm, bool out_bf16, void *dst, size_t j,
+                                                           size_t *first, size_t m) {
+    __m512i ou = _mm512_castps_si512(o);
+    __mmask16 nf = gk_nonfinite(ou, tm);
+    if (nf && *first == m) *first = j + (size_t)__builtin_ctz((unsigned)nf);
+    if (out_bf16) {
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(1));
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(ou, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+        if (nf) { /* only a NaN needs more than the rounding (and fails the merge) */
+            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
+                                                    _mm512_set1_epi32(0x7f800000));
+            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
+        }
+        _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)dst + j, tm, r);
+    } else {
+        _mm512_mask_storeu_ps((float *)dst + j, tm, o);
+    }
 }
 
 /* task_arithmetic.c's merge of a block, 16 lanes at a time:
@@ -171,21 +193,7 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         }
         __m512 scaled = normalize ? _mm512_div_ps(mx, dv) : mx;
         __m512 o = _mm512_add_ps(b, _mm512_mul_ps(scaled, lambda));
-        __m512i ou = _mm512_castps_si512(o);
-        __mmask16 nf = gk_nonfinite(ou, tm);
-        if (nf && first == m) first = j + (size_t)__builtin_ctz((unsigned)nf);
-        if (out_bf16) { /* dtype.c's f32_to_bf16: nearest even, NaN quieted */
-            __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(1));
-            __m512i r = _mm512_srli_epi32(_mm512_add_epi32(ou, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-            if (nf) { /* only a NaN needs more than the rounding (and fails the merge) */
-                __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
-                                                        _mm512_set1_epi32(0x7f800000));
-                r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
-            }
-            _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)dst + j, tm, r);
-        } else {
-            _mm512_mask_storeu_ps((float *)dst + j, tm, o);
-        }
+        gk_store(o, tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -224,6 +232,52 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
     *before = _mm512_reduce_add_ps(sb);
     *after = _mm512_reduce_add_ps(sa);
     return bad != 0;
+}
+
+
+/* linear.c's block, 16 lanes at a time: o = 0 + w_0 x_0 + w_1 x_1 + ...
+ * (each product rounded, then added, in model order), then o / wsum. */
+static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t *const *x, const float *w, int k,
+                                                                 bool normalize, float wsum, bool out_bf16, size_t b0,
+                                                                 size_t m, void *dst, size_t *obad) {
+    __mmask16 bad = 0;
+    size_t first = m;
+    for (size_t j = 0; j < m; j += 16) {
+        size_t e = b0 + j;
+        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        if (!(j & 31)) {
+#pragma GCC unroll 4
+            for (int i = 0; i < k; i++) _mm_prefetch((const char *)(x[i] + e) + GK_AHEAD, _MM_HINT_T0);
+        }
+        __m512 o = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int i = 0; i < k; i++) {
+            __m512i xu = gk_widen(x[i] + e, tm);
+            bad |= gk_nonfinite(xu, tm);
+            o = _mm512_add_ps(o, _mm512_mul_ps(_mm512_set1_ps(w[i]), _mm512_castsi512_ps(xu)));
+        }
+        if (normalize) o = _mm512_div_ps(o, _mm512_set1_ps(wsum));
+        gk_store(o, tm, out_bf16, dst, j, &first, m);
+    }
+    *obad = first;
+    return bad != 0;
+}
+
+#define GK_LINEAR(K)                                                                                                   \
+    case K:                                                                                                            \
+        return out_bf16 ? gk_linear_body(x, w, K, normalize, wsum, true, b0, m, dst, obad)                             \
+                        : gk_linear_body(x, w, K, normalize, wsum, false, b0, m, dst, obad);
+
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
+               size_t m, void *dst, size_t *obad) {
+    switch (k) {
+        GK_LINEAR(1)
+        GK_LINEAR(2)
+        GK_LINEAR(3)
+        GK_LINEAR(4)
+    }
+    *obad = m;
+    return true; /* never called: k is checked by the caller */
 }
 
 #define GK_INSTANCE(K, C, N, B)                                                                                        \
@@ -266,6 +320,13 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
 gk_block_fn gk_select(const gk_args *a) {
     (void)a;
     return NULL;
+}
+
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
+               size_t m, void *dst, size_t *obad) {
+    (void)x, (void)w, (void)k, (void)normalize, (void)wsum, (void)out_bf16, (void)b0, (void)dst;
+    *obad = m;
+    return true; /* never called: GTA_KERNEL is 0 */
 }
 
 #endif

@@ -1,5 +1,5 @@
 /* gta_kernel.h — the task-arithmetic family's merge pass as one vector loop,
- * and DARE's first pass likewise.
+ * DARE's first pass and linear's merge likewise.
  *
  * task_arithmetic.c computes a block in straight passes over f32 scratch:
  * the base widened, each model's masked weighted delta, then the consensus
@@ -78,5 +78,14 @@ gk_block_fn gk_select(const gk_args *a);
  * Only where GTA_KERNEL is 1. */
 bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
                     uint8_t *bits, float *before, float *after);
+
+/* linear.c's merge of elements [b0, b0 + m) of k (1..GK_MAX_MODELS) bf16
+ * inputs x[i] (the tensors from element 0, 2-byte aligned): 0 + w_0 x_0 +
+ * w_1 x_1 + ... in that order, divided by wsum with normalize, into dst
+ * (element b0's place) in bf16 or f32, the same float operations as
+ * linear.c's generic block. Returns true when an input is NaN or
+ * infinite; *obad as gk_block_fn's. Only where GTA_KERNEL is 1. */
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
+               size_t m, void *dst, size_t *obad);
 
 #endif

@@ -4,7 +4,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "merge/gta_kernel.h"
 #include "merge/method.h"
+#include "merge/sink.h"
+#include "merge/vec.h"
 #include "util/err.h"
 
 enum { P_NORMALIZE, P_WEIGHT };
@@ -37,6 +40,33 @@ static void linear_block(const void *ctx, size_t lo, const float *const *in, siz
     }
 }
 
+/* The merge as gta_kernel.c's loop: bf16 inputs, at most GK_MAX_MODELS of
+ * them, results in bf16 or f32; 1 when it does not apply. */
+static int linear_kernel(const merge_call *call, float *out, const lin_ctx *c, alloy_err *err) {
+    if (!GTA_KERNEL || c->k < 1 || c->k > GK_MAX_MODELS) return 1;
+    alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
+    if (odt != ALLOY_BF16 && odt != ALLOY_F32) return 1;
+    const uint16_t *x[GK_MAX_MODELS];
+    for (int i = 0; i < c->k; i++) {
+        merge_src in = merge_input(call, i);
+        if (in.dtype != ALLOY_BF16 || ((uintptr_t)in.data & 1)) return 1;
+        x[i] = in.data;
+    }
+    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
+    int bad = 0;
+    /* static: each thread's blocks are one run, as the sink's stages want */
+#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
+    reduction(min : obad)
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK, ob = m;
+        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+        bad |= gk_linear(x, c->w, c->k, c->normalize, c->wsum, odt == ALLOY_BF16, b0, m, dst, &ob);
+        /* as merge_store: results are checked on their way to the sink */
+        if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+    }
+    return merge_stream_result(call, "linear", bad, obad, err);
+}
+
 static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
     int k = call->k;
     float *w = malloc((size_t)k * sizeof *w);
@@ -51,7 +81,8 @@ static int linear_merge(const merge_call *call, float *out, alloy_err *err) {
     int rc = c.normalize && wsum == 0.0f
                  ? alloy_fail(err, "tensor '%s': linear weights sum to zero, cannot normalize (set normalize: false)",
                               call->tensor_name)
-                 : merge_stream_elementwise(call, out, "linear", k, which, linear_block, &c, err);
+                 : linear_kernel(call, out, &c, err);
+    if (rc == 1) rc = merge_stream_elementwise(call, out, "linear", k, which, linear_block, &c, err);
     free(w), free(which);
     return rc;
 }

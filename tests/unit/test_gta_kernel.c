@@ -6,8 +6,8 @@
  * threshold decided by index, block lengths that leave a tail, zero and
  * negative-zero deltas; then NaN inputs (reported only where checked) and
  * a result that overflows (its index reported); DARE's first pass (sums in
- * their lane order, mask bits). Without AVX-512 the kernel must say that it
- * is not there. */
+ * their lane order, mask bits); linear's loop against its formula. Without
+ * AVX-512 the kernel must say that it is not there. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -190,6 +190,66 @@ static void test_matches_formula(void **state) {
     free(in);
 }
 
+/* gk_linear against linear.c's formula, o = 0 + w_0 x_0 + ... (/ wsum),
+ * bit for bit: 1 to 4 models, normalize on and off, bf16 and f32 output,
+ * tails; a NaN input reported, a result that overflows located. */
+static void test_linear(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) {
+        skip();
+        return;
+    }
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill(in, 11);
+    const uint16_t *x[GK_MAX_MODELS] = {in->x[0], in->x[1], in->x[2], in->x[3]};
+    static const float w[GK_MAX_MODELS] = {0.5f, 0.3f, -0.2f, 0.45f};
+    static const size_t at[] = {0, 1024, 4000, 8191}, lens[] = {1024, 1000, 17, 1};
+    int runs = 0;
+    for (int k = 1; k <= GK_MAX_MODELS; k++)
+        for (int norm = 0; norm < 2; norm++)
+            for (int obf = 0; obf < 2; obf++)
+                for (size_t t = 0; t < 4; t++) {
+                    size_t b0 = at[t], m = lens[t];
+                    float wsum = 0.0f;
+                    for (int i = 0; i < k; i++) wsum += w[i];
+                    uint32_t got[1024], want[1024];
+                    memset(got, 0xab, sizeof got);
+                    memcpy(want, got, sizeof want);
+                    size_t ob;
+                    assert_false(gk_linear(x, w, k, norm, wsum, obf, b0, m, got, &ob));
+                    assert_int_equal(ob, m);
+                    for (size_t j = 0; j < m; j++) {
+                        float o = 0.0f;
+                        for (int i = 0; i < k; i++) o += w[i] * bf(x[i][b0 + j]);
+                        if (norm) o /= wsum;
+                        if (obf)
+                            ((uint16_t *)want)[j] = f32_to_bf16(o);
+                        else
+                            ((float *)want)[j] = o;
+                    }
+                    assert_memory_equal(got, want, sizeof got); /* nothing written past the block either */
+                    runs++;
+                }
+    assert_int_equal(runs, GK_MAX_MODELS * 2 * 2 * 4);
+    /* a NaN input: reported; outside the block: not */
+    uint16_t out[1024];
+    size_t ob;
+    in->x[2][3000 + 5] = 0x7fc0;
+    assert_true(gk_linear(x, w, 3, false, 0.6f, true, 3000, 100, out, &ob));
+    assert_false(gk_linear(x, w, 3, false, 0.6f, true, 3006, 100, out, &ob));
+    assert_false(gk_linear(x, w, 2, false, 0.8f, true, 3000, 100, out, &ob)); /* model 2 not in the merge */
+    /* finite inputs whose weighted sum overflows: the first such element */
+    in->x[0][5000 + 21] = to_bf(3.0e38f);
+    in->x[1][5000 + 21] = to_bf(3.0e38f);
+    in->x[0][5000 + 40] = to_bf(3.0e38f);
+    in->x[1][5000 + 40] = to_bf(3.0e38f);
+    static const float big[2] = {1.0f, 1.0f};
+    assert_false(gk_linear(x, big, 2, false, 2.0f, false, 5000, 64, out, &ob));
+    assert_int_equal(ob, 21);
+    free(in);
+}
+
 static void test_nonfinite(void **state) {
     (void)state;
     if (!GTA_KERNEL) {
@@ -306,6 +366,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_formula),
         cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_linear),
         cmocka_unit_test(test_dare_survey),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
