@@ -12,6 +12,11 @@
 /* How far ahead of the loop the inputs are asked for (as in source.c). */
 #define GK_AHEAD 8192
 
+/* The lanes of the 16 elements from j that lie in a block of m. */
+static inline __mmask16 gk_tail(size_t m, size_t j) {
+    return m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+}
+
 /* 16 bf16 values from p (lanes outside tm: 0), widened exactly to f32. */
 static inline __m512i gk_widen(const uint16_t *p, __mmask16 tm) {
     return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
@@ -113,7 +118,7 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
     size_t first = m;
     for (size_t j = 0; j < m; j += 16) {
         size_t e = b0 + j;
-        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        __mmask16 tm = gk_tail(m, j);
         if (!(j & 31)) {
             _mm_prefetch((const char *)(a->base + e) + GK_AHEAD, _MM_HINT_T0);
 #pragma GCC unroll 4
@@ -212,7 +217,7 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
     __mmask16 bad = 0;
     x += b0, base += b0;
     for (size_t j = 0; j < m; j += 16) {
-        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        __mmask16 tm = gk_tail(m, j);
         if (!(j & 31)) {
             _mm_prefetch((const char *)(x + j) + GK_AHEAD, _MM_HINT_T0);
             _mm_prefetch((const char *)(base + j) + GK_AHEAD, _MM_HINT_T0);
@@ -244,7 +249,7 @@ static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t 
     size_t first = m;
     for (size_t j = 0; j < m; j += 16) {
         size_t e = b0 + j;
-        __mmask16 tm = m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
+        __mmask16 tm = gk_tail(m, j);
         if (!(j & 31)) {
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) _mm_prefetch((const char *)(x[i] + e) + GK_AHEAD, _MM_HINT_T0);

@@ -103,6 +103,15 @@ static void fill(inputs *in, uint64_t seed) {
         for (size_t t = 0; t < N / 8; t++) in->bits[i][t] = (uint8_t)(rng_mix64(seed * 7 + (uint64_t)i * N + t) >> 56);
 }
 
+/* Inputs from fill(seed), or the test skipped where there is no kernel. */
+static inputs *kernel_inputs(uint64_t seed) {
+    if (!GTA_KERNEL) skip(); /* does not return */
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill(in, seed);
+    return in;
+}
+
 /* A threshold that some magnitudes equal: the magnitude of a chosen element. */
 static float some_magnitude(const inputs *in, int i, size_t e) { return fabsf(bf(in->x[i][e]) - bf(in->base[e])); }
 
@@ -195,13 +204,7 @@ static void test_matches_formula(void **state) {
  * tails; a NaN input reported, a result that overflows located. */
 static void test_linear(void **state) {
     (void)state;
-    if (!GTA_KERNEL) {
-        skip();
-        return;
-    }
-    inputs *in = malloc(sizeof *in);
-    assert_non_null(in);
-    fill(in, 11);
+    inputs *in = kernel_inputs(11);
     const uint16_t *x[GK_MAX_MODELS] = {in->x[0], in->x[1], in->x[2], in->x[3]};
     static const float w[GK_MAX_MODELS] = {0.5f, 0.3f, -0.2f, 0.45f};
     static const size_t at[] = {0, 1024, 4000, 8191}, lens[] = {1024, 1000, 17, 1};
@@ -252,13 +255,7 @@ static void test_linear(void **state) {
 
 static void test_nonfinite(void **state) {
     (void)state;
-    if (!GTA_KERNEL) {
-        skip();
-        return;
-    }
-    inputs *in = malloc(sizeof *in);
-    assert_non_null(in);
-    fill(in, 9);
+    inputs *in = kernel_inputs(9);
     gk_args a;
     setup_args(&a, in, 3, 7, 2);
     for (int i = 0; i < 3; i++) a.m[i].keep = GK_WHOLE;
