@@ -12,8 +12,14 @@
 /* How far ahead of the loop the inputs are asked for (as in source.c). */
 #define GK_AHEAD 8192
 
-/* The lanes of the 16 elements from j that lie in a block of m. */
-static inline __mmask16 gk_tail(size_t m, size_t j) {
+/* The lanes of the 16 elements from j that lie in a block of m; every 32
+ * elements, the lines GK_AHEAD bytes past element j of the np streams p
+ * are asked for. */
+static inline __attribute__((always_inline)) __mmask16 gk_step(size_t m, size_t j, const uint16_t *const *p, int np) {
+    if (!(j & 31)) {
+#pragma GCC unroll 5
+        for (int i = 0; i < np; i++) _mm_prefetch((const char *)(p[i] + j) + GK_AHEAD, _MM_HINT_T0);
+    }
     return m - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - j)) - 1u);
 }
 
@@ -114,16 +120,13 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
                                      _mm512_set1_epi32((int32_t)k32));
         }
     }
+    const uint16_t *streams[GK_MAX_MODELS + 1] = {a->base + b0};
+    for (int i = 0; i < k; i++) streams[i + 1] = a->m[i].x + b0;
     __mmask16 bad = 0;
     size_t first = m;
     for (size_t j = 0; j < m; j += 16) {
         size_t e = b0 + j;
-        __mmask16 tm = gk_tail(m, j);
-        if (!(j & 31)) {
-            _mm_prefetch((const char *)(a->base + e) + GK_AHEAD, _MM_HINT_T0);
-#pragma GCC unroll 4
-            for (int i = 0; i < k; i++) _mm_prefetch((const char *)(a->m[i].x + e) + GK_AHEAD, _MM_HINT_T0);
-        }
+        __mmask16 tm = gk_step(m, j, streams, k + 1);
         __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)e), iota);
         __m512i bu = gk_widen(a->base + e, tm);
         if (a->check_base) bad |= gk_nonfinite(bu, tm);
@@ -216,12 +219,9 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
     __m512 sb = _mm512_setzero_ps(), sa = sb;
     __mmask16 bad = 0;
     x += b0, base += b0;
+    const uint16_t *streams[2] = {x, base};
     for (size_t j = 0; j < m; j += 16) {
-        __mmask16 tm = gk_tail(m, j);
-        if (!(j & 31)) {
-            _mm_prefetch((const char *)(x + j) + GK_AHEAD, _MM_HINT_T0);
-            _mm_prefetch((const char *)(base + j) + GK_AHEAD, _MM_HINT_T0);
-        }
+        __mmask16 tm = gk_step(m, j, streams, 2);
         __m512i xu = gk_widen(x + j, tm);
         bad |= gk_nonfinite(xu, tm);
         __m512 a = _mm512_and_ps(_mm512_sub_ps(_mm512_castsi512_ps(xu), _mm512_castsi512_ps(gk_widen(base + j, tm))),
@@ -245,15 +245,13 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
 static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t *const *x, const float *w, int k,
                                                                  bool normalize, float wsum, bool out_bf16, size_t b0,
                                                                  size_t m, void *dst, size_t *obad) {
+    const uint16_t *streams[GK_MAX_MODELS];
+    for (int i = 0; i < k; i++) streams[i] = x[i] + b0;
     __mmask16 bad = 0;
     size_t first = m;
     for (size_t j = 0; j < m; j += 16) {
         size_t e = b0 + j;
-        __mmask16 tm = gk_tail(m, j);
-        if (!(j & 31)) {
-#pragma GCC unroll 4
-            for (int i = 0; i < k; i++) _mm_prefetch((const char *)(x[i] + e) + GK_AHEAD, _MM_HINT_T0);
-        }
+        __mmask16 tm = gk_step(m, j, streams, k);
         __m512 o = _mm512_setzero_ps();
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
