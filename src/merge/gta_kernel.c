@@ -34,24 +34,26 @@ static inline __mmask16 gk_nonfinite(__m512i u, __mmask16 tm) {
     return _mm512_mask_fpclass_ps_mask(tm, _mm512_castsi512_ps(u), 0x01 | 0x08 | 0x10 | 0x80);
 }
 
+/* The lower bound of a rule alone, on 16 magnitudes a at indices idx = e +
+ * lane: a > lb, or a == lb with tlo <= index <= thi (see gk_rule). */
+static inline __mmask16 gk_at_least(__m512 a, float lb, uint32_t tlo, uint32_t thi, __m512i idx, size_t e) {
+    __m512 L = _mm512_set1_ps(lb);
+    if (e >= tlo && e + 15 <= thi) return _mm512_cmp_ps_mask(a, L, _CMP_GE_OQ);
+    if (e + 15 < tlo || e > thi) return _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ);
+    __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
+    eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)tlo));
+    eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)thi));
+    return _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
+}
+
 /* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx = e + lane.
  * Where the 16 indices lie all inside (or all outside) a tie range, a tie
  * at that bound is kept (or not) in every lane: one compare instead of
  * three; only the vectors that straddle an end of a range pay for the
  * index compares. */
 static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx, size_t e) {
-    __m512 L = _mm512_set1_ps(r->L), U = _mm512_set1_ps(r->U);
-    __mmask16 lower, upper;
-    if (e >= r->tlo && e + 15 <= r->thi) {
-        lower = _mm512_cmp_ps_mask(a, L, _CMP_GE_OQ);
-    } else if (e + 15 < r->tlo || e > r->thi) {
-        lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ);
-    } else {
-        __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
-        eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->tlo));
-        eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)r->thi));
-        lower = _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
-    }
+    __m512 U = _mm512_set1_ps(r->U);
+    __mmask16 lower = gk_at_least(a, r->L, r->tlo, r->thi, idx, e), upper;
     if (e + 15 <= r->tu) {
         upper = _mm512_cmp_ps_mask(a, U, _CMP_LE_OQ);
     } else if (e > r->tu) {
@@ -146,19 +148,9 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             switch (g->keep) {
             case GK_WHOLE:
                 break;
-            case GK_TOP: { /* |v| > L, or |v| == L at an index up to thi */
-                __m512 av = _mm512_abs_ps(v), L = _mm512_set1_ps(g->rule.L);
-                if (e + 15 <= g->rule.thi) { /* every lane's index is up to thi */
-                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GE_OQ);
-                } else if (e > g->rule.thi) { /* none is */
-                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ);
-                } else {
-                    __mmask16 eq = _mm512_cmp_ps_mask(av, L, _CMP_EQ_OQ);
-                    kp = _mm512_cmp_ps_mask(av, L, _CMP_GT_OQ) |
-                         _mm512_mask_cmple_epu32_mask(eq, idx, _mm512_set1_epi32((int32_t)g->rule.thi));
-                }
+            case GK_TOP: /* |v| > L, or |v| == L at an index up to thi */
+                kp = gk_at_least(_mm512_abs_ps(v), g->rule.L, 0, g->rule.thi, idx, e);
                 break;
-            }
             case GK_RULE:
                 kp = gk_rule(&g->rule, _mm512_abs_ps(v), idx, e);
                 break;
