@@ -87,7 +87,7 @@ typedef struct gta_model {
     size_t lo, hi;      /* exact path: kept ascending ranks [lo, hi) of the sparsify key */
     bool neg_key;       /* exact path: key -|delta| (magnitude) instead of |delta| */
     bool random;        /* KEEP_RANDOM: DARE's mask, drawn where it is needed */
-    uint8_t *bits;      /* KEEP_BITS: 1 bit per element (della's, or DARE's drawn by gk_dare_survey) */
+    uint8_t *bits;      /* KEEP_BITS: della's mask, 1 bit per element */
     uint8_t *own_bits;  /* della's bits, allocated here */
     uint64_t rng_key;   /* KEEP_RANDOM: the stream's key and threshold */
     uint32_t rng_thr;
@@ -350,12 +350,12 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     /* bf16 read in place (the scan's and DARE's own loops) only where those
      * loops are vector code; elsewhere the blocks are widened first */
     bool base_bf = (RC_BF16_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
-    /* DARE on bf16 with the kernel: its sums and its mask, as bits into the
-     * model's mask space, in one loop (gk_dare_survey) */
-    bool dare_bits[GK_MAX_MODELS] = {false};
+    /* DARE on bf16 with the kernel: its sums in the kernel's own loop
+     * (gk_dare_survey), the mask drawn there and again in the merge pass */
+    bool dare_fused[GK_MAX_MODELS] = {false};
     for (int i = 0; GTA_KERNEL && base_bf && i < k && k <= GK_MAX_MODELS; i++) {
         const gta_model *gm = &g->m[i];
-        dare_bits[i] = rescale && gm->random && gm->ncuts <= 0 && gm->mask && gm->src.dtype == ALLOY_BF16 &&
+        dare_fused[i] = rescale && gm->random && gm->ncuts <= 0 && gm->src.dtype == ALLOY_BF16 &&
                        !((uintptr_t)gm->src.data & 1);
     }
 #pragma omp parallel num_threads(nt) reduction(| : bad)
@@ -382,10 +382,10 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     if (gm->ncuts <= 0 && !sums) continue;
                     cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
-                    if (k <= GK_MAX_MODELS && dare_bits[i]) {
+                    if (k <= GK_MAX_MODELS && dare_fused[i]) {
                         float before, after;
-                        bad |= gk_dare_survey(gm->src.data, g->base.data, b0, m, gm->rng_key, gm->rng_thr, gm->mask,
-                                              &before, &after);
+                        bad |= gk_dare_survey(gm->src.data, g->base.data, b0, m, gm->rng_key, gm->rng_thr, &before,
+                                              &after);
                         pi[0] += before;
                         pi[1] += after;
                         continue;
@@ -443,8 +443,6 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             }
         }
     }
-    for (int i = 0; i < k && k <= GK_MAX_MODELS; i++)
-        if (dare_bits[i]) g->m[i].keep = KEEP_BITS, g->m[i].bits = g->m[i].mask;
     /* the models' cuts resolve independently: in parallel when several have
      * cuts (each then reads its chunks on one thread), else one model with
      * all threads */
