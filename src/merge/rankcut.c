@@ -349,10 +349,12 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
  * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
  * low one shifted up and the high one masked are both exact f32 (the even
  * and the odd elements: the counts and the cells do not care about order).
- * The magnitudes go to mag, and which are inside the band to one mask word
- * per 32; the few inside are picked out afterwards, instead of compacting
- * every vector. The tail (under 32) goes through scan_block. *nonfinite is
- * set when an x (or, with check_base, a base value) is NaN or infinite. */
+ * The few inside the band are compacted into in as they are found, every
+ * vector, without a branch: picking them out of mask words afterwards cost
+ * a mispredicted branch on about every other word. The two halves' counts
+ * are added to the running total together, so the stores wait on one add
+ * per 32 elements. The tail (under 32) goes through scan_block. *nonfinite
+ * is set when an x (or, with check_base, a base value) is NaN or infinite. */
 static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16_t *x, const uint16_t *base,
                                                                     size_t len, uint32_t lo, uint32_t hi,
                                                                     scan_counts *sc, float *in, bool *nonfinite,
@@ -361,10 +363,8 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
     __m512i clt = _mm512_setzero_si512(), cel = clt, ceh = clt;
     const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    float mag[RC_BLOCK];
-    uint32_t word[RC_BLOCK / 32];
     __mmask32 bad = 0;
-    size_t j = 0, nw = 0;
+    size_t j = 0, cnt = 0;
     for (; j + 32 <= len; j += 32) {
         __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
@@ -375,27 +375,27 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
                                   _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
         __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
-        _mm512_storeu_si512((void *)(mag + j), ue);
-        _mm512_storeu_si512((void *)(mag + j + 16), uo);
         __mmask16 ie = scan16(ue, vlo, vhi, &clt, &cel, &ceh), io = scan16(uo, vlo, vhi, &clt, &cel, &ceh);
-        word[nw++] = (uint32_t)ie | (uint32_t)io << 16;
+        /* in + cnt + ne + 16 <= in + j + 32 <= in + len: cnt <= j, ne <= 16 */
+        size_t ne = (size_t)__builtin_popcount((unsigned)ie), no = (size_t)__builtin_popcount((unsigned)io);
+        _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(ie, ue));
+        _mm512_storeu_si512((void *)(in + cnt + ne), _mm512_maskz_compress_epi32(io, uo));
+        cnt += ne + no;
     }
-    size_t cnt = 0;
-    for (size_t w = 0; w < nw; w++)
-        for (uint32_t bits = word[w]; bits; bits &= bits - 1) in[cnt++] = mag[w * 32 + (size_t)__builtin_ctz(bits)];
     sc->zero = 0; /* not counted */
     sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
     sc->eqlo = (uint32_t)_mm512_reduce_add_epi32(cel), sc->eqhi = (uint32_t)_mm512_reduce_add_epi32(ceh);
     if (j < len) { /* the tail, as f32 magnitudes */
+        float mag[32];
         unsigned tbad = 0;
         for (size_t t = j; t < len; t++) {
-            mag[t] = fabsf(fvalue((uint32_t)x[t] << 16) - fvalue((uint32_t)base[t] << 16));
+            mag[t - j] = fabsf(fvalue((uint32_t)x[t] << 16) - fvalue((uint32_t)base[t] << 16));
             tbad |= (x[t] & 0x7f80u) == 0x7f80u;
             tbad |= check_base && (base[t] & 0x7f80u) == 0x7f80u;
         }
         bad |= tbad != 0;
         scan_counts tc;
-        cnt += scan_block(mag + j, len - j, lo, hi, &tc, in + cnt);
+        cnt += scan_block(mag, len - j, lo, hi, &tc, in + cnt);
         sc->lt += tc.lt, sc->eqlo += tc.eqlo, sc->eqhi += tc.eqhi;
     }
     *nonfinite |= bad != 0;
