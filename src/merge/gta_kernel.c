@@ -200,7 +200,7 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
 }
 
 bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
-                    float *before, float *after) {
+                    uint8_t *bits, float *before, float *after) {
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i phi16 = _mm512_set1_epi32((int32_t)(16u * 0x9e3779b9u)), vthr = _mm512_set1_epi32((int32_t)thr);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -222,6 +222,11 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
         hw = _mm512_add_epi32(hw, phi16);
         sb = _mm512_add_ps(sb, a); /* lanes past m hold 0 */
         sa = _mm512_mask_add_ps(sa, keep, sa, a);
+        if (bits) {
+            uint8_t *p = bits + (b0 + j) / 8;
+            p[0] = (uint8_t)keep;
+            if (m - j > 8) p[1] = (uint8_t)(keep >> 8);
+        }
     }
     *before = _mm512_reduce_add_ps(sb);
     *after = _mm512_reduce_add_ps(sa);
@@ -303,8 +308,8 @@ gk_block_fn gk_select(const gk_args *a) {
 #else
 
 bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
-                    float *before, float *after) {
-    (void)x, (void)base, (void)b0, (void)m, (void)rng_key, (void)thr;
+                    uint8_t *bits, float *before, float *after) {
+    (void)x, (void)base, (void)b0, (void)m, (void)rng_key, (void)thr, (void)bits;
     *before = *after = 0.0f;
     return true; /* never called: GTA_KERNEL is 0 */
 }

@@ -70,16 +70,15 @@ typedef bool (*gk_block_fn)(const gk_args *a, size_t b0, size_t m, void *dst, si
 gk_block_fn gk_select(const gk_args *a);
 
 /* DARE's first pass over elements [b0, b0 + m) of one bf16 model x (the
- * tensors from element 0): the L1 sums of the magnitudes |x - base| before
- * and after its random mask (rng_keep32(rng_key, e, thr)), each in 16 f32
- * lanes (lane l adds elements l, l + 16, ... in order) added up in a fixed
- * tree. The mask is not kept: the merge pass draws it again (GK_RANDOM).
- * Kept as bits it cost more than the second draw: the bits are tensor-sized
- * memory (17 MB per model for a 0.5B model's embedding), touched for the
- * first time in every process, and first touches were what that memory cost.
- * Returns true when an x is NaN or infinite. Only where GTA_KERNEL is 1. */
+ * tensors from element 0; b0 a multiple of 8): the L1 sums of the
+ * magnitudes |x - base| before and after its random mask (rng_keep32(rng_key,
+ * e, thr)), each in 16 f32 lanes (lane l adds elements l, l + 16, ... in
+ * order) added up in a fixed tree; unless bits is NULL, the mask itself as
+ * bits (bit e of bits, LSB first), which the merge pass then reads instead
+ * of drawing it again. Returns true when an x is NaN or infinite. Only
+ * where GTA_KERNEL is 1. */
 bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,
-                    float *before, float *after);
+                    uint8_t *bits, float *before, float *after);
 
 /* linear.c's merge of elements [b0, b0 + m) of k (1..GK_MAX_MODELS) bf16
  * inputs x[i] (the tensors from element 0, 2-byte aligned): 0 + w_0 x_0 +

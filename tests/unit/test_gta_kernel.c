@@ -295,7 +295,7 @@ static void test_nonfinite(void **state) {
     free(in);
 }
 
-/* gk_dare_survey: the mask is rng_keep32's, and the two sums are
+/* gk_dare_survey: the mask bits are rng_keep32's, and the two sums are
  * those of GK_LANES lanes (lane l: elements l, l + GK_LANES, ... in order)
  * added by halves (l[i] + l[i + w] for w = GK_LANES / 2, ..., 1); tails
  * included. The magnitudes here spread over many exponents, so sums in
@@ -327,6 +327,9 @@ static void test_dare_survey(void **state) {
     int other_order_differs = 0;
     for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
         size_t b0 = 8 * (37 + 101 * t), m = lens[t];
+        uint8_t bits[N / 8], want_bits[N / 8];
+        memset(bits, 0xee, sizeof bits);
+        memcpy(want_bits, bits, sizeof bits);
         float lb[GK_LANES] = {0}, la[GK_LANES] = {0}, ob[2 * GK_LANES] = {0};
         for (size_t j = 0; j < m; j++) {
             size_t e = b0 + j;
@@ -335,19 +338,26 @@ static void test_dare_survey(void **state) {
             lb[j % GK_LANES] += a;
             ob[j % (2 * GK_LANES)] += a;
             if (keep) la[j % GK_LANES] += a;
+            if (j % 8 == 0) want_bits[e / 8] = 0;
+            want_bits[e / 8] |= (uint8_t)(keep << (e % 8));
         }
         float before, after, wb = lanes_sum(lb, GK_LANES), wa = lanes_sum(la, GK_LANES);
         other_order_differs += lanes_sum(ob, 2 * GK_LANES) != wb;
-        assert_false(gk_dare_survey(x, base, b0, m, key, thr, &before, &after));
+        assert_false(gk_dare_survey(x, base, b0, m, key, thr, bits, &before, &after));
         if (!(before == wb && after == wa))
             fail_msg("m %zu: %.9g %.9g, want %.9g %.9g", m, (double)before, (double)after, (double)wb, (double)wa);
         if (m >= 24) assert_true(after > 0.0f && after < before);
+        assert_memory_equal(bits, want_bits, sizeof bits); /* the block's bytes, nothing around them */
+        float nb, na; /* without bits: the same sums, nothing stored */
+        assert_false(gk_dare_survey(x, base, b0, m, key, thr, NULL, &nb, &na));
+        assert_true(nb == before && na == after);
     }
     assert_true(other_order_differs > 0); /* twice the lanes would have summed to another value */
+    uint8_t bits[N / 8];
     float before, after;
     x[3000] = 0xffc0; /* NaN */
-    assert_true(gk_dare_survey(x, base, 2992, 16, key, thr, &before, &after));
-    assert_false(gk_dare_survey(x, base, 3008, 16, key, thr, &before, &after));
+    assert_true(gk_dare_survey(x, base, 2992, 16, key, thr, bits, &before, &after));
+    assert_false(gk_dare_survey(x, base, 3008, 16, key, thr, bits, &before, &after));
     free(x);
     free(base);
 }
