@@ -250,6 +250,26 @@ static void test_linear(void **state) {
     static const float big[2] = {1.0f, 1.0f};
     assert_false(gk_linear(x, big, 2, false, 2.0f, false, 5000, 64, out, &ob));
     assert_int_equal(ob, 21);
+    /* bf16 results at the edges of the rounding, each in its own vector
+     * among ordinary ones: a denormal (kept, not flushed to zero, as
+     * AVX512-BF16's conversion would), one that rounds up to infinity
+     * (finite in f32, so not an error), -0; bit for bit as f32_to_bf16 */
+    static const float w1[1] = {0.5f};
+    static const float edge[] = {1.5e-38f, -2.2e-38f, 3.3961e38f, -0.0f, 1.17549435e-38f};
+    for (size_t t = 0; t < sizeof edge / sizeof edge[0]; t++) in->x[3][6000 + 16 * t + 3] = to_bf(edge[t]);
+    const uint16_t *x3[1] = {in->x[3]};
+    uint16_t want[96];
+    assert_false(gk_linear(x3, w1, 1, false, 0.5f, true, 6000, 96, out, &ob));
+    for (size_t j = 0; j < 96; j++) want[j] = f32_to_bf16(0.0f + 0.5f * bf(in->x[3][6000 + j]));
+    assert_memory_equal(out, want, sizeof want);
+    assert_int_equal(want[3] & 0x7f80, 0);       /* 0.75e-38: a denormal */
+    assert_int_not_equal(want[3] & 0x7f, 0);
+    static const float w2[1] = {1.002f}; /* 3.3895e38 (the largest bf16) * 1.002: past the last rounding midpoint */
+    assert_false(gk_linear(x3, w2, 1, false, 1.0f, true, 6000, 96, out, &ob));
+    assert_int_equal(ob, 96);
+    for (size_t j = 0; j < 96; j++) want[j] = f32_to_bf16(0.0f + 1.002f * bf(in->x[3][6000 + j]));
+    assert_memory_equal(out, want, sizeof want);
+    assert_int_equal(want[16 * 2 + 3], 0x7f80); /* rounded to infinity */
     free(in);
 }
 
