@@ -1,6 +1,7 @@
-/* gta_kernel.c — the fused AVX-512 loops of the task-arithmetic family (its
- * merge pass and DARE's first pass) and of linear (see gta_kernel.h);
- * without AVX-512 it only says that it has no kernel. */
+/* gta_kernel.c — the fused AVX-512 loops over bf16 inputs: the
+ * task-arithmetic family's (its merge pass and DARE's first pass), linear's
+ * and slerp's two passes (see gta_kernel.h); without AVX-512 it only says
+ * that it has no kernel. */
 #include "merge/gta_kernel.h"
 
 #if GTA_KERNEL
@@ -277,6 +278,60 @@ bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, 
     return true; /* never called: k is checked by the caller */
 }
 
+/* slerp.c's first pass over elements [b0, b0 + m), 16 at a time: each
+ * bf16 value widened to f32 and then to double, the products p p, q q, p q
+ * each rounded and then added (no fused multiply-add) into lane j % 8 of
+ * sums[0..8), [8..16), [16..24) in element order; lanes past m add +0, which
+ * changes no sum (one never is -0: it starts from +0). */
+bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums) {
+    __m512d a = _mm512_loadu_pd(sums), b = _mm512_loadu_pd(sums + 8), d = _mm512_loadu_pd(sums + 16);
+    const uint16_t *streams[2] = {x0 + b0, x1 + b0};
+    __mmask16 bad = 0;
+    for (size_t j = 0; j < m; j += 16) {
+        __mmask16 tm = gk_step(m, j, streams, 2);
+        __m512i pu = gk_widen(x0 + b0 + j, tm), qu = gk_widen(x1 + b0 + j, tm);
+        bad |= gk_nonfinite(pu, tm) | gk_nonfinite(qu, tm);
+        __m512 p = _mm512_castsi512_ps(pu), q = _mm512_castsi512_ps(qu);
+        __m512d p0 = _mm512_cvtps_pd(_mm512_castps512_ps256(p)), q0 = _mm512_cvtps_pd(_mm512_castps512_ps256(q));
+        __m512d p1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
+        __m512d q1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(q), 1)));
+        a = _mm512_add_pd(a, _mm512_mul_pd(p0, p0));
+        b = _mm512_add_pd(b, _mm512_mul_pd(q0, q0));
+        d = _mm512_add_pd(d, _mm512_mul_pd(p0, q0));
+        a = _mm512_add_pd(a, _mm512_mul_pd(p1, p1));
+        b = _mm512_add_pd(b, _mm512_mul_pd(q1, q1));
+        d = _mm512_add_pd(d, _mm512_mul_pd(p1, q1));
+    }
+    _mm512_storeu_pd(sums, a);
+    _mm512_storeu_pd(sums + 8, b);
+    _mm512_storeu_pd(sums + 16, d);
+    return bad != 0;
+}
+
+/* slerp.c's second pass, o = s0 x0 + s1 x1 (each product rounded, then
+ * added), into dst in bf16 or f32. */
+static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x0, const uint16_t *x1, float s0,
+                                                               float s1, bool out_bf16, size_t b0, size_t m,
+                                                               void *dst, size_t *obad) {
+    const uint16_t *streams[2] = {x0 + b0, x1 + b0};
+    const __m512 c0 = _mm512_set1_ps(s0), c1 = _mm512_set1_ps(s1);
+    size_t first = m;
+    for (size_t j = 0; j < m; j += 16) {
+        __mmask16 tm = gk_step(m, j, streams, 2);
+        __m512 p = _mm512_castsi512_ps(gk_widen(x0 + b0 + j, tm)), q = _mm512_castsi512_ps(gk_widen(x1 + b0 + j, tm));
+        gk_store(_mm512_add_ps(_mm512_mul_ps(c0, p), _mm512_mul_ps(c1, q)), tm, out_bf16, dst, j, &first, m);
+    }
+    *obad = first;
+}
+
+void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
+             void *dst, size_t *obad) {
+    if (out_bf16)
+        gk_lerp_body(x0, x1, s0, s1, true, b0, m, dst, obad);
+    else
+        gk_lerp_body(x0, x1, s0, s1, false, b0, m, dst, obad);
+}
+
 #define GK_INSTANCE(K, C, N, B)                                                                                        \
     static bool gk_##K##_##C##_##N##_##B(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad) {             \
         return gk_body(a, K, C, N, B, b0, m, dst, obad);                                                               \
@@ -324,6 +379,17 @@ bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, 
     (void)x, (void)w, (void)k, (void)normalize, (void)wsum, (void)out_bf16, (void)b0, (void)dst;
     *obad = m;
     return true; /* never called: GTA_KERNEL is 0 */
+}
+
+bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums) {
+    (void)x0, (void)x1, (void)b0, (void)m, (void)sums;
+    return true; /* never called: GTA_KERNEL is 0 */
+}
+
+void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
+             void *dst, size_t *obad) {
+    (void)x0, (void)x1, (void)s0, (void)s1, (void)out_bf16, (void)b0, (void)dst;
+    *obad = m; /* never called: GTA_KERNEL is 0 */
 }
 
 #endif

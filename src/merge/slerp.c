@@ -7,9 +7,12 @@
  * result); nuslerp works on f32 copies. */
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 
+#include "merge/gta_kernel.h"
 #include "merge/method.h"
+#include "merge/sink.h"
 #include "merge/vec.h"
 #include "util/err.h"
 
@@ -24,32 +27,52 @@ enum { SL_T };
  * Source: mergekit slerp() (DOT_THRESHOLD 0.9995, eps 1e-8); Shoemake 1985. */
 #define SL_BLOCK 1024
 
+/* The three sums of one chunk, 8 lanes each, added up in a fixed tree. */
+static double lanes8(double *l) {
+    for (int w = 4; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) l[i] += l[i + w];
+    return l[0];
+}
+
+/* Both inputs bf16 in place: the passes are gta_kernel.c's loops. */
+static bool slerp_bf16(merge_src v0, merge_src v1) {
+    return GTA_KERNEL && v0.dtype == ALLOY_BF16 && v1.dtype == ALLOY_BF16 && !((uintptr_t)v0.data & 1) &&
+           !((uintptr_t)v1.data & 1);
+}
+
 /* The norms' squares and the dot product of v0 and v1 in one pass over the
- * sources: per fixed chunk (vec.h) in double, chunks added in order, so the
- * sums do not depend on the thread count. Returns true on a non-finite input. */
+ * sources: per fixed chunk (vec.h) in double, in 8 lanes (element e of a
+ * chunk into lane e % 8, in order) added up in a fixed tree, chunks added in
+ * order, so the sums depend neither on the thread count nor on whether
+ * gk_slerp_sums or the loop here made them. Returns true on a non-finite
+ * input. */
 static bool slerp_sums(merge_src v0, merge_src v1, size_t n, int nt, double *s00, double *s11, double *s01) {
     size_t nc = vec_nchunks(n);
     double part[VEC_CHUNKS_MAX][3];
+    bool kern = slerp_bf16(v0, v1);
     int bad = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
     for (size_t c = 0; c < nc; c++) {
         size_t lo, hi;
         vec_chunk(n, c, &lo, &hi);
-        double a = 0.0, b = 0.0, d = 0.0;
+        double sums[24] = {0}; /* lanes of p p, q q, p q */
         float x0[SL_BLOCK], x1[SL_BLOCK];
         for (size_t b0 = lo; b0 < hi; b0 += SL_BLOCK) {
             size_t m = hi - b0 < SL_BLOCK ? hi - b0 : SL_BLOCK;
+            if (kern) {
+                bad |= gk_slerp_sums(v0.data, v1.data, b0, m, sums);
+                continue;
+            }
             bad |= merge_load(v0, b0, m, x0);
             bad |= merge_load(v1, b0, m, x1);
-#pragma omp simd reduction(+ : a, b, d)
-            for (size_t j = 0; j < m; j++) {
+            for (size_t j = 0; j < m; j++) { /* b0 - lo is a multiple of 8 */
                 double p = x0[j], q = x1[j];
-                a += p * p;
-                b += q * q;
-                d += p * q;
+                sums[j % 8] += p * p;
+                sums[8 + j % 8] += q * q;
+                sums[16 + j % 8] += p * q;
             }
         }
-        part[c][0] = a, part[c][1] = b, part[c][2] = d;
+        part[c][0] = lanes8(sums), part[c][1] = lanes8(sums + 8), part[c][2] = lanes8(sums + 16);
     }
     *s00 = *s11 = *s01 = 0.0;
     for (size_t c = 0; c < nc; c++) *s00 += part[c][0], *s11 += part[c][1], *s01 += part[c][2];
@@ -77,6 +100,19 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
     }
     int bad = 0;
     size_t obad = n;
+    alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
+    if (slerp_bf16(v0, v1) && (odt == ALLOY_BF16 || odt == ALLOY_F32)) {
+        /* static: each thread's blocks are one run, as the sink's stages want */
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : obad)
+        for (size_t bi = 0; bi < nb; bi++) {
+            size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK, ob = m;
+            void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+            gk_lerp(v0.data, v1.data, s0, s1, odt == ALLOY_BF16, b0, m, dst, &ob);
+            /* as merge_store: results are checked on their way to the sink */
+            if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+        }
+        return merge_stream_result(call, "slerp", false, obad, err);
+    }
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad) reduction(min : obad)
     for (size_t bi = 0; bi < nb; bi++) {
         size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK;

@@ -273,6 +273,50 @@ static void test_linear(void **state) {
     free(in);
 }
 
+/* gk_slerp_sums against slerp.c's loop (lane e % 8, in order, products
+ * rounded before they are added) and gk_lerp against s0 x0 + s1 x1, bit
+ * for bit, across blocks and tails; a NaN input reported by the sums. */
+static void test_slerp(void **state) {
+    (void)state;
+    inputs *in = kernel_inputs(13);
+    const uint16_t *x0 = in->base, *x1 = in->x[1];
+    static const size_t lens[] = {1024, 1000, 24, 9, 1};
+    for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+        double got[24] = {0}, want[24] = {0};
+        for (size_t b0 = 64; b0 + lens[t] <= 64 + 3 * 1024; b0 += 1024) { /* three blocks of one chunk */
+            assert_false(gk_slerp_sums(x0, x1, b0, lens[t], got));
+            for (size_t j = 0; j < lens[t]; j++) {
+                double p = bf(x0[b0 + j]), q = bf(x1[b0 + j]);
+                want[j % 8] += p * p;
+                want[8 + j % 8] += q * q;
+                want[16 + j % 8] += p * q;
+            }
+        }
+        assert_memory_equal(got, want, sizeof got);
+        for (int obf = 0; obf < 2; obf++) {
+            uint32_t o[1024], w[1024];
+            memset(o, 0xab, sizeof o);
+            memcpy(w, o, sizeof w);
+            size_t ob;
+            gk_lerp(x0, x1, 0.7f, -0.45f, obf, 200, lens[t], o, &ob);
+            assert_int_equal(ob, lens[t]);
+            for (size_t j = 0; j < lens[t]; j++) {
+                float v = 0.7f * bf(x0[200 + j]) + -0.45f * bf(x1[200 + j]);
+                if (obf)
+                    ((uint16_t *)w)[j] = f32_to_bf16(v);
+                else
+                    ((float *)w)[j] = v;
+            }
+            assert_memory_equal(o, w, sizeof o); /* nothing written past the block either */
+        }
+    }
+    double sums[24] = {0};
+    in->x[1][4000 + 7] = 0x7f80; /* +infinity */
+    assert_true(gk_slerp_sums(x0, x1, 4000, 16, sums));
+    assert_false(gk_slerp_sums(x0, x1, 4016, 16, sums)); /* past it */
+    free(in);
+}
+
 static void test_nonfinite(void **state) {
     (void)state;
     inputs *in = kernel_inputs(9);
@@ -386,6 +430,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_formula),
         cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_slerp),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_dare_survey),
     };
