@@ -1,5 +1,5 @@
 /* gta_kernel.h — the task-arithmetic family's merge pass as one vector loop,
- * DARE's first pass and linear's merge likewise.
+ * DARE's first pass, linear's merge and slerp's two passes likewise.
  *
  * task_arithmetic.c computes a block in straight passes over f32 scratch:
  * the base widened, each model's masked weighted delta, then the consensus
@@ -25,22 +25,6 @@
 #else
 #define GTA_KERNEL 0
 #define GK_LANES 1
-/* slerp.c's first pass over elements [b0, b0 + m) of two bf16 tensors x0,
- * x1 (from element 0, 2-byte aligned): p = x0, q = x1 widened to double,
- * p p, q q and p q added to lane (e - b0) % 8 of sums[0..8), sums[8..16) and
- * sums[16..24), in element order, each product rounded before it is added
- * (calls on consecutive blocks continue the lanes while m is a multiple of
- * 8). Returns true when an input is NaN or infinite. Only where GTA_KERNEL
- * is 1. */
-bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums);
-
-/* slerp.c's second pass over elements [b0, b0 + m): s0 x0 + s1 x1 (each
- * product rounded, then added) into dst (element b0's place) in bf16 or
- * f32; *obad as gk_block_fn's. The inputs are not checked (the first pass
- * was). Only where GTA_KERNEL is 1. */
-void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
-             void *dst, size_t *obad);
-
 #endif
 
 /* The most models the kernel takes (more: task_arithmetic.c's passes). */
