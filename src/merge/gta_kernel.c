@@ -103,65 +103,100 @@ static inline __attribute__((always_inline)) void gk_store(__m512 o, __mmask16 t
  *   sum = 0 + d_0 + d_1 + ...; g = +1 if sum >= 0 else -1
  *   with consensus: mixed = sum of the d_i with sign(d_i) == g (zeros never
  *     agree), div = sum of their w_i (0 -> 1); else mixed = sum, div = div_all
- *   out = base + (mixed [/ div]) * lambda
- * k, consensus, normalize and the output dtype are constants of each
- * instance, so the model loop unrolls and the registers hold it all. */
+ *   out = base + (mixed [* (1 / div)]) * lambda
+ * With consensus, div is the sum of the w_i of the models that agree, so
+ * 1 / div is one of 2^k values: a table over the agreement pattern (lane
+ * p: the agreeing models' bits), made with the same float operations as
+ * task_arithmetic.c's, takes one permute where a divide took about ten
+ * cycles of the vector port. k, consensus, normalize, the output dtype and, where every model keeps
+ * its elements the same way, that way (kind; GK_KINDS: each model's own)
+ * are constants of each instance, so the model loop unrolls and the
+ * registers hold it all. The models' arguments are copied into locals
+ * first: dst may alias *a as far as the compiler knows, and reading them
+ * through a cost a load and a test per model per vector. */
+#define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int k, bool consensus, bool normalize,
-                                                          bool out_bf16, size_t b0, size_t m, void *dst,
+                                                          bool out_bf16, int kind, size_t b0, size_t m, void *dst,
                                                           size_t *obad) {
-    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    const __m512 lambda = _mm512_set1_ps(a->lambda), div_all = _mm512_set1_ps(a->div_all);
+    const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i phi16 = _mm512_set1_epi32((int32_t)(16u * 0x9e3779b9u));
+    /* 1 / div: of each agreement pattern with consensus, else of div_all */
+    float rt[16] = {0};
+    for (int p = 0; p < (1 << k); p++) {
+        float d = 0.0f;
+        for (int i = 0; i < k; i++)
+            if (p >> i & 1) d = d + a->m[i].w;
+        rt[p] = 1.0f / (d == 0.0f ? 1.0f : d);
+    }
+    const __m512 rtab = _mm512_loadu_ps(rt), rall = _mm512_set1_ps(1.0f / a->div_all);
+    const uint16_t *const base = a->base;
+    const bool check_base = a->check_base;
+    const uint16_t *xs[GK_MAX_MODELS];
+    __m512 wv[GK_MAX_MODELS], sv[GK_MAX_MODELS];
+    bool rescaled[GK_MAX_MODELS], check[GK_MAX_MODELS];
+    gk_keep keep_of[GK_MAX_MODELS];
+    keep_rule rule[GK_MAX_MODELS];
+    const uint8_t *bits[GK_MAX_MODELS];
+    __m512i thr[GK_MAX_MODELS];
     __m512i hw[GK_MAX_MODELS]; /* GK_RANDOM: index * phi + key32 of the current lanes */
     for (int i = 0; i < k; i++) {
+        const gk_model *g = &a->m[i];
+        xs[i] = g->x;
+        wv[i] = _mm512_set1_ps(g->w);
+        sv[i] = _mm512_set1_ps(g->s);
+        rescaled[i] = g->s != 1.0f;
+        check[i] = g->check;
+        keep_of[i] = kind == GK_KINDS ? g->keep : (gk_keep)kind;
+        rule[i] = g->rule;
+        bits[i] = g->bits;
+        thr[i] = _mm512_set1_epi32((int32_t)g->thr);
         hw[i] = _mm512_setzero_si512();
-        if (a->m[i].keep == GK_RANDOM) {
-            uint32_t k32 = rng_key32(a->m[i].rng_key, (uint64_t)b0 >> 32);
+        if (keep_of[i] == GK_RANDOM) {
+            uint32_t k32 = rng_key32(g->rng_key, (uint64_t)b0 >> 32);
             __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota);
             hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, _mm512_set1_epi32((int32_t)0x9e3779b9u)),
                                      _mm512_set1_epi32((int32_t)k32));
         }
     }
-    const uint16_t *streams[GK_MAX_MODELS + 1] = {a->base + b0};
-    for (int i = 0; i < k; i++) streams[i + 1] = a->m[i].x + b0;
+    const uint16_t *streams[GK_MAX_MODELS + 1] = {base + b0};
+    for (int i = 0; i < k; i++) streams[i + 1] = xs[i] + b0;
     __mmask16 bad = 0;
     size_t first = m;
     for (size_t j = 0; j < m; j += 16) {
         size_t e = b0 + j;
         __mmask16 tm = gk_step(m, j, streams, k + 1);
         __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)e), iota);
-        __m512i bu = gk_widen(a->base + e, tm);
-        if (a->check_base) bad |= gk_nonfinite(bu, tm);
+        __m512i bu = gk_widen(base + e, tm);
+        if (check_base) bad |= gk_nonfinite(bu, tm);
         __m512 b = _mm512_castsi512_ps(bu);
         __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
         __mmask16 keep[GK_MAX_MODELS];
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
-            const gk_model *g = &a->m[i];
-            __m512i xu = gk_widen(g->x + e, tm);
-            if (g->check) bad |= gk_nonfinite(xu, tm);
+            __m512i xu = gk_widen(xs[i] + e, tm);
+            if (check[i]) bad |= gk_nonfinite(xu, tm);
             __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), b);
             /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
-            __m512 vs = g->s == 1.0f ? v : _mm512_mul_ps(v, _mm512_set1_ps(g->s));
-            t[i] = _mm512_mul_ps(vs, _mm512_set1_ps(g->w));
+            __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
+            t[i] = _mm512_mul_ps(vs, wv[i]);
             __mmask16 kp = 0xffff;
-            switch (g->keep) {
+            switch (keep_of[i]) {
             case GK_WHOLE:
                 break;
             case GK_TOP: /* |v| > L, or |v| == L at an index up to thi */
-                kp = gk_at_least(_mm512_abs_ps(v), g->rule.L, 0, g->rule.thi, idx, e);
+                kp = gk_at_least(_mm512_abs_ps(v), rule[i].L, 0, rule[i].thi, idx, e);
                 break;
             case GK_RULE:
-                kp = gk_rule(&g->rule, _mm512_abs_ps(v), idx, e);
+                kp = gk_rule(&rule[i], _mm512_abs_ps(v), idx, e);
                 break;
             case GK_RANDOM:
-                kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), _mm512_set1_epi32((int32_t)g->thr));
+                kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), thr[i]);
                 hw[i] = _mm512_add_epi32(hw[i], phi16);
                 break;
             case GK_BITS: { /* e is a multiple of 8 here (b0 is, j is of 16) */
                 uint16_t w16 = 0;
-                const uint8_t *p = g->bits + e / 8;
+                const uint8_t *p = bits[i] + e / 8;
                 w16 = (uint16_t)(p[0] | (tm > 0xff ? (uint16_t)p[1] << 8 : 0));
                 kp = (__mmask16)w16;
                 break;
@@ -175,24 +210,25 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         __m512 sum = _mm512_maskz_add_ps(keep[0], zero, t[0]);
 #pragma GCC unroll 4
         for (int i = 1; i < k; i++) sum = _mm512_mask_add_ps(sum, keep[i], sum, t[i]);
-        __m512 mx = sum, dv = div_all;
+        __m512 mx = sum, rdv = rall;
         if (consensus) {
             /* g = +1 where sum >= 0: sum is never -0 (it starts from +0), so
              * that is its sign bit clear, and d_i agrees iff d_i with that
              * sign bit flipped in is > 0 (zeros and NaN never do). A NaN sum
              * (inf - inf) fails the merge whichever sign it has. */
             __m512 sg = _mm512_and_ps(sum, _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)0x80000000u)));
-            __m512 mixed = zero, div = zero;
+            __m512 mixed = zero;
+            __m512i pat = _mm512_setzero_si512();
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
                 __mmask16 agree = _mm512_mask_cmp_ps_mask(keep[i], _mm512_xor_ps(t[i], sg), zero, _CMP_GT_OQ);
                 mixed = _mm512_mask_add_ps(mixed, agree, mixed, t[i]);
-                div = _mm512_mask_add_ps(div, agree, div, _mm512_set1_ps(a->m[i].w));
+                if (normalize) pat = _mm512_mask_or_epi32(pat, agree, pat, _mm512_set1_epi32(1 << i));
             }
             mx = mixed;
-            dv = _mm512_mask_mov_ps(div, _mm512_cmp_ps_mask(div, zero, _CMP_EQ_OQ), one);
+            if (normalize) rdv = _mm512_permutexvar_ps(pat, rtab);
         }
-        __m512 scaled = normalize ? _mm512_div_ps(mx, dv) : mx;
+        __m512 scaled = normalize ? _mm512_mul_ps(mx, rdv) : mx;
         __m512 o = _mm512_add_ps(b, _mm512_mul_ps(scaled, lambda));
         gk_store(o, tm, out_bf16, dst, j, &first, m);
     }
@@ -332,32 +368,42 @@ void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool ou
         gk_lerp_body(x0, x1, s0, s1, false, b0, m, dst, obad);
 }
 
-#define GK_INSTANCE(K, C, N, B)                                                                                        \
-    static bool gk_##K##_##C##_##N##_##B(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad) {             \
-        return gk_body(a, K, C, N, B, b0, m, dst, obad);                                                               \
+#define GK_INSTANCE(K, Q, C, N, B)                                                                                     \
+    static bool gk_##K##_##Q##_##C##_##N##_##B(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad) {       \
+        return gk_body(a, K, C, N, B, Q, b0, m, dst, obad);                                                            \
     }
-#define GK_FOUR(K)                                                                                                     \
-    GK_INSTANCE(K, 0, 0, 0)                                                                                            \
-    GK_INSTANCE(K, 0, 0, 1)                                                                                            \
-    GK_INSTANCE(K, 0, 1, 0)                                                                                            \
-    GK_INSTANCE(K, 0, 1, 1)                                                                                            \
-    GK_INSTANCE(K, 1, 0, 0)                                                                                            \
-    GK_INSTANCE(K, 1, 0, 1)                                                                                            \
-    GK_INSTANCE(K, 1, 1, 0)                                                                                            \
-    GK_INSTANCE(K, 1, 1, 1)
-GK_FOUR(1)
-GK_FOUR(2)
-GK_FOUR(3)
-GK_FOUR(4)
-#define GK_ROW(K)                                                                                                      \
-    {gk_##K##_0_0_0, gk_##K##_0_0_1, gk_##K##_0_1_0, gk_##K##_0_1_1,                                                   \
-     gk_##K##_1_0_0, gk_##K##_1_0_1, gk_##K##_1_1_0, gk_##K##_1_1_1}
+#define GK_EIGHT(K, Q)                                                                                                 \
+    GK_INSTANCE(K, Q, 0, 0, 0)                                                                                         \
+    GK_INSTANCE(K, Q, 0, 0, 1)                                                                                         \
+    GK_INSTANCE(K, Q, 0, 1, 0)                                                                                         \
+    GK_INSTANCE(K, Q, 0, 1, 1)                                                                                         \
+    GK_INSTANCE(K, Q, 1, 0, 0)                                                                                         \
+    GK_INSTANCE(K, Q, 1, 0, 1)                                                                                         \
+    GK_INSTANCE(K, Q, 1, 1, 0)                                                                                         \
+    GK_INSTANCE(K, Q, 1, 1, 1)
+#define GK_KIND(Q) GK_EIGHT(1, Q) GK_EIGHT(2, Q) GK_EIGHT(3, Q) GK_EIGHT(4, Q)
+GK_KIND(0)
+GK_KIND(1)
+GK_KIND(2)
+GK_KIND(3)
+GK_KIND(4)
+GK_KIND(5)
+#define GK_ROW(K, Q)                                                                                                   \
+    {gk_##K##_##Q##_0_0_0, gk_##K##_##Q##_0_0_1, gk_##K##_##Q##_0_1_0, gk_##K##_##Q##_0_1_1,                           \
+     gk_##K##_##Q##_1_0_0, gk_##K##_##Q##_1_0_1, gk_##K##_##Q##_1_1_0, gk_##K##_##Q##_1_1_1}
+#define GK_KIND_ROWS(Q) {GK_ROW(1, Q), GK_ROW(2, Q), GK_ROW(3, Q), GK_ROW(4, Q)}
 
-static const gk_block_fn gk_table[GK_MAX_MODELS][8] = {GK_ROW(1), GK_ROW(2), GK_ROW(3), GK_ROW(4)};
+/* [kind][k - 1][flags]: kinds GK_WHOLE..GK_BITS where every model keeps
+ * that way, GK_KINDS where they differ */
+static const gk_block_fn gk_table[GK_KINDS + 1][GK_MAX_MODELS][8] = {
+    GK_KIND_ROWS(0), GK_KIND_ROWS(1), GK_KIND_ROWS(2), GK_KIND_ROWS(3), GK_KIND_ROWS(4), GK_KIND_ROWS(5)};
 
 gk_block_fn gk_select(const gk_args *a) {
     if (a->k < 1 || a->k > GK_MAX_MODELS) return NULL;
-    return gk_table[a->k - 1][(a->consensus ? 4 : 0) | (a->normalize ? 2 : 0) | (a->out_bf16 ? 1 : 0)];
+    int kind = (int)a->m[0].keep;
+    for (int i = 1; i < a->k; i++)
+        if ((int)a->m[i].keep != kind) kind = GK_KINDS;
+    return gk_table[kind][a->k - 1][(a->consensus ? 4 : 0) | (a->normalize ? 2 : 0) | (a->out_bf16 ? 1 : 0)];
 }
 
 #else

@@ -71,7 +71,7 @@ static void ref_block(const gk_args *a, size_t b0, size_t m, void *dst, size_t *
             mx = mixed;
             dv = div == 0.0f ? 1.0f : div;
         }
-        float o = b + (a->normalize ? mx / dv : mx) * a->lambda;
+        float o = b + (a->normalize ? mx * (1.0f / dv) : mx) * a->lambda;
         if (!isfinite(o) && *obad == m) *obad = j;
         if (a->out_bf16)
             ((uint16_t *)dst)[j] = f32_to_bf16(o);

@@ -511,7 +511,8 @@ static void test_model_counts(void **state) {
                 if (method) {
                     for (int i = 0; i < k; i++)
                         if (sum >= 0.0f ? d[i] > 0.0f : d[i] < 0.0f) mixed += d[i], div += w[i];
-                    want = base[e] + (mixed / (div == 0.0f ? 1.0f : div)) * 1.0f;
+                    /* mixed times the rounded 1 / div (task_arithmetic.c's gta_combine) */
+                    want = base[e] + (mixed * (1.0f / (div == 0.0f ? 1.0f : div))) * 1.0f;
                 } else {
                     want = base[e] + sum * 1.0f; /* task_arithmetic: no normalisation */
                 }
