@@ -70,7 +70,12 @@ static void test_small_path(void **state) {
 }
 
 /* della's mask against a brute-force rank per row (qsort by |delta| then
- * index) and the same draw, on rows full of ties, 2-D and 1-D. */
+ * index) and the same draw, 2-D and 1-D, on four kinds of rows: nine
+ * values (ties everywhere: rows too tied for the bucket bounds, sorted),
+ * continuous magnitudes with a third exactly zero (the bucket bounds, the
+ * zeros' running rank and the exact rank of the few left), one value
+ * (every element ties) and all zero. */
+enum { DELLA_TIED, DELLA_SPREAD, DELLA_ONE_VALUE, DELLA_ZERO };
 typedef struct {
     float a;
     size_t j;
@@ -82,13 +87,27 @@ static int by_mag(const void *pa, const void *pb) {
     return (a->j > b->j) - (a->j < b->j);
 }
 
-static void della_check(int ndim, const int64_t *shape, size_t n) {
+static void della_check(int ndim, const int64_t *shape, size_t n, int kind) {
     float *x = malloc(n * sizeof *x), *base = malloc(n * sizeof *base);
     uint8_t *got = malloc(n), *want = malloc(n);
     assert_true(x && base && got && want);
     for (size_t e = 0; e < n; e++) {
         base[e] = (float)(rng_mix64(e) % 7) * 0.125f;
-        x[e] = base[e] + (float)((int)(rng_mix64(e + 99) % 9) - 4) * 0.0625f; /* 9 values: many ties */
+        switch (kind) {
+        case DELLA_TIED: /* 9 values: many ties */
+            x[e] = base[e] + (float)((int)(rng_mix64(e + 99) % 9) - 4) * 0.0625f;
+            break;
+        case DELLA_SPREAD: { /* |delta| over five decades, a third exactly 0 */
+            double u = rng_uniform(5, 0, e), v = rng_uniform(5, 1, e);
+            x[e] = v < 1.0 / 3 ? base[e] : base[e] + (float)((u - 0.5) * pow(10.0, -5.0 * v));
+            break;
+        }
+        case DELLA_ONE_VALUE:
+            x[e] = base[e] + 0.25f;
+            break;
+        default:
+            x[e] = base[e];
+        }
     }
     sparsify_args a = {.kind = SPARSIFY_DELLA, .density = 0.5, .epsilon = 0.3, .seed = 1234, .stream = 2};
     alloy_err err;
@@ -153,9 +172,12 @@ static void test_random_mask(void **state) {
 
 static void test_della_ranks(void **state) {
     (void)state;
-    int64_t s2[2] = {37, 1001}, s1[1] = {5000};
-    della_check(2, s2, 37 * 1001);
-    della_check(1, s1, 5000);
+    int64_t s2[2] = {37, 1001}, s1[1] = {5000}, s3[2] = {64, 896};
+    for (int kind = DELLA_TIED; kind <= DELLA_ZERO; kind++) {
+        della_check(2, s2, 37 * 1001, kind);
+        della_check(1, s1, 5000, kind);
+        della_check(2, s3, 64 * 896, kind);
+    }
 }
 
 typedef struct mag_arrays {
