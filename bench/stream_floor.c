@@ -4,8 +4,8 @@
  * work with the same I/O path: reads every input byte of every output tensor
  * once (through the same mmaps, mapped and dropped by the same prefetch
  * thread, merge/prefetch.h) and writes an
- * output of the same size with the same safetensors writer (its flusher
- * included) the way the
+ * output of the same size with the same safetensors writer (its direct
+ * writes, io/dio.h, or for small outputs its flusher) the way the
  * streaming executor does (merge/sink.c): every thread writes its share of
  * each tensor in 1 MiB pieces from its own buffer (real memory, not the zero
  * page); copied tensors straight from the input mapping. The merge's wall

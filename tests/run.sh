@@ -15,6 +15,7 @@ run() {  # name, command...
 }
 
 run "merge reference (PyTorch)" $PY tests/ref/test_merge_ref.py "$ALLOY"
+run "merge reference, O_DIRECT writes" env ALLOY_DIRECT_IO=1 $PY tests/ref/test_merge_ref.py "$ALLOY"
 run "merge CLI" $PY tests/cli/test_merge_cli.py "$ALLOY"
 for t in tests/ref/test_*.sh tests/cli/test_*.sh tests/peer/test_*.sh; do
     [ -e "$t" ] || continue

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/dio.h"
 #include "util/dtype.h"
 #include "util/err.h"
 #include "util/fs.h"
@@ -483,11 +484,13 @@ typedef struct wtensor {
 typedef struct wshard {
     char *file; /* base name */
     char *path;
-    int fd;
+    int fd;              /* buffered writes, or -1 */
+    dio_file *dio;       /* direct writes (io/dio.h), or NULL */
     uint64_t data_start; /* 8 + padded header length */
     uint64_t data_bytes;
     int first, count; /* tensors [first, first + count) */
     int next;         /* tensors [first, next) are written */
+    int ndone;        /* tensors marked done (atomic) */
     uint64_t kicked;  /* data bytes [0, kicked) handed to writeback */
 } wshard;
 
@@ -499,7 +502,8 @@ struct st_writer {
     int nshards;
     wshard *shards;
     uint64_t total;
-    /* the flusher (started for outputs of 2 x KICK_BYTES or more) */
+    dio_pool *pool; /* direct writes: outputs of 2 x KICK_BYTES or more (see st_writer_open) */
+    /* the flusher (started for buffered outputs of 2 x KICK_BYTES or more) */
     bool flushing, stop;
     pthread_t flusher;
     pthread_mutex_t mu;
@@ -515,9 +519,11 @@ void st_writer_abort(st_writer *w) {
     flusher_stop(w);
     for (int s = 0; s < w->nshards; s++) {
         if (w->shards[s].fd >= 0) close(w->shards[s].fd);
+        dio_abort(w->shards[s].dio);
         free(w->shards[s].file);
         free(w->shards[s].path);
     }
+    dio_pool_free(w->pool);
     for (int i = 0; i < w->n; i++) free(w->t[i].name);
     free(w->shards);
     free(w->t);
@@ -650,7 +656,7 @@ static void *flusher_main(void *p) {
         for (int s = 0; s < w->nshards; s++) {
             wshard *sh = &w->shards[s];
             uint64_t upto;
-            if (!kick_due(w, sh, &upto)) continue;
+            if (sh->fd < 0 || !kick_due(w, sh, &upto)) continue;
             uint64_t from = sh->kicked;
             sh->kicked = upto;
             any = true;
@@ -709,6 +715,13 @@ st_writer *st_writer_open(const char *dir, const st_spec *specs, int n, uint64_t
         cur->count++;
     }
     for (int s = 0; s < w->nshards; s++) w->shards[s].fd = -1;
+    /* direct writes for large outputs (ALLOY_DIRECT_IO=1: always, =0: never) */
+    const char *dio_env = getenv("ALLOY_DIRECT_IO");
+    bool direct = dio_env && *dio_env ? strcmp(dio_env, "0") != 0 : w->total >= 2 * KICK_BYTES;
+    if (direct && !(w->pool = dio_pool_new(err))) {
+        st_writer_abort(w);
+        return NULL;
+    }
     if (w->nshards > 99999) {
         alloy_fail(err, "%s: %d shards planned (at most 99999); raise the shard size", dir, w->nshards);
         st_writer_abort(w);
@@ -731,18 +744,36 @@ st_writer *st_writer_open(const char *dir, const st_spec *specs, int n, uint64_t
             return NULL;
         }
         sh->data_start = hlen;
-        sh->fd = open(sh->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        int bad = sh->fd < 0 || pwrite_all(sh->fd, hdr, hlen, 0) ||
-                  ftruncate(sh->fd, (off_t)(sh->data_start + sh->data_bytes));
-        int e = errno;
-        free(hdr);
-        if (bad) {
-            alloy_fail(err, "%s: cannot create: %s", sh->path, strerror(e));
-            st_writer_abort(w);
-            return NULL;
+        if (w->pool) {
+            sh->dio = dio_open(w->pool, sh->path, sh->data_start + sh->data_bytes, err);
+            if (!sh->dio && errno != EINVAL) {
+                free(hdr);
+                st_writer_abort(w);
+                return NULL;
+            }
+            if (sh->dio && dio_write(sh->dio, hdr, hlen, 0, err)) {
+                free(hdr);
+                st_writer_abort(w);
+                return NULL;
+            }
         }
+        if (!sh->dio) { /* buffered: small outputs, or O_DIRECT refused here */
+            sh->fd = open(sh->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            int bad = sh->fd < 0 || pwrite_all(sh->fd, hdr, hlen, 0) ||
+                      ftruncate(sh->fd, (off_t)(sh->data_start + sh->data_bytes));
+            if (bad) {
+                int e = errno;
+                free(hdr);
+                alloy_fail(err, "%s: cannot create: %s", sh->path, strerror(e));
+                st_writer_abort(w);
+                return NULL;
+            }
+        }
+        free(hdr);
     }
-    if (w->total >= 2 * KICK_BYTES) { /* without the thread, the final fsync writes it all */
+    bool buffered = false;
+    for (int s = 0; s < w->nshards; s++) buffered |= !w->shards[s].dio;
+    if (buffered && w->total >= 2 * KICK_BYTES) { /* without the thread, the final fsync writes it all */
         pthread_mutex_init(&w->mu, NULL);
         pthread_cond_init(&w->cv, NULL);
         w->flushing = pthread_create(&w->flusher, NULL, flusher_main, w) == 0;
@@ -754,8 +785,11 @@ int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err) {
     if (i < 0 || i >= w->n) return alloy_fail(err, "%s: tensor index %d out of range (0..%d)", w->dir, i, w->n - 1);
     const wtensor *t = &w->t[i];
     const wshard *sh = &w->shards[t->shard];
-    if (t->nbytes && pwrite_all(sh->fd, data, (size_t)t->nbytes, sh->data_start + t->begin))
+    if (sh->dio) {
+        if (dio_write(sh->dio, data, (size_t)t->nbytes, sh->data_start + t->begin, err)) return -1;
+    } else if (t->nbytes && pwrite_all(sh->fd, data, (size_t)t->nbytes, sh->data_start + t->begin)) {
         return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
+    }
     st_writer_mark_done(w, i);
     return 0;
 }
@@ -767,6 +801,7 @@ int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, s
     if (offset + len > t->nbytes)
         return alloy_fail(err, "%s: tensor '%s': bytes %llu..%llu past its %llu", sh->path, t->name,
                           (unsigned long long)offset, (unsigned long long)(offset + len), (unsigned long long)t->nbytes);
+    if (sh->dio) return dio_write(sh->dio, data, len, sh->data_start + t->begin + offset, err);
     if (len && pwrite_all(sh->fd, data, len, sh->data_start + t->begin + offset))
         return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
     return 0;
@@ -774,6 +809,9 @@ int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, s
 
 void st_writer_mark_done(st_writer *w, int i) {
     if (i < 0 || i >= w->n) return;
+    wshard *sh = &w->shards[w->t[i].shard];
+    /* a direct shard complete: its open runs go to the device now */
+    if (sh->dio && __atomic_add_fetch(&sh->ndone, 1, __ATOMIC_ACQ_REL) == sh->count) dio_flush(sh->dio);
     if (!w->flushing) {
         w->done[i] = 1;
         return;
@@ -829,6 +867,11 @@ int st_writer_finish(st_writer *w, alloy_err *err) {
     flusher_stop(w);
     for (int s = 0; s < w->nshards && !rc; s++) {
         wshard *sh = &w->shards[s];
+        if (sh->dio) {
+            rc = dio_close(sh->dio, err);
+            sh->dio = NULL;
+            continue;
+        }
         int bad = fsync(sh->fd);
         bad |= close(sh->fd);
         sh->fd = -1;

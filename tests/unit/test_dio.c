@@ -1,0 +1,199 @@
+/* test_dio.c — io/dio.c: files written with O_DIRECT from pieces at any
+ * offset read back byte for byte: pieces in shuffled order from two
+ * threads, forwards and backwards, one write larger than many slots,
+ * files shorter than a block and of no bytes; several files whose open
+ * runs hold every slot of the ring (the writes that find none go out on
+ * their own); a byte written twice and a write past the end are errors
+ * naming the file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <omp.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "io/dio.h"
+#include "util/fs.h"
+#include "util/rng.h"
+
+static char root[64];
+
+static int setup(void **state) {
+    (void)state;
+    strcpy(root, "/tmp/alloy-dio-XXXXXX");
+    return mkdtemp(root) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    return fs_remove_tree(root, NULL);
+}
+
+static unsigned char byte_at(uint64_t seed, uint64_t i) { return (unsigned char)(rng_mix64(seed ^ (i * 0x9e37u)) >> 56); }
+
+/* The file at path holds exactly size bytes, byte_at(seed, i) each. */
+static void expect_file(const char *path, uint64_t size, uint64_t seed) {
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, size);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    unsigned char buf[65536];
+    uint64_t at = 0;
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, fp)) > 0) {
+        for (size_t j = 0; j < got; j++)
+            if (buf[j] != byte_at(seed, at + j)) fail_msg("%s: byte %llu differs", path, (unsigned long long)(at + j));
+        at += got;
+    }
+    fclose(fp);
+    assert_int_equal(at, size);
+}
+
+typedef struct piece {
+    uint64_t off;
+    size_t len;
+} piece;
+
+/* size bytes in pieces of 1..maxlen bytes, written in `order` (0 forwards,
+ * 1 backwards, 2 shuffled) by `threads` threads. */
+static void write_pieces(dio_pool *p, const char *name, uint64_t size, size_t maxlen, int order, int threads,
+                         uint64_t seed) {
+    char *path = fs_join(root, name);
+    alloy_err err = {{0}};
+    dio_file *f = dio_open(p, path, size, &err);
+    assert_non_null(f);
+    unsigned char *data = malloc(size + 1);
+    for (uint64_t i = 0; i < size; i++) data[i] = byte_at(seed, i);
+    size_t np = 0, cap = 16;
+    piece *ps = malloc(cap * sizeof *ps);
+    for (uint64_t at = 0, t = 0; at < size; t++) {
+        size_t len = 1 + (size_t)(rng_mix64(seed + t) % maxlen);
+        if (len > size - at) len = (size_t)(size - at);
+        if (np == cap) ps = realloc(ps, (cap *= 2) * sizeof *ps);
+        ps[np++] = (piece){at, len};
+        at += len;
+    }
+    if (order == 1)
+        for (size_t i = 0; i < np / 2; i++) {
+            piece t = ps[i];
+            ps[i] = ps[np - 1 - i], ps[np - 1 - i] = t;
+        }
+    if (order == 2)
+        for (size_t i = np; i > 1; i--) {
+            size_t j = (size_t)(rng_mix64(seed * 31 + i) % i);
+            piece t = ps[i - 1];
+            ps[i - 1] = ps[j], ps[j] = t;
+        }
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : bad)
+    for (size_t i = 0; i < np; i++) {
+        alloy_err e = {{0}};
+        bad |= dio_write(f, data + ps[i].off, ps[i].len, ps[i].off, &e) != 0;
+    }
+    assert_int_equal(bad, 0);
+    assert_int_equal(dio_close(f, &err), 0);
+    expect_file(path, size, seed);
+    free(ps), free(data), free(path);
+}
+
+static void test_pieces(void **state) {
+    (void)state;
+    alloy_err err = {{0}};
+    dio_pool *p = dio_pool_new(&err);
+    assert_non_null(p);
+    uint64_t big = 3 * DIO_SLOT + 12345;
+    write_pieces(p, "fwd", big, 300000, 0, 1, 1);
+    write_pieces(p, "back", big, 300000, 1, 1, 2);
+    write_pieces(p, "shuf2", big, 300000, 2, 2, 3);
+    write_pieces(p, "tiny-pieces", 200000, 700, 2, 2, 4);
+    write_pieces(p, "one-write", 5 * DIO_SLOT + 77, 5 * DIO_SLOT + 77, 0, 1, 5);
+    write_pieces(p, "short", 100, 40, 2, 2, 6);
+    write_pieces(p, "block", DIO_BLOCK, 1000, 1, 1, 7);
+    /* no bytes at all */
+    char *path = fs_join(root, "empty");
+    dio_file *f = dio_open(p, path, 0, &err);
+    assert_non_null(f);
+    assert_int_equal(dio_close(f, &err), 0);
+    expect_file(path, 0, 0);
+    free(path);
+    dio_pool_free(p);
+}
+
+/* Eight files, each with separate stretches written (every stretch an open
+ * run): 32 runs want the 16 slots, and the files only close at the end. */
+static void test_starved(void **state) {
+    (void)state;
+    alloy_err err = {{0}};
+    dio_pool *p = dio_pool_new(&err);
+    assert_non_null(p);
+    enum { NF = 8, NS = 4 };
+    uint64_t size = NS * 2 * DIO_BLOCK * 64;
+    size_t stretch = (size_t)(size / (2 * NS));
+    dio_file *f[NF];
+    char *path[NF];
+    unsigned char *data = malloc(size);
+    for (int i = 0; i < NF; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "starve%d", i);
+        path[i] = fs_join(root, name);
+        assert_non_null(f[i] = dio_open(p, path[i], size, &err));
+    }
+    /* the even stretches of every file, then the odd ones */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < NF; i++)
+            for (int s = pass; s < 2 * NS; s += 2) {
+                for (size_t j = 0; j < stretch; j++) data[j] = byte_at(100 + (uint64_t)i, s * stretch + j);
+                assert_int_equal(dio_write(f[i], data, stretch, (uint64_t)s * stretch, &err), 0);
+            }
+    for (int i = 0; i < NF; i++) {
+        assert_int_equal(dio_close(f[i], &err), 0);
+        expect_file(path[i], size, 100 + (uint64_t)i);
+        free(path[i]);
+    }
+    free(data);
+    dio_pool_free(p);
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    alloy_err err = {{0}};
+    dio_pool *p = dio_pool_new(&err);
+    assert_non_null(p);
+    char *path = fs_join(root, "bad");
+    dio_file *f = dio_open(p, path, 10000, &err);
+    assert_non_null(f);
+    unsigned char buf[8192] = {0};
+    assert_int_equal(dio_write(f, buf, 100, 9950, &err), -1);
+    assert_non_null(strstr(err.msg, "bad"));
+    assert_non_null(strstr(err.msg, "past its size"));
+    assert_int_equal(dio_write(f, buf, 3000, 0, &err), 0);
+    assert_int_equal(dio_write(f, buf, 2000, 2500, &err), -1); /* block 0 gets 5000 of its 4096 bytes */
+    assert_non_null(strstr(err.msg, "written twice"));
+    dio_abort(f);
+    free(path);
+    /* a directory that is not there */
+    path = fs_join(root, "no/such/file");
+    errno = 0;
+    assert_null(dio_open(p, path, 10, &err));
+    assert_non_null(strstr(err.msg, "cannot create"));
+    free(path);
+    dio_pool_free(p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pieces),
+        cmocka_unit_test(test_starved),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
