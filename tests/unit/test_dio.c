@@ -142,7 +142,7 @@ static void test_starved(void **state) {
     char *path[NF];
     unsigned char *data = malloc(size);
     for (int i = 0; i < NF; i++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "starve%d", i);
         path[i] = fs_join(root, name);
         assert_non_null(f[i] = dio_open(p, path[i], size, &err));
