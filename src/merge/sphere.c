@@ -4,10 +4,13 @@
  * reduction is deterministic (vec.h), element updates are f32. */
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "merge/gta_kernel.h"
 #include "merge/method.h"
+#include "merge/sink.h"
 #include "merge/vec.h"
 #include "util/err.h"
 #include "util/mem.h"
@@ -16,24 +19,29 @@
 
 enum { MS_NORMALIZE_WEIGHTS, MS_EPS, MS_WEIGHT };
 
-/* The streaming passes: each reads the blocks of every input again and
- * recomputes m (element-wise, the same f32 operations every time, as passes
- * over the block), so no tensor-sized buffer exists. Every sum is double per
- * fixed chunk (vec.h), in vec_sum8's lanes per block. */
+/* mergekit's multislerp, with u_i = v_i / (|v_i| + eps), m = sum_i w_i u_i,
+ * m_hat = m / |m| and d_i = u_i . m_hat, takes the tangent mean
+ *   T = sum_i w_i (u_i - d_i m_hat) = m - (sum_i w_i d_i) m_hat = m - |m| m_hat
+ * which is zero: sum_i w_i d_i = m . m_hat = |m|. What it computes from T
+ * (r = |T| + eps, cos r, sin(r)/r) is 1 up to the rounding noise in T,
+ * about 1e-7 of the result, so the result is m_hat sum_i w_i |v_i|, a
+ * linear combination of the task vectors:
+ *   out = sum_i c_i v_i (+ base),  c_i = w_i inv_i avg / |m|
+ * with inv_i = 1 / (|v_i| + eps), avg = sum_i w_i |v_i|, and every norm
+ * from the Gram matrix G_ij = v_i . v_j: |v_i| = sqrt(G_ii), |m|^2 =
+ * sum_ij w_i inv_i w_j inv_j G_ij. Two passes over the inputs (the Gram
+ * matrix; the combination, as task_arithmetic's or linear's fused loop
+ * where they apply) where following mergekit's steps takes four. */
 #define MSL_BLOCK 1024
 #if MERGE_EW_BLOCK > MSL_BLOCK
 #error "msl_out_block's buffers hold MSL_BLOCK elements"
 #endif
-enum { MSL_NORMS, MSL_DOTS, MSL_TANGENT };
 
 typedef struct msl_ctx {
     const merge_call *call;
-    int k, pass;
+    int k;
     bool base;
-    const float *w;   /* weights (normalised) */
-    const float *inv; /* 1 / (|v_i| + eps) */
-    const float *dot; /* u_i . m_hat */
-    float inv_mnorm;
+    const float *c; /* the coefficients c_i (output pass) */
 } msl_ctx;
 
 /* The block's inputs: in[i] = x_i, in[k] = base when there is one. */
@@ -44,142 +52,67 @@ static bool msl_load(const msl_ctx *c, size_t lo, size_t m, float *const *in) {
     return bad;
 }
 
-/* v_i = x_i (- base) at e, in f32 */
-static inline float msl_v(const msl_ctx *c, const float *const *in, int i, size_t e) {
-    return c->base ? in[i][e] - in[c->k][e] : in[i][e];
-}
-
-/* m = sum_i w_i v_i / (|v_i| + eps) of elements [0, m) of a block into mv,
- * then the tangent sum_i w_i (u_i - (u_i . m_hat) m_hat) into tv from it:
- * per element in model order, as passes over the block (so they vectorise). */
-static void msl_m_block(const msl_ctx *c, const float *const *in, size_t m, float *restrict mv) {
-    const float *restrict b = c->base ? in[c->k] : NULL;
-    for (size_t e = 0; e < m; e++) mv[e] = 0.0f;
-    for (int i = 0; i < c->k; i++) {
-        const float *restrict x = in[i];
-        float wi = c->w[i], ii = c->inv[i];
-        if (b) {
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) mv[e] += wi * (x[e] - b[e]) * ii;
-        } else {
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) mv[e] += wi * x[e] * ii;
-        }
-    }
-}
-
-static void msl_tangent_block(const msl_ctx *c, const float *const *in, size_t m, const float *restrict mv,
-                              float *restrict tv) {
-    const float *restrict b = c->base ? in[c->k] : NULL;
-    float inv_mnorm = c->inv_mnorm;
-    for (size_t e = 0; e < m; e++) tv[e] = 0.0f;
-    for (int i = 0; i < c->k; i++) {
-        const float *restrict x = in[i];
-        float wi = c->w[i], ii = c->inv[i], di = c->dot[i];
-#pragma omp simd
-        for (size_t e = 0; e < m; e++) {
-            float v = b ? x[e] - b[e] : x[e];
-            tv[e] += wi * (v * ii - di * (mv[e] * inv_mnorm));
-        }
-    }
-}
-
-/* vec_reduce chunk of pass MSL_NORMS (acc[i] = |v_i|^2), MSL_DOTS (acc[0] =
- * |m|^2, acc[1 + i] = v_i . m) or MSL_TANGENT (acc[0] = |T|^2); the slot
- * after them counts non-finite inputs, the next one allocation failures. */
-static void msl_chunk(const void *p, size_t lo, size_t hi, double *acc) {
+/* vec_reduce chunk of the Gram pass: acc[p] = v_i . v_j for the pairs
+ * i <= j in row order (p = 0 is |v_0|^2), each block's products (of the f32
+ * v_i, in double) summed in vec_sum8's lanes; the slot after them counts
+ * non-finite inputs, the next one allocation failures. */
+static void msl_gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     const msl_ctx *c = p;
-    int k = c->k, na = c->pass == MSL_NORMS ? k : c->pass == MSL_DOTS ? k + 1 : 1;
-    float *buf = malloc((size_t)(k + 2) * MSL_BLOCK * sizeof *buf);
+    int k = c->k, np = k * (k + 1) / 2;
+    float *buf = malloc((size_t)(k + 1) * MSL_BLOCK * sizeof *buf);
     float **in = malloc((size_t)(k + 1) * sizeof *in);
-    if (!buf || !in) {
-        acc[na + 1] += 1.0;
-        free(buf), free(in);
+    double *sq = malloc(MSL_BLOCK * sizeof *sq);
+    if (!buf || !in || !sq) {
+        acc[np + 1] += 1.0;
+        free(buf), free(in), free(sq);
         return;
     }
     for (int i = 0; i <= k; i++) in[i] = buf + (size_t)i * MSL_BLOCK;
-    float *mv = buf + (size_t)(k + 1) * MSL_BLOCK;
-    double sq[MSL_BLOCK];
-    const float *const *cin = (const float *const *)in;
     for (size_t b0 = lo; b0 < hi; b0 += MSL_BLOCK) {
         size_t m = hi - b0 < MSL_BLOCK ? hi - b0 : MSL_BLOCK;
-        if (msl_load(c, b0, m, in)) acc[na] += 1.0;
-        const float *b = c->base ? in[k] : NULL;
-        /* each block's terms into sq, then summed in vec_sum8's lanes */
-        if (c->pass == MSL_NORMS) {
+        if (msl_load(c, b0, m, in)) acc[np] += 1.0;
+        if (c->base) {
+            const float *restrict b = in[k];
             for (int i = 0; i < k; i++) {
-                const float *restrict x = in[i];
-                if (b) {
+                float *restrict x = in[i];
 #pragma omp simd
-                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - b[e]) * ((double)x[e] - b[e]);
-                } else {
-#pragma omp simd
-                    for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * x[e];
-                }
-                acc[i] += vec_sum8(sq, m);
+                for (size_t e = 0; e < m; e++) x[e] -= b[e];
             }
-        } else if (c->pass == MSL_DOTS) {
-            msl_m_block(c, cin, m, mv);
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) sq[e] = (double)mv[e] * mv[e];
-            acc[0] += vec_sum8(sq, m);
-            for (int i = 0; i < k; i++) {
-                const float *restrict x = in[i];
-                if (b) {
-#pragma omp simd
-                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - b[e]) * mv[e];
-                } else {
-#pragma omp simd
-                    for (size_t e = 0; e < m; e++) sq[e] = ((double)x[e] - 0.0f) * mv[e];
-                }
-                acc[1 + i] += vec_sum8(sq, m);
-            }
-        } else {
-            float tv[MSL_BLOCK];
-            msl_m_block(c, cin, m, mv);
-            msl_tangent_block(c, cin, m, mv, tv);
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) sq[e] = (double)tv[e] * tv[e];
-            acc[0] += vec_sum8(sq, m);
         }
+        for (int i = 0, q = 0; i < k; i++)
+            for (int j = i; j < k; j++, q++) {
+                const float *restrict x = in[i], *restrict y = in[j];
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * y[e];
+                acc[q] += vec_sum8(sq, m);
+            }
     }
+    free(sq);
     free(in);
     free(buf);
 }
 
-/* One pass of the reduction (merge_stream_reduce). */
-static int msl_reduce(msl_ctx *c, int pass, double *acc, int na, alloy_err *err) {
-    c->pass = pass;
-    return merge_stream_reduce(c->call, na, msl_chunk, c, acc, err);
-}
-
-typedef struct msl_out {
-    const msl_ctx *c;
-    float cm, ct;  /* cos(r) |v|avg, sin(r)/r |v|avg */
-    bool fallback; /* |m| < eps with two models: w_0 v_0 + w_1 v_1 */
-} msl_out;
-
-/* The result of one block: in[i] = x_i, in[k] = base (merge_stream_elementwise). */
+/* The result of one block, generic: sum_i c_i v_i in model order (+ base). */
 static void msl_out_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
     (void)lo;
-    const msl_out *q = p;
-    const msl_ctx *c = q->c;
-    if (q->fallback) {
-        for (size_t e = 0; e < m; e++) {
-            float r = msl_v(c, in, 0, e) * c->w[0] + msl_v(c, in, 1, e) * c->w[1];
-            o[e] = c->base ? r + in[c->k][e] : r;
-        }
-        return;
-    }
-    float mv[MSL_BLOCK], tv[MSL_BLOCK]; /* m <= MERGE_EW_BLOCK <= MSL_BLOCK */
-    msl_m_block(c, in, m, mv);
-    msl_tangent_block(c, in, m, mv, tv);
+    const msl_ctx *c = p;
     const float *restrict b = c->base ? in[c->k] : NULL;
-    float inv_mnorm = c->inv_mnorm, cm = q->cm, ct = q->ct;
 #pragma omp simd
-    for (size_t e = 0; e < m; e++) {
-        float r = mv[e] * inv_mnorm * cm + tv[e] * ct;
-        o[e] = b ? r + b[e] : r;
+    for (size_t e = 0; e < m; e++) o[e] = 0.0f;
+    for (int i = 0; i < c->k; i++) {
+        const float *restrict x = in[i];
+        float ci = c->c[i];
+        if (b) {
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) o[e] += (x[e] - b[e]) * ci;
+        } else {
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) o[e] += x[e] * ci;
+        }
+    }
+    if (b) {
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) o[e] = b[e] + o[e];
     }
 }
 
@@ -189,20 +122,48 @@ static void msl_copy_block(const void *p, size_t lo, const float *const *in, siz
     memcpy(o, in[0], m * sizeof *o);
 }
 
-/* v_i = x_i (- base), w normalised to sum 1 when normalize_weights,
- * u_i = v_i / (|v_i| + eps), m = sum w_i u_i (|m| < eps: two models fall
- * back to w_0 v_0 + w_1 v_1, more is an error), m_hat = m / |m|,
- * T = sum w_i (u_i - (u_i . m_hat) m_hat), r = |T| + eps,
- * out = (m_hat cos r + T sin(r)/r) * sum_i w_i |v_i| (+ base).
- * One model: out = x_0. Source: mergekit multislerp()
- * (goddard.blog/posts/multislerp-wow-what-a-cool-idea).
- * Streams its inputs: three reduction passes (norms; |m| and the dots;
- * |T|), then the result. */
+/* The output pass through the fused loops (gta_kernel.h) where every input
+ * is bf16: with a base task_arithmetic's (base + sum_i c_i (x_i - base),
+ * no masks), without linear's; 1 when they do not apply. */
+static int msl_kernel(const merge_call *call, const msl_ctx *c, float *out, alloy_err *err) {
+    int k = c->k;
+    alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
+    if (!GTA_KERNEL || k > GK_MAX_MODELS || (odt != ALLOY_BF16 && odt != ALLOY_F32)) return 1;
+    const uint16_t *x[GK_MAX_MODELS + 1];
+    for (int i = -1; i < k; i++) {
+        if (i < 0 && !c->base) continue;
+        merge_src in = merge_input(call, i);
+        if (in.dtype != ALLOY_BF16 || ((uintptr_t)in.data & 1)) return 1;
+        x[i + 1] = in.data;
+    }
+    gk_args a = {.k = k, .lambda = 1.0f, .div_all = 1.0f, .base = x[0], .out_bf16 = odt == ALLOY_BF16};
+    for (int i = 0; i < k; i++) a.m[i] = (gk_model){.x = x[i + 1], .w = c->c[i], .s = 1.0f, .keep = GK_WHOLE};
+    gk_block_fn fn = c->base ? gk_select(&a) : NULL;
+    if (c->base && !fn) return 1;
+    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
+    int bad = 0;
+    /* static: each thread's blocks are one run, as the sink's stages want */
+#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
+    reduction(min : obad)
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK, ob = m;
+        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+        bad |= fn ? fn(&a, b0, m, dst, &ob) : gk_linear(x + 1, c->c, k, false, 1.0f, a.out_bf16, b0, m, dst, &ob);
+        if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+    }
+    return merge_stream_result(call, "multislerp", bad, obad, err);
+}
+
+/* v_i = x_i (- base), w normalised to sum 1 when normalize_weights;
+ * |m| < eps: two models fall back to w_0 v_0 + w_1 v_1 (+ base), more is
+ * an error; else out = sum_i c_i v_i (+ base) as above. One model: out =
+ * x_0. Source: mergekit multislerp()
+ * (goddard.blog/posts/multislerp-wow-what-a-cool-idea). */
 static int multislerp_merge(const merge_call *call, float *out, alloy_err *err) {
-    int k = call->k;
+    int k = call->k, np = k * (k + 1) / 2;
     int *which = malloc(sizeof(int) * (size_t)(k + 1));
-    float *w = malloc(sizeof(float) * 4 * (size_t)k);
-    double *acc = malloc(sizeof(double) * (size_t)(k + 3));
+    float *w = malloc(sizeof(float) * 2 * (size_t)k);
+    double *acc = malloc(sizeof(double) * (size_t)(np + 2) + sizeof(double) * (size_t)(k * k));
     if (!w || !which || !acc) {
         free(w), free(which), free(acc);
         return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
@@ -216,7 +177,7 @@ static int multislerp_merge(const merge_call *call, float *out, alloy_err *err) 
         free(w), free(which), free(acc);
         return rc;
     }
-    float *inv = w + k, *dot = w + 2 * k, *norm = w + 3 * k;
+    float *coef = w + k;
     double wsum = 0.0;
     for (int i = 0; i < k; i++) w[i] = (float)MPARAM(call, i, MS_WEIGHT), wsum += w[i];
     if (call->gparam[MS_NORMALIZE_WEIGHTS] != 0.0) {
@@ -224,30 +185,32 @@ static int multislerp_merge(const merge_call *call, float *out, alloy_err *err) 
         for (int i = 0; i < k; i++) w[i] /= ws;
     }
     float eps = (float)call->gparam[MS_EPS];
-    msl_ctx c = {call, k, 0, base, w, inv, dot, 0.0f};
-    msl_out q = {&c, 0.0f, 0.0f, false};
-    double avg_norm = 0.0;
-    rc = msl_reduce(&c, MSL_NORMS, acc, k, err);
+    msl_ctx c = {call, k, base, coef};
+    rc = merge_stream_reduce(call, np, msl_gram_chunk, &c, acc, err);
+    double *G = acc + np + 2, avg = 0.0, m2 = 0.0, a[GK_MAX_MODELS > 8 ? GK_MAX_MODELS : 8];
+    double *ai = k <= 8 ? a : malloc(sizeof(double) * (size_t)k);
+    if (!ai) rc = alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
+    for (int i = 0, q = 0; i < k && !rc; i++)
+        for (int j = i; j < k; j++, q++) G[i * k + j] = G[j * k + i] = acc[q];
     for (int i = 0; i < k && !rc; i++) {
-        norm[i] = (float)sqrt(acc[i]);
-        inv[i] = 1.0f / (norm[i] + eps);
-        avg_norm += (double)norm[i] * w[i];
+        float norm = (float)sqrt(G[i * k + i]);
+        ai[i] = (double)w[i] * (double)(1.0f / (norm + eps));
+        avg += (double)norm * w[i];
     }
-    if (!rc) rc = msl_reduce(&c, MSL_DOTS, acc, k + 1, err);
-    double mnorm = rc ? 0.0 : sqrt(acc[0]);
+    for (int i = 0; i < k && !rc; i++)
+        for (int j = 0; j < k; j++) m2 += ai[i] * ai[j] * G[i * k + j];
+    double mnorm = sqrt(m2 > 0.0 ? m2 : 0.0);
     if (!rc && mnorm < eps) {
         if (k != 2)
             rc = alloy_fail(err, "tensor '%s': multislerp: the weighted sum of the unit task vectors is zero "
                             "(antipodal inputs with balancing weights); change the weights", call->tensor_name);
-        q.fallback = true;
+        coef[0] = w[0], coef[1] = w[1];
     } else if (!rc) {
-        c.inv_mnorm = (float)(1.0 / mnorm);
-        for (int i = 0; i < k; i++) dot[i] = (float)(acc[1 + i] * inv[i] / mnorm);
-        rc = msl_reduce(&c, MSL_TANGENT, acc, 1, err);
-        double r = sqrt(acc[0]) + eps;
-        q.cm = (float)(cos(r) * avg_norm), q.ct = (float)(sin(r) / r * avg_norm);
+        for (int i = 0; i < k; i++) coef[i] = (float)(ai[i] * avg / mnorm);
     }
-    if (!rc) rc = merge_stream_elementwise(call, out, "multislerp", base ? k + 1 : k, which, msl_out_block, &q, err);
+    if (ai != a) free(ai);
+    if (!rc) rc = msl_kernel(call, &c, out, err);
+    if (rc == 1) rc = merge_stream_elementwise(call, out, "multislerp", base ? k + 1 : k, which, msl_out_block, &c, err);
     free(w), free(which), free(acc);
     return rc;
 }
