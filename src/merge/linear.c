@@ -40,6 +40,17 @@ static void linear_block(const void *ctx, size_t lo, const float *const *in, siz
     }
 }
 
+typedef struct lin_kernel {
+    const lin_ctx *c;
+    const uint16_t *const *x;
+    bool out_bf16;
+} lin_kernel;
+
+static bool lin_kernel_block(const void *p, size_t b0, size_t m, void *dst, size_t *ob) {
+    const lin_kernel *q = p;
+    return gk_linear(q->x, q->c->w, q->c->k, q->c->normalize, q->c->wsum, q->out_bf16, b0, m, dst, ob);
+}
+
 /* The merge as gta_kernel.c's loop: bf16 inputs, at most GK_MAX_MODELS of
  * them, results in bf16 or f32; 1 when it does not apply. */
 static int linear_kernel(const merge_call *call, float *out, const lin_ctx *c, alloy_err *err) {
@@ -52,19 +63,8 @@ static int linear_kernel(const merge_call *call, float *out, const lin_ctx *c, a
         if (in.dtype != ALLOY_BF16 || ((uintptr_t)in.data & 1)) return 1;
         x[i] = in.data;
     }
-    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
-    int bad = 0;
-    /* static: each thread's blocks are one run, as the sink's stages want */
-#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
-    reduction(min : obad)
-    for (size_t bi = 0; bi < nb; bi++) {
-        size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK, ob = m;
-        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
-        bad |= gk_linear(x, c->w, c->k, c->normalize, c->wsum, odt == ALLOY_BF16, b0, m, dst, &ob);
-        /* as merge_store: results are checked on their way to the sink */
-        if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
-    }
-    return merge_stream_result(call, "linear", bad, obad, err);
+    lin_kernel q = {c, x, odt == ALLOY_BF16};
+    return merge_stream_blocks(call, out, "linear", lin_kernel_block, &q, err);
 }
 
 static int linear_merge(const merge_call *call, float *out, alloy_err *err) {

@@ -152,6 +152,18 @@ typedef void (*merge_chunk_fn)(const void *ctx, size_t lo, size_t hi, double *ac
 int merge_stream_reduce(const merge_call *call, int nacc, merge_chunk_fn f, const void *ctx, double *acc,
                         alloy_err *err);
 
+/* A block kernel that stores its results itself, in the output dtype:
+ * elements [b0, b0 + m) into dst (element b0's place: the sink's stage, or
+ * out + b0 in f32 without a sink); true when an input was not finite, *ob
+ * the index in the block of the first non-finite result, or m. */
+typedef bool (*merge_kernel_fn)(const void *ctx, size_t b0, size_t m, void *dst, size_t *ob);
+
+/* Run fn over every MERGE_EW_BLOCK block of the tensor on call->threads
+ * threads (each thread's blocks one run, as the sink's stages want);
+ * merge_stream_result for `method`. */
+int merge_stream_blocks(const merge_call *call, float *out, const char *method, merge_kernel_fn fn, const void *ctx,
+                        alloy_err *err);
+
 /* How a streaming method ends: MERGE_NONFINITE_INPUT when an input was not
  * finite, an error naming the tensor and element when result element
  * first_bad (< call->n) was not, else 0. */

@@ -109,6 +109,23 @@ int merge_stream_reduce(const merge_call *call, int nacc, merge_chunk_fn f, cons
     return acc[nacc] > 0 ? MERGE_NONFINITE_INPUT : 0;
 }
 
+int merge_stream_blocks(const merge_call *call, float *out, const char *method, merge_kernel_fn fn, const void *ctx,
+                        alloy_err *err) {
+    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
+    int bad = 0;
+    /* static: each thread's blocks are one run, as the sink's stages want */
+#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
+    reduction(min : obad)
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK, ob = m;
+        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+        bad |= fn(ctx, b0, m, dst, &ob);
+        /* as merge_store: results are checked on their way to the sink */
+        if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+    }
+    return merge_stream_result(call, method, bad, obad, err);
+}
+
 int merge_stream_result(const merge_call *call, const char *method, bool bad_input, size_t first_bad,
                         alloy_err *err) {
     if (bad_input) return MERGE_NONFINITE_INPUT;

@@ -122,6 +122,19 @@ static void msl_copy_block(const void *p, size_t lo, const float *const *in, siz
     memcpy(o, in[0], m * sizeof *o);
 }
 
+typedef struct msl_kernel_args {
+    const gk_args *a;
+    gk_block_fn fn; /* with a base; else gk_linear */
+    const uint16_t *const *x;
+    const float *c;
+} msl_kernel_args;
+
+static bool msl_kernel_block(const void *p, size_t b0, size_t m, void *dst, size_t *ob) {
+    const msl_kernel_args *q = p;
+    if (q->fn) return q->fn(q->a, b0, m, dst, ob);
+    return gk_linear(q->x, q->c, q->a->k, false, 1.0f, q->a->out_bf16, b0, m, dst, ob);
+}
+
 /* The output pass through the fused loops (gta_kernel.h) where every input
  * is bf16: with a base task_arithmetic's (base + sum_i c_i (x_i - base),
  * no masks), without linear's; 1 when they do not apply. */
@@ -138,20 +151,9 @@ static int msl_kernel(const merge_call *call, const msl_ctx *c, float *out, allo
     }
     gk_args a = {.k = k, .lambda = 1.0f, .div_all = 1.0f, .base = x[0], .out_bf16 = odt == ALLOY_BF16};
     for (int i = 0; i < k; i++) a.m[i] = (gk_model){.x = x[i + 1], .w = c->c[i], .s = 1.0f, .keep = GK_WHOLE};
-    gk_block_fn fn = c->base ? gk_select(&a) : NULL;
-    if (c->base && !fn) return 1;
-    size_t n = call->n, nb = (n + MERGE_EW_BLOCK - 1) / MERGE_EW_BLOCK, obad = n;
-    int bad = 0;
-    /* static: each thread's blocks are one run, as the sink's stages want */
-#pragma omp parallel for num_threads(vec_threads(call->threads)) schedule(static) reduction(| : bad) \
-    reduction(min : obad)
-    for (size_t bi = 0; bi < nb; bi++) {
-        size_t b0 = bi * MERGE_EW_BLOCK, m = n - b0 < MERGE_EW_BLOCK ? n - b0 : MERGE_EW_BLOCK, ob = m;
-        void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
-        bad |= fn ? fn(&a, b0, m, dst, &ob) : gk_linear(x + 1, c->c, k, false, 1.0f, a.out_bf16, b0, m, dst, &ob);
-        if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
-    }
-    return merge_stream_result(call, "multislerp", bad, obad, err);
+    msl_kernel_args q = {&a, c->base ? gk_select(&a) : NULL, x + 1, c->c};
+    if (c->base && !q.fn) return 1;
+    return merge_stream_blocks(call, out, "multislerp", msl_kernel_block, &q, err);
 }
 
 /* v_i = x_i (- base), w normalised to sum 1 when normalize_weights;
