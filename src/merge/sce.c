@@ -339,6 +339,7 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
     float *w = malloc(sizeof(float) * (size_t)(K + 1));
     double *acc = malloc(sizeof(double) * (size_t)(K + 2));
     uint8_t *mask = NULL;
+    bool own_mask = true; /* mask allocated here (else in call->work) */
     if (!which || !w || !acc) {
         free(which), free(w), free(acc);
         return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
@@ -365,7 +366,10 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
     if (!rc && K > 0) {
         /* a rule's selection is kept as bytes by this pass (when there is
          * room), so the output pass need not compute the variances again */
-        if (c.sel == SEL_RULE && (mask = mem_big_alloc(n + 1))) c.keep = mask;
+        if (c.sel == SEL_RULE) { /* in the executor's scratch when it has room (no fresh pages per tensor) */
+            own_mask = call->work_bytes < n + 1;
+            if ((mask = own_mask ? mem_big_alloc(n + 1) : call->work)) c.keep = mask;
+        }
         rc = merge_stream_reduce(call, K, sce_sq_chunk, &c, acc, err);
         if (c.keep) c.sel = SEL_MASK, c.mask = c.keep, c.keep = NULL;
         double wsum = 0.0;
@@ -379,7 +383,7 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
             for (int i = 0; i < K; i++) w[i] = (float)(w[i] / wsum);
     }
     if (!rc) rc = merge_stream_elementwise(call, out, "sce", K + 1, which, sce_out_block, &c, err);
-    free(mask);
+    if (own_mask) free(mask);
     free(which), free(w), free(acc);
     return rc;
 }

@@ -345,9 +345,13 @@ static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
     double *norm = malloc(sizeof(double) * (size_t)K), *acc = malloc(sizeof(double) * (size_t)(K + 2));
     int *idx = malloc(sizeof(int) * (size_t)K);
     float *coef = malloc(sizeof(float) * 2 * (size_t)K);
-    float *u = mem_big_alloc(sizeof(float) * 2 * n + 1);
+    /* u and T in the executor's scratch when it has room: a buffer
+     * allocated per tensor is faulted in afresh for every tensor */
+    bool own = call->work_bytes < sizeof(float) * 2 * n + 1;
+    float *u = own ? mem_big_alloc(sizeof(float) * 2 * n + 1) : call->work;
     if (!norm || !acc || !idx || !coef || !u) {
-        free(norm), free(acc), free(idx), free(coef), free(u);
+        free(norm), free(acc), free(idx), free(coef);
+        if (own) free(u);
         return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
     }
     float *T = u + n, *dotu = coef + K;
@@ -412,7 +416,7 @@ static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
         rc = merge_stream_elementwise(call, out, "karcher", 0, NULL, ka_scale_block, &c, err);
     }
     free(norm), free(acc), free(idx), free(coef);
-    free(u);
+    if (own) free(u);
     return rc;
 }
 
