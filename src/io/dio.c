@@ -21,6 +21,10 @@
 
 #include "util/err.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #define DIO_RUNS 4 /* runs open per file at most */
 
 typedef struct dio_job {
@@ -271,6 +275,20 @@ static dio_run *claim(dio_file *f, size_t n, uint64_t x, char **dst, int *e) {
     return r;
 }
 
+/* n bytes (a multiple of DIO_BLOCK) of src into dst (DIO_BLOCK aligned)
+ * with non-temporal stores where the CPU has them: the device reads the
+ * ring from memory, so caching it only evicts the merge's inputs (and a
+ * cached store first reads the line it overwrites). */
+static void copy_out(char *restrict dst, const char *restrict src, size_t n) {
+#if defined(__AVX512F__)
+    for (size_t i = 0; i < n; i += 64)
+        _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
+    _mm_sfence();
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
 /* Copy n bytes (whole blocks, at most DIO_SLOT) of src for offset x into
  * a run; the copy itself runs outside the lock. */
 static int place(dio_file *f, const char *src, size_t n, uint64_t x, alloy_err *err) {
@@ -289,7 +307,7 @@ static int place(dio_file *f, const char *src, size_t n, uint64_t x, alloy_err *
         return 0;
     }
     if (!r) return alloy_fail(err, "%s: write failed: %s", f->path, strerror(e));
-    memcpy(dst, src, n);
+    copy_out(dst, src, n);
     pthread_mutex_lock(&f->mu);
     if (!--r->busy) {
         pthread_cond_broadcast(&f->idle);
