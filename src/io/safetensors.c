@@ -783,13 +783,7 @@ st_writer *st_writer_open(const char *dir, const st_spec *specs, int n, uint64_t
 
 int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err) {
     if (i < 0 || i >= w->n) return alloy_fail(err, "%s: tensor index %d out of range (0..%d)", w->dir, i, w->n - 1);
-    const wtensor *t = &w->t[i];
-    const wshard *sh = &w->shards[t->shard];
-    if (sh->dio) {
-        if (dio_write(sh->dio, data, (size_t)t->nbytes, sh->data_start + t->begin, err)) return -1;
-    } else if (t->nbytes && pwrite_all(sh->fd, data, (size_t)t->nbytes, sh->data_start + t->begin)) {
-        return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
-    }
+    if (st_writer_put_part(w, i, 0, data, (size_t)w->t[i].nbytes, err)) return -1;
     st_writer_mark_done(w, i);
     return 0;
 }
