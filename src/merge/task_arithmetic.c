@@ -565,6 +565,9 @@ static void gta_l1_after(const gta_ctx *g, int i, double *part, int nt) {
     }
 }
 
+/* Scratch up to this many bytes comes from the heap (gta_merge). */
+#define GTA_HEAP_WORK ((size_t)1 << 20)
+
 /* How many sample runs ahead gta_sample asks for the lines of. */
 #define SAMPLE_AHEAD 8
 
@@ -730,7 +733,10 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     size_t ns = rank_cut_sample_size(n);
     if (!rc && v->sparsify != SPARSIFY_NONE) {
         size_t need = 2 * n * sizeof(float) + (size_t)k * n + 1;
-        char *wk = call->work_bytes >= need ? call->work : NULL;
+        /* a small tensor's from the heap, whose pages are warm: the first
+         * touch of the executor's buffer faults in a whole huge page (on
+         * the bench, 50-70 ms for the first norm tensor in some runs) */
+        char *wk = call->work_bytes >= need && need > GTA_HEAP_WORK ? call->work : NULL;
         if (!wk) {
             wk = mem_big_alloc(need);
             own = true;
