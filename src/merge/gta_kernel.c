@@ -7,6 +7,7 @@
 #if GTA_KERNEL
 
 #include <immintrin.h>
+#include <math.h>
 
 #include "util/rng.h"
 
@@ -115,8 +116,9 @@ static inline __attribute__((always_inline)) void gk_store(__m512 o, __mmask16 t
  * first: dst may alias *a as far as the compiler knows, and reading them
  * through a cost a load and a test per model per vector. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
-static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int k, bool consensus, bool normalize,
-                                                          bool out_bf16, int kind, size_t b0, size_t m, void *dst,
+static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
+                                                          bool out_bf16, int kind, bool uniform, const float *lb,
+                                                          const float *ub, size_t b0, size_t m, void *dst,
                                                           size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -135,8 +137,9 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
     const uint16_t *xs[GK_MAX_MODELS];
     __m512 wv[GK_MAX_MODELS], sv[GK_MAX_MODELS];
     bool rescaled[GK_MAX_MODELS], check[GK_MAX_MODELS];
-    gk_keep keep_of[GK_MAX_MODELS];
+    gk_keep keep_rt[GK_MAX_MODELS];
     keep_rule rule[GK_MAX_MODELS];
+    __m512 lbv[GK_MAX_MODELS], ubv[GK_MAX_MODELS]; /* uniform: the block's thresholds */
     const uint8_t *bits[GK_MAX_MODELS];
     __m512i thr[GK_MAX_MODELS];
     __m512i hw[GK_MAX_MODELS]; /* GK_RANDOM: index * phi + key32 of the current lanes */
@@ -147,12 +150,14 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
         sv[i] = _mm512_set1_ps(g->s);
         rescaled[i] = g->s != 1.0f;
         check[i] = g->check;
-        keep_of[i] = kind == GK_KINDS ? g->keep : (gk_keep)kind;
+        keep_rt[i] = g->keep;
         rule[i] = g->rule;
+        lbv[i] = _mm512_set1_ps(uniform ? lb[i] : 0.0f);
+        ubv[i] = _mm512_set1_ps(uniform ? ub[i] : 0.0f);
         bits[i] = g->bits;
         thr[i] = _mm512_set1_epi32((int32_t)g->thr);
         hw[i] = _mm512_setzero_si512();
-        if (keep_of[i] == GK_RANDOM) {
+        if (g->keep == GK_RANDOM) {
             uint32_t k32 = rng_key32(g->rng_key, (uint64_t)b0 >> 32);
             __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota);
             hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, _mm512_set1_epi32((int32_t)0x9e3779b9u)),
@@ -181,14 +186,21 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
             __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
             t[i] = _mm512_mul_ps(vs, wv[i]);
             __mmask16 kp = 0xffff;
-            switch (keep_of[i]) {
+            /* a constant where every model keeps the same way */
+            switch (kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) {
             case GK_WHOLE:
                 break;
             case GK_TOP: /* |v| > L, or |v| == L at an index up to thi */
-                kp = gk_at_least(_mm512_abs_ps(v), rule[i].L, 0, rule[i].thi, idx, e);
+                kp = uniform ? _mm512_cmp_ps_mask(_mm512_abs_ps(v), lbv[i], _CMP_GE_OQ)
+                             : gk_at_least(_mm512_abs_ps(v), rule[i].L, 0, rule[i].thi, idx, e);
                 break;
             case GK_RULE:
-                kp = gk_rule(&rule[i], _mm512_abs_ps(v), idx, e);
+                if (uniform) {
+                    __m512 av = _mm512_abs_ps(v);
+                    kp = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(av, lbv[i], _CMP_GE_OQ), av, ubv[i], _CMP_LE_OQ);
+                } else {
+                    kp = gk_rule(&rule[i], _mm512_abs_ps(v), idx, e);
+                }
                 break;
             case GK_RANDOM:
                 kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), thr[i]);
@@ -234,6 +246,43 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
     }
     *obad = first;
     return bad != 0;
+}
+
+/* The rule of a model as one threshold on each side over the block [e0,
+ * e1], where no end of a tie range falls inside it: with a >= 0, a > L is
+ * a >= nextup(L) and a < U is a <= nextdown(U), so the index compares of
+ * gk_rule drop out of the loop. False where a range ends inside the block,
+ * or a bound is not finite (left to gk_rule). */
+static bool gk_uniform_rule(const keep_rule *r, bool two_sided, size_t e0, size_t e1, float *lb, float *ub) {
+    if (!isfinite(r->L) || (two_sided && !isfinite(r->U))) return false;
+    bool lo_tied_all = e0 >= r->tlo && e1 <= r->thi, lo_tied_none = e1 < r->tlo || e0 > r->thi;
+    if (!lo_tied_all && !lo_tied_none) return false;
+    *lb = lo_tied_all ? r->L : nextafterf(r->L, INFINITY);
+    *ub = INFINITY;
+    if (!two_sided) return true;
+    if (e1 <= r->tu) *ub = r->U;
+    else if (e0 > r->tu) *ub = nextafterf(r->U, -INFINITY);
+    else return false;
+    return true;
+}
+
+/* gk_loop over the block, with each rule's thresholds hoisted where the
+ * block lies wholly inside or outside its tie ranges (every block but a
+ * few per tensor). */
+static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int k, bool consensus, bool normalize,
+                                                          bool out_bf16, int kind, size_t b0, size_t m, void *dst,
+                                                          size_t *obad) {
+    float lb[GK_MAX_MODELS] = {0}, ub[GK_MAX_MODELS] = {0};
+    bool uniform = true;
+    if (kind == GK_TOP || kind == GK_RULE || kind == GK_KINDS) {
+        for (int i = 0; i < k && uniform; i++) {
+            gk_keep kd = a->m[i].keep;
+            if (kd == GK_TOP || kd == GK_RULE)
+                uniform = gk_uniform_rule(&a->m[i].rule, kd == GK_RULE, b0, b0 + m - 1, &lb[i], &ub[i]);
+        }
+    }
+    if (uniform) return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, lb, ub, b0, m, dst, obad);
+    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, lb, ub, b0, m, dst, obad);
 }
 
 bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m, uint64_t rng_key, uint32_t thr,

@@ -181,6 +181,8 @@ static void test_matches_formula(void **state) {
                 static const size_t lens[] = {1024, 1000, 17, 8, 1};
                 compare(&a, fn, 0, 1024); /* holds the elements the bounds name */
                 compare(&a, fn, 1024, 1024);
+                /* wholly inside [tlo, thi] and before tu: one threshold a side */
+                compare(&a, fn, 128, 1024);
                 for (int i = 0; i < k; i++) compare(&a, fn, a.m[i].rule.thi & ~(size_t)7, 512);
                 for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
                     size_t b0 = 8 * (size_t)((seed * 131 + (uint64_t)t * 97) % ((N - lens[t]) / 8));
