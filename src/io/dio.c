@@ -348,15 +348,17 @@ static int edge_add(dio_file *f, const char *src, size_t n, uint64_t off, dio_ed
     }
     memcpy(g->buf + off % DIO_BLOCK, src, n);
     g->filled += n;
-    uint64_t want = block_bytes(f, blk);
-    if (g->filled >= want) *pe = g->next;
+    /* decided under the lock: once the edge is out of the list, whoever
+     * completed it frees it, and it must not be read again here */
+    uint64_t want = block_bytes(f, blk), filled = g->filled;
+    if (filled >= want) *pe = g->next;
     pthread_mutex_unlock(&f->mu);
-    if (g->filled > want) {
+    if (filled > want) {
         free(g->buf);
         free(g);
         return alloy_fail(err, "%s: bytes near offset %llu written twice", f->path, (unsigned long long)off);
     }
-    if (g->filled == want) *done = g;
+    if (filled == want) *done = g;
     return 0;
 }
 

@@ -3,7 +3,7 @@
  * threads, forwards and backwards, one write larger than many slots,
  * files shorter than a block and of no bytes; several files whose open
  * runs hold every slot of the ring (the writes that find none go out on
- * their own); a byte written twice and a write past the end are errors
+ * their own); two threads completing one partial block at once; a byte written twice and a write past the end are errors
  * naming the file. */
 #include <errno.h>
 #include <fcntl.h>
@@ -128,6 +128,41 @@ static void test_pieces(void **state) {
     dio_pool_free(p);
 }
 
+/* Two threads that complete the same partial block at the same moment,
+ * many times: the one that adds the last bytes writes and frees the block's
+ * edge, and the other must not look at it again (under ASan a read after
+ * that free fails the test; it once freed the edge twice). */
+static void test_edge_race(void **state) {
+    (void)state;
+    alloy_err err = {{0}};
+    dio_pool *p = dio_pool_new(&err);
+    assert_non_null(p);
+    uint64_t size = 3 * DIO_BLOCK;
+    unsigned char *data = malloc(size);
+    for (uint64_t i = 0; i < size; i++) data[i] = byte_at(8, i);
+    char *path = fs_join(root, "race");
+    for (int it = 0; it < 400; it++) {
+        uint64_t cut = 1 + (uint64_t)it * 37 % (DIO_BLOCK - 1); /* inside the first block */
+        dio_file *f = dio_open(p, path, size, &err);
+        assert_non_null(f);
+        int bad = 0;
+#pragma omp parallel num_threads(2) reduction(| : bad)
+        {
+            alloy_err e = {{0}};
+            int t = omp_get_thread_num();
+#pragma omp barrier
+            if (t == 0) bad |= dio_write(f, data, (size_t)cut, 0, &e) != 0;
+            else bad |= dio_write(f, data + cut, (size_t)(size - cut), cut, &e) != 0;
+        }
+        assert_int_equal(bad, 0);
+        assert_int_equal(dio_close(f, &err), 0);
+    }
+    expect_file(path, size, 8);
+    free(path);
+    free(data);
+    dio_pool_free(p);
+}
+
 /* Eight files, each with separate stretches written (every stretch an open
  * run): 32 runs want the 16 slots, and the files only close at the end. */
 static void test_starved(void **state) {
@@ -193,6 +228,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pieces),
         cmocka_unit_test(test_starved),
+        cmocka_unit_test(test_edge_race),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
