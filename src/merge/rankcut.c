@@ -345,22 +345,57 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 }
 
 #if RC_AVX512BW
+/* 16 magnitudes u (bit patterns): those below lo and those up to hi
+ * counted in the packed lane counter c (bits 0-15 and 16-31: a lane counts
+ * at most 64 per block of RC_BLOCK); returns the nonzero ones inside [lo,
+ * hi]. Two compares where scan16 has four: the ends of the band are told
+ * apart afterwards, among the few that lie inside it (band_split). */
+static inline __mmask16 band16(__m512i u, __m512i vlo, __m512i vhi, __m512i *c) {
+    __mmask16 below = _mm512_cmplt_epu32_mask(u, vlo), upto = _mm512_cmple_epu32_mask(u, vhi);
+    *c = _mm512_mask_add_epi32(*c, below, *c, _mm512_set1_epi32(1));
+    *c = _mm512_mask_add_epi32(*c, upto, *c, _mm512_set1_epi32(1 << 16));
+    return _mm512_mask_test_epi32_mask(_kandn_mask16(below, upto), u, u);
+}
+
+/* The cnt nonzero magnitudes inside [lo, hi] in in: those equal to lo and
+ * to hi counted into *nlo, *nhi, and those strictly inside compacted in
+ * place; returns how many of those. */
+static size_t band_split(float *in, size_t cnt, uint32_t lo, uint32_t hi, uint32_t *nlo, uint32_t *nhi) {
+    const __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
+    size_t w = 0;
+    uint32_t el = 0, eh = 0;
+    for (size_t r = 0; r < cnt; r += 16) { /* w <= r: the store covers only what was read */
+        __mmask16 tm = cnt - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cnt - r)) - 1u);
+        __m512i u = _mm512_maskz_loadu_epi32(tm, in + r);
+        __mmask16 eql = _mm512_mask_cmpeq_epi32_mask(tm, u, vlo), eqh = _mm512_mask_cmpeq_epi32_mask(tm, u, vhi);
+        __mmask16 inside = tm & (__mmask16) ~(eql | eqh);
+        _mm512_mask_storeu_epi32(in + w, (__mmask16)((1u << __builtin_popcount((unsigned)inside)) - 1u),
+                                 _mm512_maskz_compress_epi32(inside, u));
+        w += (size_t)__builtin_popcount((unsigned)inside);
+        el += (uint32_t)__builtin_popcount((unsigned)eql);
+        eh += (uint32_t)__builtin_popcount((unsigned)eqh);
+    }
+    *nlo = el, *nhi = eh;
+    return w;
+}
+
 /* scan_block of the magnitudes |x - base| of bf16 inputs, made in
  * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
  * low one shifted up and the high one masked are both exact f32 (the even
  * and the odd elements: the counts and the cells do not care about order).
- * The few inside the band are compacted into in as they are found, every
- * vector, without a branch: picking them out of mask words afterwards cost
- * a mispredicted branch on about every other word. The two halves' counts
- * are added to the running total together, so the stores wait on one add
- * per 32 elements. The tail (under 32) goes through scan_block. *nonfinite
- * is set when an x (or, with check_base, a base value) is NaN or infinite. */
+ * The few nonzero ones inside the band [lo, hi] are compacted into in as
+ * they are found, every vector, without a branch (picking them out of mask
+ * words afterwards cost a mispredicted branch on about every other word);
+ * band_split then tells the ends from the inside, and the zeros at lo = 0
+ * are what the counts leave. The tail (under 32) goes through scan_block.
+ * *nonfinite is set when an x (or, with check_base, a base value) is NaN
+ * or infinite. */
 static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16_t *x, const uint16_t *base,
                                                                     size_t len, uint32_t lo, uint32_t hi,
                                                                     scan_counts *sc, float *in, bool *nonfinite,
                                                                     bool check_base) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    __m512i clt = _mm512_setzero_si512(), cel = clt, ceh = clt;
+    __m512i cb = _mm512_setzero_si512();
     const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     __mmask32 bad = 0;
@@ -375,7 +410,7 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
                                   _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
         __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
-        __mmask16 ie = scan16(ue, vlo, vhi, &clt, &cel, &ceh), io = scan16(uo, vlo, vhi, &clt, &cel, &ceh);
+        __mmask16 ie = band16(ue, vlo, vhi, &cb), io = band16(uo, vlo, vhi, &cb);
         /* in + cnt + ne + 16 <= in + j + 32 <= in + len: cnt <= j, ne <= 16 */
         size_t ne = (size_t)__builtin_popcount((unsigned)ie), no = (size_t)__builtin_popcount((unsigned)io);
         _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(ie, ue));
@@ -383,8 +418,12 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
         cnt += ne + no;
     }
     sc->zero = 0; /* not counted */
-    sc->lt = (uint32_t)_mm512_reduce_add_epi32(clt);
-    sc->eqlo = (uint32_t)_mm512_reduce_add_epi32(cel), sc->eqhi = (uint32_t)_mm512_reduce_add_epi32(ceh);
+    uint32_t lt = (uint32_t)_mm512_reduce_add_epi32(_mm512_and_si512(cb, _mm512_set1_epi32(0xffff)));
+    uint32_t upto = (uint32_t)_mm512_reduce_add_epi32(_mm512_srli_epi32(cb, 16)), nlo, nhi, nz = (uint32_t)cnt;
+    cnt = band_split(in, cnt, lo, hi, &nlo, &nhi);
+    sc->lt = lt;
+    sc->eqlo = lo ? nlo : upto - lt - nz; /* lo = 0: the zeros, which were not compacted */
+    sc->eqhi = hi > lo ? nhi : sc->eqlo;
     if (j < len) { /* the tail, as f32 magnitudes */
         float mag[32];
         unsigned tbad = 0;
