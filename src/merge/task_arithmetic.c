@@ -56,20 +56,14 @@ typedef struct gta_variant {
  * vectorisable pass. Methods without sparsification take one pass. */
 #define GTA_BLOCK 1024
 
-/* Thread t's share of the survey's chunks (rankcut.h), [*c0, *c1): the
- * merge pass takes the same shares, so that what a thread's first pass read
- * last is what its second pass reads first (gta_merge). */
-static void gta_share(size_t nc, int nt, int t, size_t *c0, size_t *c1) {
-    size_t q = nc / (size_t)nt, r = nc % (size_t)nt, tt = (size_t)t;
-    *c0 = tt * q + (tt < r ? tt : r);
-    *c1 = *c0 + q + (tt < r);
-}
-
-/* The merge pass walks its share backwards in segments of GTA_SEG blocks
- * (forwards inside one, so that results reach the output in runs): after
- * the survey the end of the share is still in the last-level cache, and on
- * the MLP matrices of a 0.5B model (base + 3 models: 35 MB of bf16 inputs)
- * that is most of it. */
+/* The survey hands its chunks out in order, and the merge pass its
+ * segments of GTA_SEG blocks in reverse (each forwards inside, so that
+ * results reach the output in runs), each to whichever thread is free: what
+ * the survey read last is still in the last-level cache, which the threads
+ * share (on the MLP matrices of a 0.5B model, base + 3 models, 35 MB of bf16
+ * inputs, most of the tensor), and a thread slowed by the writers or the
+ * prefetcher leaves its work to the other instead of keeping it waiting at
+ * the end of the pass. */
 #define GTA_SEG 128
 
 /* DARE's first pass draws each model's mask for its L1 sums; the merge pass
@@ -385,9 +379,8 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     {
         int t = omp_get_thread_num();
         float base[GTA_BLOCK], x[GTA_BLOCK], a[GTA_BLOCK];
-        size_t c0, c1;
-        gta_share(nc, omp_get_num_threads(), t, &c0, &c1);
-        for (size_t c = c0; c < c1; c++) {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t c = 0; c < nc; c++) {
             size_t lo, hi;
             rank_cut_chunk(n, c, &lo, &hi);
             for (size_t i = 0; i < 2 * (size_t)k; i++) part[c * (size_t)k * 2 + i] = 0;
@@ -585,7 +578,7 @@ static bool gta_sample(const gta_ctx *g, size_t ns, float *sample, int nt) {
     const merge_call *call = g->call;
     size_t n = call->n, runs = ns / RC_RUN;
     int bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 64) reduction(| : bad)
     for (size_t r = 0; r < runs; r++) {
         size_t at = rank_cut_sample_run(n, runs, r, call->seed);
         if (r + SAMPLE_AHEAD < runs) { /* random places: ask for a later run's lines while this one loads */
@@ -816,21 +809,16 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
     gk_block_fn kernel = rc ? NULL : gta_kernel_for(&g, survey, &ka);
     if (!rc) {
         int oom = 0, bad = 0;
-        size_t obad = n;
+        size_t obad = n, nseg = (nb + GTA_SEG - 1) / GTA_SEG;
 #pragma omp parallel num_threads(nt) reduction(| : oom, bad) reduction(min : obad)
         {
             float *d = malloc((size_t)k * GTA_BLOCK * sizeof *d);
             if (!d) oom = 1;
-            size_t c0, c1, lo = 0, hi = 0, e0, e1;
-            gta_share(nc, omp_get_num_threads(), omp_get_thread_num(), &c0, &c1);
-            if (c1 > c0) {
-                rank_cut_chunk(n, c0, &lo, &e1);
-                rank_cut_chunk(n, c1 - 1, &e0, &hi);
-            }
-            size_t nbt = (hi - lo + GTA_BLOCK - 1) / GTA_BLOCK, nseg = (nbt + GTA_SEG - 1) / GTA_SEG;
-            for (size_t sg = nseg; d && sg-- > 0;) {
-                for (size_t bi = sg * GTA_SEG; bi < nbt && bi < (sg + 1) * GTA_SEG; bi++) {
-                    size_t b0 = lo + bi * GTA_BLOCK, ob = n, m = hi - b0 < GTA_BLOCK ? hi - b0 : GTA_BLOCK;
+#pragma omp for schedule(dynamic, 1) nowait
+            for (size_t back = 0; back < nseg; back++) {
+                size_t sg = nseg - 1 - back;
+                for (size_t bi = sg * GTA_SEG; d && bi < nb && bi < (sg + 1) * GTA_SEG; bi++) {
+                    size_t b0 = bi * GTA_BLOCK, ob = n, m = n - b0 < GTA_BLOCK ? n - b0 : GTA_BLOCK;
                     if (kernel) {
                         void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
                         bad |= kernel(&ka, b0, m, dst, &ob);
