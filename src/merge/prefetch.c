@@ -42,6 +42,74 @@ static const plan_tensor *nth(const merge_plan *p, const int *order, int j) {
     return &p->tensors[order ? order[j] : j];
 }
 
+/* Done tensors are dropped in batches of at least this many input bytes
+ * (all that are left at the end): each madvise(MADV_DONTNEED) flushes the
+ * TLB of every CPU that ran the merge, a round of inter-processor
+ * interrupts that on a VM costs about 0.2 ms of the helper's time while
+ * the merge's threads are interrupted, and a 0.5B model's layer tensors
+ * are a few MB each (4 inputs x 291 tensors: 1164 flushes a merge). */
+#define DROP_BATCH ((uint64_t)64 << 20)
+
+static uint64_t input_bytes(const plan_tensor *pt) {
+    if (!pt->merge) return pt->copy.t->nbytes;
+    uint64_t b = pt->has_base ? pt->base.t->nbytes : 0;
+    for (int i = 0; i < pt->k; i++) b += pt->inputs[i].t->nbytes;
+    return b;
+}
+
+typedef struct span {
+    uintptr_t a, b;
+} span;
+
+static int span_cmp(const void *x, const void *y) {
+    uintptr_t a = ((const span *)x)->a, b = ((const span *)y)->a;
+    return a < b ? -1 : a > b;
+}
+
+static void add_span(span *sp, int *n, const st_tensor *t) {
+    sp[(*n)++] = (span){(uintptr_t)t->data, (uintptr_t)t->data + t->nbytes};
+}
+
+/* Drops the input pages of tensors [j0, j1): their ranges sorted and
+ * those that touch or overlap joined, one madvise each (a range between
+ * two files' mappings is never joined: the mappings are not adjacent
+ * unless their pages are, and madvise takes adjacent mappings in one call). */
+static void drop_tensors(const merge_prefetch *pf, int j0, int j1) {
+    int cap = 0;
+    for (int j = j0; j < j1; j++) cap += nth(pf->p, pf->order, j)->merge ? nth(pf->p, pf->order, j)->k + 1 : 1;
+    span *sp = malloc((size_t)cap * sizeof *sp);
+    if (!sp) { /* one call per tensor input, as without batching */
+        for (int j = j0; j < j1; j++) merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
+        return;
+    }
+    int n = 0;
+    for (int j = j0; j < j1; j++) {
+        const plan_tensor *pt = nth(pf->p, pf->order, j);
+        if (!pt->merge) {
+            add_span(sp, &n, pt->copy.t);
+            continue;
+        }
+        if (pt->has_base) add_span(sp, &n, pt->base.t);
+        for (int i = 0; i < pt->k; i++) add_span(sp, &n, pt->inputs[i].t);
+    }
+    qsort(sp, (size_t)n, sizeof *sp, span_cmp);
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < n;) {
+        uintptr_t a = sp[i].a & ~(page - 1), b = sp[i].b;
+        for (i++; i < n && sp[i].a <= ((b + page - 1) & ~(page - 1)); i++)
+            if (sp[i].b > b) b = sp[i].b;
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+    free(sp);
+}
+
+/* The input bytes of the done tensors not yet dropped (under pf->mu). */
+static uint64_t pending_bytes(const merge_prefetch *pf) {
+    uint64_t b = 0;
+    for (int j = pf->dropped; j < pf->drop; j++) b += input_bytes(nth(pf->p, pf->order, j));
+    return b;
+}
+
 static void *prefetch_main(void *arg) {
     merge_prefetch *pf = arg;
     pthread_mutex_lock(&pf->mu);
@@ -53,12 +121,12 @@ static void *prefetch_main(void *arg) {
             pthread_mutex_lock(&pf->mu);
             pf->mapped = j + 1;
             pthread_cond_broadcast(&pf->cv);
-        } else if (pf->dropped < pf->drop) {
-            int j = pf->dropped;
+        } else if (pf->dropped < pf->drop && (pf->stop || pending_bytes(pf) >= DROP_BATCH)) {
+            int j0 = pf->dropped, j1 = pf->drop;
             pthread_mutex_unlock(&pf->mu);
-            merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
+            drop_tensors(pf, j0, j1);
             pthread_mutex_lock(&pf->mu);
-            pf->dropped = j + 1;
+            pf->dropped = j1;
         } else if (pf->stop) {
             break;
         } else {

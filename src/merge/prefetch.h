@@ -5,7 +5,9 @@
  * and, once merged, dropped again (MADV_DONTNEED) so the resident set stays
  * a tensor's inputs rather than the whole model. Both are kernel work with
  * the merge's threads idle when done in line; a helper thread does them
- * instead: while tensor i merges it maps tensor i + 1 and drops tensor i - 1.
+ * instead: while tensor i merges it maps tensor i + 1, and drops the done
+ * tensors in batches of DROP_BATCH input bytes (prefetch.c: each drop is a
+ * TLB flush on every CPU).
  * Used by `alloy merge` and by the bench's I/O floor, which so share one
  * I/O path. */
 #ifndef ALLOY_MERGE_PREFETCH_H
