@@ -27,6 +27,15 @@ enum { SL_T };
  * Source: mergekit slerp() (DOT_THRESHOLD 0.9995, eps 1e-8); Shoemake 1985. */
 #define SL_BLOCK 1024
 
+/* The sums' chunks go out in order, and the second pass's segments of
+ * SL_SEG blocks in reverse (forwards inside each, so that results reach
+ * the output in runs), each to whichever thread is free: what the first
+ * pass read last is still in the shared last-level cache (two 0.5B MLP
+ * matrices in bf16 are 17 MB), and a thread slowed by the writers or the
+ * prefetcher does not keep the other waiting at the end of a pass. The
+ * sums are per fixed chunk, so they do not depend on the schedule. */
+#define SL_SEG 128
+
 /* The three sums of one chunk, 8 lanes each, added up in a fixed tree. */
 static double lanes8(double *l) {
     for (int w = 4; w >= 1; w /= 2)
@@ -51,7 +60,7 @@ static bool slerp_sums(merge_src v0, merge_src v1, size_t n, int nt, double *s00
     double part[VEC_CHUNKS_MAX][3];
     bool kern = slerp_bf16(v0, v1);
     int bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : bad)
     for (size_t c = 0; c < nc; c++) {
         size_t lo, hi;
         vec_chunk(n, c, &lo, &hi);
@@ -102,14 +111,17 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
     size_t obad = n;
     alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
     if (slerp_bf16(v0, v1) && (odt == ALLOY_BF16 || odt == ALLOY_F32)) {
-        /* static: each thread's blocks are one run, as the sink's stages want */
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : obad)
-        for (size_t bi = 0; bi < nb; bi++) {
-            size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK, ob = m;
-            void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
-            gk_lerp(v0.data, v1.data, s0, s1, odt == ALLOY_BF16, b0, m, dst, &ob);
-            /* as merge_store: results are checked on their way to the sink */
-            if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+        size_t nseg = (nb + SL_SEG - 1) / SL_SEG;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : obad)
+        for (size_t back = 0; back < nseg; back++) {
+            size_t sg = nseg - 1 - back;
+            for (size_t bi = sg * SL_SEG; bi < nb && bi < (sg + 1) * SL_SEG; bi++) {
+                size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK, ob = m;
+                void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
+                gk_lerp(v0.data, v1.data, s0, s1, odt == ALLOY_BF16, b0, m, dst, &ob);
+                /* as merge_store: results are checked on their way to the sink */
+                if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
+            }
         }
         return merge_stream_result(call, "slerp", false, obad, err);
     }
