@@ -1,5 +1,5 @@
-/* prefetch.c — maps the next tensor's input pages and drops the last
- * one's on a helper thread (see prefetch.h). */
+/* prefetch.c — maps the next tensor's input pages and drops the done
+ * ones' in batches on a helper thread (see prefetch.h). */
 #include "merge/prefetch.h"
 
 #include <pthread.h>
@@ -16,13 +16,18 @@ void merge_advise(const st_tensor *t, int advice) {
     if (b > a) madvise((void *)a, b - a, advice);
 }
 
+/* How many input tensors pt reads, and the i-th of them: the copied
+ * tensor, or the base (when it has one) and then the models. */
+static int ninputs(const plan_tensor *pt) { return pt->merge ? pt->k + (pt->has_base ? 1 : 0) : 1; }
+
+static const st_tensor *input(const plan_tensor *pt, int i) {
+    if (!pt->merge) return pt->copy.t;
+    if (pt->has_base) return i == 0 ? pt->base.t : pt->inputs[i - 1].t;
+    return pt->inputs[i].t;
+}
+
 void merge_advise_tensor(const plan_tensor *pt, int advice) {
-    if (!pt->merge) {
-        merge_advise(pt->copy.t, advice);
-        return;
-    }
-    if (pt->has_base) merge_advise(pt->base.t, advice);
-    for (int i = 0; i < pt->k; i++) merge_advise(pt->inputs[i].t, advice);
+    for (int i = 0; i < ninputs(pt); i++) merge_advise(input(pt, i), advice);
 }
 
 struct merge_prefetch {
@@ -51,9 +56,8 @@ static const plan_tensor *nth(const merge_plan *p, const int *order, int j) {
 #define DROP_BATCH ((uint64_t)64 << 20)
 
 static uint64_t input_bytes(const plan_tensor *pt) {
-    if (!pt->merge) return pt->copy.t->nbytes;
-    uint64_t b = pt->has_base ? pt->base.t->nbytes : 0;
-    for (int i = 0; i < pt->k; i++) b += pt->inputs[i].t->nbytes;
+    uint64_t b = 0;
+    for (int i = 0; i < ninputs(pt); i++) b += input(pt, i)->nbytes;
     return b;
 }
 
@@ -66,17 +70,13 @@ static int span_cmp(const void *x, const void *y) {
     return a < b ? -1 : a > b;
 }
 
-static void add_span(span *sp, int *n, const st_tensor *t) {
-    sp[(*n)++] = (span){(uintptr_t)t->data, (uintptr_t)t->data + t->nbytes};
-}
-
 /* Drops the input pages of tensors [j0, j1): their ranges sorted and
  * those that touch or overlap joined, one madvise each (a range between
  * two files' mappings is never joined: the mappings are not adjacent
  * unless their pages are, and madvise takes adjacent mappings in one call). */
 static void drop_tensors(const merge_prefetch *pf, int j0, int j1) {
     int cap = 0;
-    for (int j = j0; j < j1; j++) cap += nth(pf->p, pf->order, j)->merge ? nth(pf->p, pf->order, j)->k + 1 : 1;
+    for (int j = j0; j < j1; j++) cap += ninputs(nth(pf->p, pf->order, j));
     span *sp = malloc((size_t)cap * sizeof *sp);
     if (!sp) { /* one call per tensor input, as without batching */
         for (int j = j0; j < j1; j++) merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
@@ -85,12 +85,10 @@ static void drop_tensors(const merge_prefetch *pf, int j0, int j1) {
     int n = 0;
     for (int j = j0; j < j1; j++) {
         const plan_tensor *pt = nth(pf->p, pf->order, j);
-        if (!pt->merge) {
-            add_span(sp, &n, pt->copy.t);
-            continue;
+        for (int i = 0; i < ninputs(pt); i++) {
+            const st_tensor *t = input(pt, i);
+            sp[n++] = (span){(uintptr_t)t->data, (uintptr_t)t->data + t->nbytes};
         }
-        if (pt->has_base) add_span(sp, &n, pt->base.t);
-        for (int i = 0; i < pt->k; i++) add_span(sp, &n, pt->inputs[i].t);
     }
     qsort(sp, (size_t)n, sizeof *sp, span_cmp);
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
