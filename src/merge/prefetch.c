@@ -1,5 +1,5 @@
-/* prefetch.c — maps the next tensor's input pages and drops the done
- * ones' in batches on a helper thread (see prefetch.h). */
+/* prefetch.c — maps the next tensors' input pages and drops the done
+ * ones' in batches, in slices, on a helper thread (see prefetch.h). */
 #include "merge/prefetch.h"
 
 #include <pthread.h>
@@ -30,6 +30,10 @@ void merge_advise_tensor(const plan_tensor *pt, int advice) {
     for (int i = 0; i < ninputs(pt); i++) merge_advise(input(pt, i), advice);
 }
 
+typedef struct span {
+    uintptr_t a, b;
+} span;
+
 struct merge_prefetch {
     const merge_plan *p;
     const int *order;
@@ -37,9 +41,12 @@ struct merge_prefetch {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;   /* the thread waits for work on it, the caller for `mapped` */
-    int want;            /* map tensors [0, want) */
+    int want;            /* map tensors [0, want) before anything else */
+    int cur;             /* the last tensor asked for: tensors after it are mapped ahead */
     int mapped;          /* tensors [0, mapped) are mapped */
     int drop, dropped;   /* drop tensors [dropped, drop) */
+    span *sp;            /* the drop under way: its ranges [isp, nsp), joined */
+    int nsp, isp;
     bool stop;
 };
 
@@ -61,27 +68,33 @@ static uint64_t input_bytes(const plan_tensor *pt) {
     return b;
 }
 
-typedef struct span {
-    uintptr_t a, b;
-} span;
-
 static int span_cmp(const void *x, const void *y) {
     uintptr_t a = ((const span *)x)->a, b = ((const span *)y)->a;
     return a < b ? -1 : a > b;
 }
 
-/* Drops the input pages of tensors [j0, j1): their ranges sorted and
- * those that touch or overlap joined, one madvise each (a range between
- * two files' mappings is never joined: the mappings are not adjacent
- * unless their pages are, and madvise takes adjacent mappings in one call). */
-static void drop_tensors(const merge_prefetch *pf, int j0, int j1) {
+/* Tensors ahead of the one being merged are mapped while their inputs
+ * come to less than this many bytes (and the next one always): a run of
+ * small tensors (norms, biases, attention projections) merges faster than
+ * the helper maps the large one after it one at a time. */
+#define AHEAD_BYTES ((uint64_t)64 << 20)
+
+/* A drop goes in slices of at most this many bytes, the mapping that the
+ * merge waits for taken between two: unmapping a 0.5B model's embedding
+ * (1 GiB of inputs) takes 40-60 ms, which the next tensors' mapping
+ * otherwise waits behind. */
+#define DROP_SLICE ((uintptr_t)32 << 20)
+
+/* The ranges of the inputs of tensors [j0, j1), sorted, those that touch
+ * or overlap joined, page aligned, into pf->sp (a range between two
+ * files' mappings is never joined: the mappings are not adjacent unless
+ * their pages are, and madvise takes adjacent mappings in one call). False
+ * when out of memory. */
+static bool drop_plan(merge_prefetch *pf, int j0, int j1) {
     int cap = 0;
     for (int j = j0; j < j1; j++) cap += ninputs(nth(pf->p, pf->order, j));
-    span *sp = malloc((size_t)cap * sizeof *sp);
-    if (!sp) { /* one call per tensor input, as without batching */
-        for (int j = j0; j < j1; j++) merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
-        return;
-    }
+    span *sp = malloc((size_t)(cap ? cap : 1) * sizeof *sp);
+    if (!sp) return false;
     int n = 0;
     for (int j = j0; j < j1; j++) {
         const plan_tensor *pt = nth(pf->p, pf->order, j);
@@ -92,13 +105,28 @@ static void drop_tensors(const merge_prefetch *pf, int j0, int j1) {
     }
     qsort(sp, (size_t)n, sizeof *sp, span_cmp);
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    int w = 0;
     for (int i = 0; i < n;) {
         uintptr_t a = sp[i].a & ~(page - 1), b = sp[i].b;
         for (i++; i < n && sp[i].a <= ((b + page - 1) & ~(page - 1)); i++)
             if (sp[i].b > b) b = sp[i].b;
-        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+        if (b > a) sp[w++] = (span){a, b};
     }
-    free(sp);
+    pf->sp = sp, pf->nsp = w, pf->isp = 0;
+    return true;
+}
+
+/* The next slice of the drop under way (outside pf->mu: only the helper
+ * touches pf->sp); frees the plan after the last. */
+static void drop_slice(merge_prefetch *pf) {
+    span *s = &pf->sp[pf->isp];
+    uintptr_t b = s->b - s->a > DROP_SLICE ? s->a + DROP_SLICE : s->b;
+    madvise((void *)s->a, b - s->a, MADV_DONTNEED);
+    s->a = b;
+    if (s->a >= s->b && ++pf->isp == pf->nsp) {
+        free(pf->sp);
+        pf->sp = NULL;
+    }
 }
 
 /* The input bytes of the done tensors not yet dropped (under pf->mu). */
@@ -108,23 +136,39 @@ static uint64_t pending_bytes(const merge_prefetch *pf) {
     return b;
 }
 
+/* The input bytes of the tensors mapped ahead of pf->cur (under pf->mu). */
+static uint64_t ahead_bytes(const merge_prefetch *pf) {
+    uint64_t b = 0;
+    for (int j = pf->cur + 1; j < pf->mapped; j++) b += input_bytes(nth(pf->p, pf->order, j));
+    return b;
+}
+
+/* The helper's work, most urgent first: the tensors the merge needs (it
+ * may be waiting), a slice of the drop under way, a new drop once a
+ * batch is done (or at the stop), and then the tensors ahead. */
 static void *prefetch_main(void *arg) {
     merge_prefetch *pf = arg;
     pthread_mutex_lock(&pf->mu);
     for (;;) {
-        if (pf->mapped < pf->want) { /* mapping first: the merge may be waiting for it */
+        bool ahead = !pf->stop && pf->mapped < pf->n && ahead_bytes(pf) < AHEAD_BYTES;
+        if (pf->mapped < pf->want || (ahead && !pf->sp && !(pf->dropped < pf->drop && pending_bytes(pf) >= DROP_BATCH))) {
             int j = pf->mapped;
             pthread_mutex_unlock(&pf->mu);
             merge_advise_tensor(nth(pf->p, pf->order, j), MADV_POPULATE_READ);
             pthread_mutex_lock(&pf->mu);
             pf->mapped = j + 1;
             pthread_cond_broadcast(&pf->cv);
+        } else if (pf->sp) {
+            pthread_mutex_unlock(&pf->mu);
+            drop_slice(pf);
+            pthread_mutex_lock(&pf->mu);
         } else if (pf->dropped < pf->drop && (pf->stop || pending_bytes(pf) >= DROP_BATCH)) {
             int j0 = pf->dropped, j1 = pf->drop;
-            pthread_mutex_unlock(&pf->mu);
-            drop_tensors(pf, j0, j1);
-            pthread_mutex_lock(&pf->mu);
             pf->dropped = j1;
+            pthread_mutex_unlock(&pf->mu);
+            if (!drop_plan(pf, j0, j1)) /* no memory for the plan: a call per input */
+                for (int j = j0; j < j1; j++) merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
+            pthread_mutex_lock(&pf->mu);
         } else if (pf->stop) {
             break;
         } else {
@@ -138,7 +182,7 @@ static void *prefetch_main(void *arg) {
 merge_prefetch *merge_prefetch_start(const merge_plan *p, const int *order, int n) {
     merge_prefetch *pf = calloc(1, sizeof *pf);
     if (!pf) return NULL;
-    *pf = (merge_prefetch){.p = p, .order = order, .n = n, .want = n > 0 ? 1 : 0};
+    *pf = (merge_prefetch){.p = p, .order = order, .n = n, .want = n > 0 ? 1 : 0, .cur = -1};
     pthread_mutex_init(&pf->mu, NULL);
     pthread_cond_init(&pf->cv, NULL);
     if (pthread_create(&pf->th, NULL, prefetch_main, pf)) {
@@ -158,6 +202,7 @@ void merge_prefetch_ready(merge_prefetch *pf, const merge_plan *p, const int *or
     pthread_mutex_lock(&pf->mu);
     if (pf->want < j + 1) pf->want = j + 1;
     if (pf->want < j + 2 && j + 2 <= pf->n) pf->want = j + 2;
+    if (pf->cur < j) pf->cur = j;
     pthread_cond_broadcast(&pf->cv);
     while (pf->mapped < j + 1) pthread_cond_wait(&pf->cv, &pf->mu);
     pthread_mutex_unlock(&pf->mu);

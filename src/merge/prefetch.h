@@ -1,13 +1,15 @@
-/* prefetch.h — the input pages of a merge, one tensor ahead.
+/* prefetch.h — the input pages of a merge, mapped ahead of it.
  *
  * The executor walks the output tensors in order; each needs its inputs'
  * pages mapped (MADV_POPULATE_READ: one call instead of a fault per 4 KiB)
  * and, once merged, dropped again (MADV_DONTNEED) so the resident set stays
- * a tensor's inputs rather than the whole model. Both are kernel work with
- * the merge's threads idle when done in line; a helper thread does them
- * instead: while tensor i merges it maps tensor i + 1, and drops the done
- * tensors in batches of DROP_BATCH input bytes (prefetch.c: each drop is a
- * TLB flush on every CPU).
+ * a few tensors' inputs rather than the whole model. Both are kernel work
+ * with the merge's threads idle when done in line; a helper thread does
+ * them instead: while tensor i merges it maps tensor i + 1 and those after
+ * it up to AHEAD_BYTES of inputs, and drops the done tensors in batches of
+ * DROP_BATCH input bytes (prefetch.c: each drop is a TLB flush on every
+ * CPU), a slice at a time, so that a mapping the merge waits for is never
+ * queued behind a long drop.
  * Used by `alloy merge` and by the bench's I/O floor, which so share one
  * I/O path. */
 #ifndef ALLOY_MERGE_PREFETCH_H

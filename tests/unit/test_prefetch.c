@@ -2,11 +2,14 @@
  * model, 12 tensors of 4 MiB each): every tensor's input pages are mapped
  * when merge_prefetch_ready returns; the done ones stay mapped until 64 MiB
  * of inputs are done (eight tensors: seven are not dropped), are then
- * dropped as one batch, and whatever is left goes at the stop. Mapped
- * means present in /proc/self/pagemap. */
+ * dropped as one batch, and whatever is left goes at the stop; the tensors
+ * after the one asked for are mapped ahead up to 64 MiB of inputs, and no
+ * further; a drop longer than a slice (two tensors of 48 MiB) goes whole.
+ * Mapped means present in /proc/self/pagemap. */
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,16 +42,18 @@ static size_t present(const void *p, size_t len) {
     return n;
 }
 
-/* A file of NT tensors, mapped (its pages not yet touched). */
-static char *map_file(char *path) {
+/* A file of nt tensors of tbytes each, mapped (its pages not yet touched). */
+static char *map_file_of(char *path, int nt, size_t tbytes) {
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)(NT * TBYTES)), 0);
-    char *m = mmap(NULL, NT * TBYTES, PROT_READ, MAP_PRIVATE, fd, 0);
+    assert_int_equal(ftruncate(fd, (off_t)((size_t)nt * tbytes)), 0);
+    char *m = mmap(NULL, (size_t)nt * tbytes, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     assert_true(m != MAP_FAILED);
     return m;
 }
+
+static char *map_file(char *path) { return map_file_of(path, NT, TBYTES); }
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -97,9 +102,106 @@ static void test_batches(void **state) {
     unlink(px);
 }
 
+/* Waits up to 5 s for want (true: all, false: none) of [p, p + len) to be
+ * present; returns what is. */
+static size_t wait_present(const void *p, size_t len, bool want) {
+    size_t pages = len / (size_t)sysconf(_SC_PAGESIZE), got = present(p, len);
+    for (int w = 0; w < 500 && (want ? got < pages : got > 0); w++) {
+        sleep_ms(10);
+        got = present(p, len);
+    }
+    return got;
+}
+
+/* One base + one model, nt tensors of tbytes each, over files pb, px. */
+typedef struct two_files {
+    char pb[40], px[40];
+    char *mb, *mx;
+    st_tensor tb[NT], tx[NT];
+    plan_input in[NT];
+    plan_tensor pt[NT];
+    merge_plan p;
+    int nt;
+    size_t tbytes;
+} two_files;
+
+static void two_files_open(two_files *f, int nt, size_t tbytes) {
+    snprintf(f->pb, sizeof f->pb, "/tmp/alloy-prefetch-b-XXXXXX");
+    snprintf(f->px, sizeof f->px, "/tmp/alloy-prefetch-x-XXXXXX");
+    f->mb = map_file_of(f->pb, nt, tbytes), f->mx = map_file_of(f->px, nt, tbytes);
+    f->nt = nt, f->tbytes = tbytes;
+    for (int j = 0; j < nt; j++) {
+        f->tb[j] = (st_tensor){.nbytes = tbytes, .data = f->mb + (size_t)j * tbytes};
+        f->tx[j] = (st_tensor){.nbytes = tbytes, .data = f->mx + (size_t)j * tbytes};
+        f->in[j] = (plan_input){.t = &f->tx[j]};
+        f->pt[j] = (plan_tensor){.merge = true, .has_base = true, .base = {.t = &f->tb[j]}, .k = 1, .inputs = &f->in[j]};
+    }
+    f->p = (merge_plan){.ntensors = nt, .tensors = f->pt};
+}
+
+static void two_files_close(two_files *f) {
+    munmap(f->mb, (size_t)f->nt * f->tbytes);
+    munmap(f->mx, (size_t)f->nt * f->tbytes);
+    unlink(f->pb);
+    unlink(f->px);
+}
+
+static void test_ahead(void **state) {
+    (void)state;
+    two_files f;
+    two_files_open(&f, NT, TBYTES);
+    merge_prefetch *pf = merge_prefetch_start(&f.p, NULL, NT);
+    assert_non_null(pf);
+    size_t pages = TBYTES / (size_t)sysconf(_SC_PAGESIZE);
+    for (int j = 0; j < 2; j++) {
+        merge_prefetch_ready(pf, &f.p, NULL, j);
+        /* the eight after j: 64 MiB of inputs */
+        assert_int_equal(wait_present(f.tx[j + 8].data, TBYTES, true), pages);
+        assert_int_equal(wait_present(f.tb[j + 8].data, TBYTES, true), pages);
+        for (int a = j + 1; a <= j + 8; a++) {
+            assert_int_equal(present(f.tb[a].data, TBYTES), pages);
+            assert_int_equal(present(f.tx[a].data, TBYTES), pages);
+        }
+        sleep_ms(100); /* and not the ninth */
+        assert_int_equal(present(f.tb[j + 9].data, TBYTES), 0);
+        assert_int_equal(present(f.tx[j + 9].data, TBYTES), 0);
+        merge_prefetch_done(pf, &f.p, NULL, j);
+    }
+    merge_prefetch_stop(pf);
+    /* the two done ones went at the stop; those mapped ahead stay mapped */
+    assert_int_equal(present(f.mb, 2 * TBYTES) + present(f.mx, 2 * TBYTES), 0);
+    assert_int_equal(present(f.tx[2].data, TBYTES), pages);
+    two_files_close(&f);
+}
+
+static void test_long_drop(void **state) {
+    (void)state;
+    const size_t big = (size_t)48 << 20; /* 96 MiB of inputs each: a batch, in slices */
+    two_files f;
+    two_files_open(&f, 2, big);
+    merge_prefetch *pf = merge_prefetch_start(&f.p, NULL, 2);
+    assert_non_null(pf);
+    size_t pages = big / (size_t)sysconf(_SC_PAGESIZE);
+    merge_prefetch_ready(pf, &f.p, NULL, 0);
+    assert_int_equal(present(f.tb[0].data, big), pages);
+    assert_int_equal(present(f.tx[0].data, big), pages);
+    merge_prefetch_done(pf, &f.p, NULL, 0);
+    assert_int_equal(wait_present(f.tb[0].data, big, false), 0);
+    assert_int_equal(wait_present(f.tx[0].data, big, false), 0);
+    merge_prefetch_ready(pf, &f.p, NULL, 1);
+    assert_int_equal(present(f.tb[1].data, big), pages);
+    assert_int_equal(present(f.tx[1].data, big), pages);
+    merge_prefetch_done(pf, &f.p, NULL, 1);
+    merge_prefetch_stop(pf);
+    assert_int_equal(present(f.mb, 2 * big) + present(f.mx, 2 * big), 0);
+    two_files_close(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batches),
+        cmocka_unit_test(test_ahead),
+        cmocka_unit_test(test_long_drop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
