@@ -63,29 +63,6 @@ size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed) {
     return lo + (size_t)(rng_mix64(seed ^ (run * 0x9e3779b97f4a7c15ull)) % (hi - lo - RC_RUN + 1));
 }
 
-/* Sort magnitudes (>= 0) ascending; tmp holds ns floats. */
-static void sort_sample(float *sample, size_t ns, float *tmp) {
-    /* LSD radix sort of the bit patterns: magnitudes are >= 0, so patterns
-     * order as values; three passes of 11 bits */
-    uint32_t *a = (uint32_t *)(void *)sample, *b = (uint32_t *)(void *)tmp;
-    for (int pass = 0; pass < 3; pass++) {
-        int sh = 11 * pass;
-        size_t cnt[2048] = {0};
-        for (size_t i = 0; i < ns; i++) cnt[(a[i] >> sh) & 2047]++;
-        for (size_t d = 0, at = 0; d < 2048; d++) {
-            size_t t = cnt[d];
-            cnt[d] = at;
-            at += t;
-        }
-        for (size_t i = 0; i < ns; i++) b[cnt[(a[i] >> sh) & 2047]++] = a[i];
-        uint32_t *t = a;
-        a = b;
-        b = t;
-    }
-    /* three passes: the sorted keys are in tmp */
-    memcpy(sample, a, ns * sizeof *a);
-}
-
 /* The sample positions of the band around rank `rank` of n: [*lo, *hi],
  * below 0 meaning from zero and ns or more meaning to infinity. The sample
  * quantile of rank r/n has standard deviation sqrt(ns q (1-q)) sample
@@ -118,35 +95,80 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
     return c->hist && c->eq;
 }
 
+/* The digits of a magnitude's bit pattern (below 2^31: it orders as the
+ * value) that select_rank goes by, most significant first. */
+#define SEL_HI 20   /* bits 30-20: the first digit (2048 values) */
+#define SEL_MID 9   /* bits 19-9: the second (2048) */
+#define SEL_LOW 512 /* bits 8-0: the last */
+
+/* The digit d of n counts that holds rank *r (< the total): *r becomes the
+ * rank inside it. */
+static uint32_t digit_of(const uint32_t *cnt, uint32_t n, size_t *r) {
+    uint32_t d = 0;
+    for (; d + 1 < n && cnt[d] <= *r; d++) *r -= cnt[d];
+    return d;
+}
+
+/* The patterns v of u[0..n) with (v >> sh) & mask == d into w, in order;
+ * returns how many. w may be u (each store lands on what was read). */
+static size_t pick_digit(const uint32_t *u, size_t n, int sh, uint32_t mask, uint32_t d, uint32_t *w) {
+    size_t i = 0, m = 0;
+#if RC_AVX512
+    const __m512i vd = _mm512_set1_epi32((int32_t)d), vm = _mm512_set1_epi32((int32_t)mask);
+    for (; i + 16 <= n; i += 16) { /* m <= i: the 16 stored lanes end by u + i + 16 */
+        __m512i v = _mm512_loadu_si512((const void *)(u + i));
+        __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_srli_epi32(v, (unsigned)sh), vm), vd);
+        _mm512_storeu_si512((void *)(w + m), _mm512_maskz_compress_epi32(k, v));
+        m += (size_t)__builtin_popcount((unsigned)k);
+    }
+#endif
+    for (; i < n; i++) { /* branch-free compaction */
+        uint32_t v = u[i];
+        w[m] = v;
+        m += ((v >> sh) & mask) == d;
+    }
+    return m;
+}
+
+/* The pattern of rank r among the patterns u[0..ns) whose first digit is
+ * d1, r counted among those: they are picked out into w (ns entries), and
+ * each digit after that narrows them to those that share it. */
+static uint32_t select_in_digit(const uint32_t *u, size_t ns, uint32_t d1, size_t r, uint32_t *w) {
+    size_t m = pick_digit(u, ns, SEL_HI, 2047, d1, w);
+    uint32_t cnt[2048] = {0};
+    for (size_t i = 0; i < m; i++) cnt[(w[i] >> SEL_MID) & 2047]++;
+    uint32_t d2 = digit_of(cnt, 2048, &r);
+    m = pick_digit(w, m, SEL_MID, 2047, d2, w);
+    uint32_t c3[SEL_LOW] = {0};
+    for (size_t i = 0; i < m; i++) c3[w[i] & (SEL_LOW - 1)]++;
+    uint32_t d3 = digit_of(c3, SEL_LOW, &r);
+    return d1 << SEL_HI | d2 << SEL_MID | d3;
+}
+
 /* The values of ascending ranks r[0..nr) (each < ns) of the magnitudes
- * a[0..ns) into out: a histogram of the top 11 bits of the patterns finds
- * the few buckets that hold them, and only those are sorted. tmp holds
- * 2 ns floats. */
+ * a[0..ns) into out, by radix selection on the bit patterns: a histogram
+ * of the first digit (in four interleaved copies: magnitudes crowd into a
+ * few digits, and one copy would make each count wait for the last store
+ * to the same cell) finds each rank's digit, and only the patterns with
+ * that digit are looked at for the next two. tmp holds ns floats. */
 static void sample_select(const float *a, size_t ns, const size_t *r, int nr, float *out, float *tmp) {
     const uint32_t *u = (const uint32_t *)(const void *)a;
-    size_t cnt[2048] = {0}, rmin = r[0], rmax = r[0];
-    for (int j = 1; j < nr; j++) rmin = r[j] < rmin ? r[j] : rmin, rmax = r[j] > rmax ? r[j] : rmax;
-    for (size_t i = 0; i < ns; i++) cnt[u[i] >> 20]++; /* patterns of magnitudes are below 2^31 */
-    uint32_t bmin = 0, bmax = 0;
-    size_t at = 0, below = 0;
-    bool found = false;
-    for (uint32_t d = 0; d < 2048; d++) {
-        if (!found && at + cnt[d] > rmin) bmin = d, below = at, found = true;
-        if (at + cnt[d] > rmax) {
-            bmax = d;
-            break;
-        }
-        at += cnt[d];
+    uint32_t cnt[4][2048];
+    memset(cnt, 0, sizeof cnt);
+    size_t i = 0;
+    for (; i + 4 <= ns; i += 4) {
+        cnt[0][u[i] >> SEL_HI]++;
+        cnt[1][u[i + 1] >> SEL_HI]++;
+        cnt[2][u[i + 2] >> SEL_HI]++;
+        cnt[3][u[i + 3] >> SEL_HI]++;
     }
-    uint32_t *t = (uint32_t *)(void *)tmp;
-    size_t m = 0;
-    for (size_t i = 0; i < ns; i++) { /* branch-free compaction of buckets [bmin, bmax] */
-        uint32_t b = u[i] >> 20;
-        t[m] = u[i];
-        m += (b >= bmin) & (b <= bmax);
+    for (; i < ns; i++) cnt[0][u[i] >> SEL_HI]++;
+    for (size_t d = 0; d < 2048; d++) cnt[0][d] += cnt[1][d] + cnt[2][d] + cnt[3][d];
+    for (int j = 0; j < nr; j++) {
+        size_t rr = r[j];
+        uint32_t d1 = digit_of(cnt[0], 2048, &rr);
+        out[j] = fvalue(select_in_digit(u, ns, d1, rr, (uint32_t *)(void *)tmp));
     }
-    sort_sample(tmp, m, tmp + ns);
-    for (int j = 0; j < nr; j++) out[j] = tmp[r[j] - below];
 }
 
 bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp) {
