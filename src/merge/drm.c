@@ -383,4 +383,4 @@ static int drm_merge(const merge_call *call, float *out, alloy_err *err) {
     return rc;
 }
 
-const merge_method merge_drm = {"drm", BASE_REQUIRED, 1, 0, drm_params, P_COUNT, drm_merge, false};
+const merge_method merge_drm = {"drm", BASE_REQUIRED, 1, 0, drm_params, P_COUNT, drm_merge, false, false};

@@ -261,6 +261,105 @@ static size_t pack_checked(const float *out, alloy_dtype dt, void *packed, size_
 /* Every output tensor in order: copied, merged by a streaming method
  * straight into the file (sink.h), or merged into f32 and packed into one of
  * two buffers while the other is being written (st_async). */
+/* What the tensors of a dense merge share: the plan and options, the
+ * writer and its queue, the prefetcher, and the progress so far. */
+typedef struct dense_run {
+    const merge_plan *p;
+    const alloy_merge_options *opt;
+    st_writer *w;
+    st_async *aw;
+    merge_prefetch *pf;
+    uint64_t total, done_bytes;
+    int ndone;
+} dense_run;
+
+/* Tensor i is written: the prefetcher may drop its inputs, and the
+ * progress goes on (from either lane: one at a time). */
+static void dense_done(dense_run *r, int i, int rc) {
+    const plan_tensor *pt = &r->p->tensors[i];
+    merge_prefetch_done(r->pf, r->p, NULL, i);
+#pragma omp critical(alloy_merge_progress)
+    {
+        r->ndone++;
+        r->done_bytes += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
+        if (!rc && r->opt->progress)
+            r->opt->progress(r->opt->progress_user, r->ndone, r->p->ntensors, r->done_bytes, r->total);
+    }
+}
+
+/* Tensor i of a streaming method on `threads` threads, its results
+ * through sink s, with work wk; a copied tensor straight from the input
+ * mapping, which is dropped right after. */
+static int dense_stream(dense_run *r, int i, work *wk, merge_sink *s, int threads, alloy_err *err) {
+    const plan_tensor *pt = &r->p->tensors[i];
+    merge_prefetch_ready(r->pf, r->p, NULL, i);
+    int rc;
+    if (!pt->merge) {
+        rc = st_async_wait(r->aw, err);
+        if (!rc) rc = st_writer_put(r->w, i, pt->copy.t->data, err);
+    } else {
+        merge_sink_begin(s, r->w, i, pt->out_dtype);
+        rc = merge_tensor(r->p, pt, wk, r->opt, threads, s, err);
+        if (!rc) rc = merge_sink_end(s, err);
+    }
+    dense_done(r, i, rc);
+    return rc;
+}
+
+/* An output tensor of at least this many bytes (4 x the direct writer's
+ * ring) is made faster than the disk takes it: a 0.5B model's embedding,
+ * 272 MB of bf16, comes out of a ties merge pass at about 2 GB/s on two
+ * cores, and the pass then waits on a disk that writes 1.1 GB/s, while the
+ * disk stood idle during the first pass. Such a tensor merges on half the
+ * threads, and the tensors after it on the other half meanwhile (their
+ * first passes write nothing): the disk gets both lanes' output, spread. */
+#define LANE_BYTES ((uint64_t)128 << 20)
+
+/* LANE_BYTES, or ALLOY_LANE_BYTES from the environment (bytes; 0: never
+ * two lanes): for tests on small checkpoints, and for trying on a disk
+ * of another speed. */
+static uint64_t lane_bytes(void) {
+    const char *e = getenv("ALLOY_LANE_BYTES");
+    if (!e || !*e) return LANE_BYTES;
+    char *end;
+    unsigned long long v = strtoull(e, &end, 10);
+    return *end ? LANE_BYTES : v ? (uint64_t)v : UINT64_MAX;
+}
+
+static bool lane_big(const merge_plan *p, int i, uint64_t big) {
+    const plan_tensor *pt = &p->tensors[i];
+    return pt->merge && (uint64_t)pt->numel * dtype_size(pt->out_dtype) >= big;
+}
+
+/* Big tensor i on lane A (threads / 2) while lane B (the rest) takes the
+ * tensors after it, one by one, until A is done or the next is big too;
+ * *next is the first tensor B did not take. The results do not depend on
+ * the lanes: every method's output is the same on any number of threads. */
+static int two_lanes(dense_run *r, int i, int threads, uint64_t big, work *wa, merge_sink *sa, work *wb,
+                     merge_sink *sb, int *next, alloy_err *err) {
+    int ta = threads / 2, tb = threads - ta, rc_a = 0, rc_b = 0, a_done = 0, j = i + 1;
+    alloy_err eb = {0};
+    int levels = omp_get_max_active_levels();
+    if (ta > 1 || tb > 1) omp_set_max_active_levels(levels > 2 ? levels : 2);
+#pragma omp parallel num_threads(2)
+    {
+        if (omp_get_thread_num() == 0) {
+            rc_a = dense_stream(r, i, wa, sa, ta, err);
+            __atomic_store_n(&a_done, 1, __ATOMIC_RELEASE);
+        } else {
+            while (!rc_b && !__atomic_load_n(&a_done, __ATOMIC_ACQUIRE) && j < r->p->ntensors && !lane_big(r->p, j, big)) {
+                rc_b = dense_stream(r, j, wb, sb, tb, &eb);
+                j++;
+            }
+        }
+    }
+    omp_set_max_active_levels(levels);
+    *next = j;
+    if (rc_a) return rc_a;
+    if (rc_b) *err = eb;
+    return rc_b;
+}
+
 static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
                       alloy_err *err) {
     st_spec *specs = calloc((size_t)p->ntensors, sizeof *specs);
@@ -279,18 +378,36 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
         free(specs);
         return -1;
     }
-    work wk;
+    work wk, wk2; /* wk2: the second lane's, made when first needed */
+    bool have_wk2 = false;
     int rc = work_init(&wk, p, err);
     st_writer *w = rc ? NULL : st_writer_open(tmp, specs, p->ntensors, opt->out_shard_bytes, err);
     st_async *aw = w ? st_async_start(w, err) : NULL;
     bool streams = p->method->streams;
-    merge_sink *sink = streams && aw ? merge_sink_new(threads) : NULL;
+    merge_sink *sink = streams && aw ? merge_sink_new(threads) : NULL, *sink2 = NULL;
     if (!aw || (streams && !sink)) rc = rc ? rc : alloy_fail(err, "out of memory");
-    uint64_t done_bytes = 0;
     int cur = 0; /* the packed buffer not being written */
     merge_prefetch *pf = rc ? NULL : merge_prefetch_start(p, NULL, p->ntensors);
-    for (int i = 0; i < p->ntensors && !rc; i++) {
+    dense_run run = {.p = p, .opt = opt, .w = w, .aw = aw, .pf = pf, .total = total};
+    uint64_t big = lane_bytes();
+    for (int i = 0; i < p->ntensors && !rc;) {
         const plan_tensor *pt = &p->tensors[i];
+        if (streams) {
+            if (p->method->first_pass && threads >= 2 && i + 1 < p->ntensors && lane_big(p, i, big) &&
+                !lane_big(p, i + 1, big)) {
+                if (!have_wk2) {
+                    rc = work_init(&wk2, p, err);
+                    have_wk2 = !rc;
+                    sink2 = rc ? NULL : merge_sink_new(threads - threads / 2);
+                    if (!rc && !sink2) rc = alloy_fail(err, "out of memory");
+                }
+                if (!rc) rc = two_lanes(&run, i, threads, big, &wk, sink, &wk2, sink2, &i, err);
+            } else {
+                rc = dense_stream(&run, i, &wk, sink, threads, err);
+                i++;
+            }
+            continue;
+        }
         merge_prefetch_ready(pf, p, NULL, i);
         size_t n = (size_t)pt->numel;
         if (!pt->merge) {
@@ -298,25 +415,18 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
             rc = st_async_wait(aw, err);
             if (!rc) rc = st_writer_put(w, i, pt->copy.t->data, err);
         } else {
-            if (streams) {
-                merge_sink_begin(sink, w, i, pt->out_dtype);
-                rc = merge_tensor(p, pt, &wk, opt, threads, sink, err);
-                if (!rc) rc = merge_sink_end(sink, err);
-            } else {
-                if (!wk.packed[cur] && !(wk.packed[cur] = mem_big_alloc(sizeof(float) * wk.maxn)))
-                    rc = alloy_fail(err, "out of memory");
-                if (!rc) rc = merge_tensor(p, pt, &wk, opt, threads, NULL, err);
-                size_t bad = rc ? n : pack_checked(wk.out, pt->out_dtype, wk.packed[cur], n, threads);
-                if (bad < n)
-                    rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
-                                    pt->name, p->method->name, bad);
-                if (!rc) rc = st_async_put(aw, i, wk.packed[cur], err);
-                cur ^= 1;
-            }
+            if (!wk.packed[cur] && !(wk.packed[cur] = mem_big_alloc(sizeof(float) * wk.maxn)))
+                rc = alloy_fail(err, "out of memory");
+            if (!rc) rc = merge_tensor(p, pt, &wk, opt, threads, NULL, err);
+            size_t bad = rc ? n : pack_checked(wk.out, pt->out_dtype, wk.packed[cur], n, threads);
+            if (bad < n)
+                rc = alloy_fail(err, "tensor '%s': the %s merge produced a non-finite value at element %zu",
+                                pt->name, p->method->name, bad);
+            if (!rc) rc = st_async_put(aw, i, wk.packed[cur], err);
+            cur ^= 1;
         }
-        merge_prefetch_done(pf, p, NULL, i);
-        done_bytes += (uint64_t)pt->numel * dtype_size(pt->out_dtype);
-        if (!rc && opt->progress) opt->progress(opt->progress_user, i + 1, p->ntensors, done_bytes, total);
+        dense_done(&run, i, rc);
+        i++;
     }
     merge_prefetch_stop(pf);
     if (aw) {
@@ -333,7 +443,9 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     if (w) st_writer_abort(w);
     if (rc) fs_remove_tree(tmp, NULL);
     merge_sink_free(sink);
+    merge_sink_free(sink2);
     work_free(&wk);
+    if (have_wk2) work_free(&wk2);
     free(specs);
     free(tmp);
     return rc;

@@ -67,4 +67,4 @@ static int knots_merge(const merge_call *call, float *out, alloy_err *err) {
     return rc;
 }
 
-const merge_method merge_knots = {"knots", BASE_REQUIRED, 1, 0, knots_params, P_COUNT, knots_merge, false};
+const merge_method merge_knots = {"knots", BASE_REQUIRED, 1, 0, knots_params, P_COUNT, knots_merge, false, false};

@@ -92,4 +92,4 @@ static const merge_param_def linear_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_linear = {"linear", BASE_NONE, 1, 0, linear_params, 2, linear_merge, true};
+const merge_method merge_linear = {"linear", BASE_NONE, 1, 0, linear_params, 2, linear_merge, true, false};

@@ -88,6 +88,11 @@ typedef struct merge_method {
      * MERGE_NONFINITE_INPUT when it meets one. Otherwise the executor
      * converts every input to f32 first. */
     bool streams;
+    /* The method reads its inputs once before any result comes (rank
+     * cuts, norms, rescale sums): a streaming merge then runs a large
+     * tensor beside the next ones (exec.c), so that the disk is not idle
+     * in that pass and the bottleneck in the next. */
+    bool first_pass;
 } merge_method;
 
 /* Input i (or the base, i = -1) of a call as a source, whether the caller

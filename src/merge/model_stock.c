@@ -194,4 +194,5 @@ static const merge_param_def model_stock_params[] = {
     {"filter_wise", false, false, 0, 0, 1},
 };
 
-const merge_method merge_model_stock = {"model_stock", BASE_REQUIRED, 2, 0, model_stock_params, 1, model_stock_merge, true};
+const merge_method merge_model_stock = {"model_stock", BASE_REQUIRED, 2, 0, model_stock_params,
+                                        1, model_stock_merge, true, true};

@@ -36,4 +36,4 @@ static const merge_param_def nearswap_params[] = {
     {"t", false, true, 0, 0, INFINITY},
 };
 
-const merge_method merge_nearswap = {"nearswap", BASE_REQUIRED, 1, 1, nearswap_params, 1, nearswap_merge, true};
+const merge_method merge_nearswap = {"nearswap", BASE_REQUIRED, 1, 1, nearswap_params, 1, nearswap_merge, true, false};

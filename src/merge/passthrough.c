@@ -29,4 +29,5 @@ static const merge_param_def passthrough_params[] = {
     {"scale", true, false, 1, -INFINITY, INFINITY},
 };
 
-const merge_method merge_passthrough = {"passthrough", BASE_NONE, 1, 1, passthrough_params, 1, passthrough_merge, true};
+const merge_method merge_passthrough = {"passthrough", BASE_NONE, 1, 1, passthrough_params,
+                                        1, passthrough_merge, true, false};

@@ -44,7 +44,9 @@ struct merge_prefetch {
     int want;            /* map tensors [0, want) before anything else */
     int cur;             /* the last tensor asked for: tensors after it are mapped ahead */
     int mapped;          /* tensors [0, mapped) are mapped */
-    int drop, dropped;   /* drop tensors [dropped, drop) */
+    uint8_t *done;       /* per tensor: 1 done and still mapped, 2 dropped (in any order) */
+    uint64_t pending;    /* input bytes of the tensors done and still mapped */
+    int *js;             /* the tensors of the drop being planned */
     span *sp;            /* the drop under way: its ranges [isp, nsp), joined */
     int nsp, isp;
     bool stop;
@@ -85,19 +87,19 @@ static int span_cmp(const void *x, const void *y) {
  * otherwise waits behind. */
 #define DROP_SLICE ((uintptr_t)32 << 20)
 
-/* The ranges of the inputs of tensors [j0, j1), sorted, those that touch
- * or overlap joined, page aligned, into pf->sp (a range between two
+/* The ranges of the inputs of the tensors js[0..nj), sorted, those that
+ * touch or overlap joined, page aligned, into pf->sp (a range between two
  * files' mappings is never joined: the mappings are not adjacent unless
  * their pages are, and madvise takes adjacent mappings in one call). False
  * when out of memory. */
-static bool drop_plan(merge_prefetch *pf, int j0, int j1) {
+static bool drop_plan(merge_prefetch *pf, const int *js, int nj) {
     int cap = 0;
-    for (int j = j0; j < j1; j++) cap += ninputs(nth(pf->p, pf->order, j));
+    for (int q = 0; q < nj; q++) cap += ninputs(nth(pf->p, pf->order, js[q]));
     span *sp = malloc((size_t)(cap ? cap : 1) * sizeof *sp);
     if (!sp) return false;
     int n = 0;
-    for (int j = j0; j < j1; j++) {
-        const plan_tensor *pt = nth(pf->p, pf->order, j);
+    for (int q = 0; q < nj; q++) {
+        const plan_tensor *pt = nth(pf->p, pf->order, js[q]);
         for (int i = 0; i < ninputs(pt); i++) {
             const st_tensor *t = input(pt, i);
             sp[n++] = (span){(uintptr_t)t->data, (uintptr_t)t->data + t->nbytes};
@@ -129,13 +131,6 @@ static void drop_slice(merge_prefetch *pf) {
     }
 }
 
-/* The input bytes of the done tensors not yet dropped (under pf->mu). */
-static uint64_t pending_bytes(const merge_prefetch *pf) {
-    uint64_t b = 0;
-    for (int j = pf->dropped; j < pf->drop; j++) b += input_bytes(nth(pf->p, pf->order, j));
-    return b;
-}
-
 /* The input bytes of the tensors mapped ahead of pf->cur (under pf->mu). */
 static uint64_t ahead_bytes(const merge_prefetch *pf) {
     uint64_t b = 0;
@@ -151,7 +146,8 @@ static void *prefetch_main(void *arg) {
     pthread_mutex_lock(&pf->mu);
     for (;;) {
         bool ahead = !pf->stop && pf->mapped < pf->n && ahead_bytes(pf) < AHEAD_BYTES;
-        if (pf->mapped < pf->want || (ahead && !pf->sp && !(pf->dropped < pf->drop && pending_bytes(pf) >= DROP_BATCH))) {
+        bool batch = pf->pending > 0 && (pf->stop || pf->pending >= DROP_BATCH);
+        if (pf->mapped < pf->want || (ahead && !pf->sp && !batch)) {
             int j = pf->mapped;
             pthread_mutex_unlock(&pf->mu);
             merge_advise_tensor(nth(pf->p, pf->order, j), MADV_POPULATE_READ);
@@ -162,12 +158,14 @@ static void *prefetch_main(void *arg) {
             pthread_mutex_unlock(&pf->mu);
             drop_slice(pf);
             pthread_mutex_lock(&pf->mu);
-        } else if (pf->dropped < pf->drop && (pf->stop || pending_bytes(pf) >= DROP_BATCH)) {
-            int j0 = pf->dropped, j1 = pf->drop;
-            pf->dropped = j1;
+        } else if (batch) { /* every done tensor still mapped, marked dropped now */
+            int nj = 0;
+            for (int j = 0; j < pf->n; j++)
+                if (pf->done[j] == 1) pf->done[j] = 2, pf->js[nj++] = j;
+            pf->pending = 0;
             pthread_mutex_unlock(&pf->mu);
-            if (!drop_plan(pf, j0, j1)) /* no memory for the plan: a call per input */
-                for (int j = j0; j < j1; j++) merge_advise_tensor(nth(pf->p, pf->order, j), MADV_DONTNEED);
+            if (!drop_plan(pf, pf->js, nj)) /* no memory for the plan: a call per input */
+                for (int q = 0; q < nj; q++) merge_advise_tensor(nth(pf->p, pf->order, pf->js[q]), MADV_DONTNEED);
             pthread_mutex_lock(&pf->mu);
         } else if (pf->stop) {
             break;
@@ -183,11 +181,21 @@ merge_prefetch *merge_prefetch_start(const merge_plan *p, const int *order, int 
     merge_prefetch *pf = calloc(1, sizeof *pf);
     if (!pf) return NULL;
     *pf = (merge_prefetch){.p = p, .order = order, .n = n, .want = n > 0 ? 1 : 0, .cur = -1};
+    pf->done = calloc((size_t)(n > 0 ? n : 1), 1);
+    pf->js = malloc((size_t)(n > 0 ? n : 1) * sizeof *pf->js);
+    if (!pf->done || !pf->js) {
+        free(pf->done);
+        free(pf->js);
+        free(pf);
+        return NULL;
+    }
     pthread_mutex_init(&pf->mu, NULL);
     pthread_cond_init(&pf->cv, NULL);
     if (pthread_create(&pf->th, NULL, prefetch_main, pf)) {
         pthread_mutex_destroy(&pf->mu);
         pthread_cond_destroy(&pf->cv);
+        free(pf->done);
+        free(pf->js);
         free(pf);
         return NULL;
     }
@@ -214,7 +222,10 @@ void merge_prefetch_done(merge_prefetch *pf, const merge_plan *p, const int *ord
         return;
     }
     pthread_mutex_lock(&pf->mu);
-    if (pf->drop < j + 1) pf->drop = j + 1;
+    if (!pf->done[j]) {
+        pf->done[j] = 1;
+        pf->pending += input_bytes(nth(p, order, j));
+    }
     pthread_cond_broadcast(&pf->cv);
     pthread_mutex_unlock(&pf->mu);
 }
@@ -229,5 +240,7 @@ void merge_prefetch_stop(merge_prefetch *pf) {
     pthread_join(pf->th, NULL);
     pthread_mutex_destroy(&pf->mu);
     pthread_cond_destroy(&pf->cv);
+    free(pf->done);
+    free(pf->js);
     free(pf);
 }

@@ -28,7 +28,8 @@ typedef struct merge_prefetch merge_prefetch;
 merge_prefetch *merge_prefetch_start(const merge_plan *p, const int *order, int n);
 /* Returns once the j-th tensor's pages are mapped; asks for the next one's. */
 void merge_prefetch_ready(merge_prefetch *pf, const merge_plan *p, const int *order, int j);
-/* The j-th tensor is done: its pages may go. */
+/* The j-th tensor is done: its pages may go (tensors may be done in any
+ * order: each goes with the first batch after it is done). */
 void merge_prefetch_done(merge_prefetch *pf, const merge_plan *p, const int *order, int j);
 /* Drops what is left and joins the thread. */
 void merge_prefetch_stop(merge_prefetch *pf);

@@ -393,4 +393,4 @@ static const merge_param_def sce_params[] = {
     {"select_topk", false, false, 1, 0, 1},
 };
 
-const merge_method merge_sce = {"sce", BASE_REQUIRED, 1, 0, sce_params, 2, sce_merge, true};
+const merge_method merge_sce = {"sce", BASE_REQUIRED, 1, 0, sce_params, 2, sce_merge, true, true};

@@ -143,7 +143,7 @@ static const merge_param_def slerp_params[] = {
     {"t", false, true, 0, 0, 1},
 };
 
-const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge, true};
+const merge_method merge_slerp = {"slerp", BASE_REQUIRED, 1, 1, slerp_params, 1, slerp_merge, true, true};
 
 /* ---- nuslerp ---- */
 
@@ -344,4 +344,4 @@ static const merge_param_def nuslerp_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge, true};
+const merge_method merge_nuslerp = {"nuslerp", BASE_OPTIONAL, 2, 2, nuslerp_params, 3, nuslerp_merge, true, true};

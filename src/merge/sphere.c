@@ -223,7 +223,8 @@ static const merge_param_def multislerp_params[] = {
     {"weight", true, true, 0, -INFINITY, INFINITY},
 };
 
-const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multislerp_params, 3, multislerp_merge, true};
+const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multislerp_params,
+                                       3, multislerp_merge, true, true};
 
 /* ---- karcher ---- */
 
@@ -425,4 +426,4 @@ static const merge_param_def karcher_params[] = {
     {"tol", false, false, 1e-5, 0, INFINITY},
 };
 
-const merge_method merge_karcher = {"karcher", BASE_NONE, 1, 0, karcher_params, 2, karcher_merge, true};
+const merge_method merge_karcher = {"karcher", BASE_NONE, 1, 0, karcher_params, 2, karcher_merge, true, true};

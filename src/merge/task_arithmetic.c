@@ -883,15 +883,18 @@ GTA_METHOD(della_linear_merge, "della_linear", false, SPARSIFY_DELLA)
 
 #define NP(t) ((int)(sizeof t / sizeof t[0]))
 
-const merge_method merge_task_arithmetic = {"task_arithmetic", BASE_REQUIRED, 1, 0, ta_params, NP(ta_params), ta_merge, true};
-const merge_method merge_ties = {"ties", BASE_REQUIRED, 1, 0, ties_params, NP(ties_params), ties_merge, true};
+const merge_method merge_task_arithmetic = {"task_arithmetic", BASE_REQUIRED, 1, 0, ta_params,
+                                            NP(ta_params), ta_merge, true, false};
+const merge_method merge_ties = {"ties", BASE_REQUIRED, 1, 0, ties_params, NP(ties_params), ties_merge, true, true};
 const merge_method merge_dare_ties = {"dare_ties", BASE_REQUIRED, 1, 0, dare_params, NP(dare_params),
-                                      dare_ties_merge, true};
+                                      dare_ties_merge, true, true};
 const merge_method merge_dare_linear = {"dare_linear", BASE_REQUIRED, 1, 0, dare_params, NP(dare_params),
-                                        dare_linear_merge, true};
-const merge_method merge_breadcrumbs = {"breadcrumbs", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params), bc_merge, true};
+                                        dare_linear_merge, true, true};
+const merge_method merge_breadcrumbs = {"breadcrumbs", BASE_REQUIRED, 1, 0, bc_params,
+                                        NP(bc_params), bc_merge, true, true};
 const merge_method merge_breadcrumbs_ties = {"breadcrumbs_ties", BASE_REQUIRED, 1, 0, bc_params, NP(bc_params),
-                                             bc_ties_merge, true};
-const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params, NP(della_params), della_merge, true};
+                                             bc_ties_merge, true, true};
+const merge_method merge_della = {"della", BASE_REQUIRED, 1, 0, della_params,
+                                  NP(della_params), della_merge, true, true};
 const merge_method merge_della_linear = {"della_linear", BASE_REQUIRED, 1, 0, della_lin_params,
-                                         NP(della_lin_params), della_linear_merge, true};
+                                         NP(della_lin_params), della_linear_merge, true, true};

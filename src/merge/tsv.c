@@ -98,4 +98,4 @@ static int tsv_merge(const merge_call *call, float *out, alloy_err *err) {
     return rc;
 }
 
-const merge_method merge_tsv = {"tsv", BASE_REQUIRED, 1, 0, tsv_params, P_COUNT, tsv_merge, false};
+const merge_method merge_tsv = {"tsv", BASE_REQUIRED, 1, 0, tsv_params, P_COUNT, tsv_merge, false, false};

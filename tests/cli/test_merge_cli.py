@@ -53,6 +53,21 @@ def model(name, seed, layers=3, dtype=torch.float32, tied=False, mutate=None):
     return d
 
 
+def bf16_family(name, seed, shape):
+    """A bf16 base and two fine-tunes of it (small deltas) in TMP/name-{0,1,2}; the dirs and the
+    base's f32 tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    t0 = qwen_tensors(gen, **shape)
+    dirs = []
+    for i in range(3):
+        t = {k: (v if i == 0 else v + 0.002 * torch.randn(v.shape, generator=gen)).to(torch.bfloat16)
+             for k, v in t0.items()}
+        d = os.path.join(TMP, "%s-%d" % (name, i))
+        st.save_dir(t, d, config(dtype="bfloat16", **shape))
+        dirs.append(d)
+    return dirs, t0
+
+
 def recipe(name, text):
     p = os.path.join(TMP, name + ".yml")
     with open(p, "w") as f:
@@ -224,16 +239,8 @@ dtype: float32
     #    f32 checkpoints, and bf16 ones (which take the fused AVX-512 kernels where the CPU has them).
     #    The bf16 ones are a base and two fine-tunes of it, with matrices large enough (64k elements)
     #    for the streaming rank cuts.
-    gen = torch.Generator().manual_seed(40)
     shape = dict(hidden=128, inter=512, vocab=512, layers=2)
-    t0 = qwen_tensors(gen, **shape)
-    b16 = []
-    for i in range(3):
-        t = {k: (v if i == 0 else v + 0.002 * torch.randn(v.shape, generator=gen)).to(torch.bfloat16)
-             for k, v in t0.items()}
-        d = os.path.join(TMP, "bf16-%d" % i)
-        st.save_dir(t, d, config(dtype="bfloat16", **shape))
-        b16.append(d)
+    b16, t0 = bf16_family("bf16", 40, shape)
     for tag, (mb, ma, mbb) in (("f32", (base, a, b)), ("bf16", b16)):
         r = recipe("dare-" + tag, "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: "
                    "{weight: 0.5, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.5, density: 0.4}\n"
@@ -285,6 +292,31 @@ dtype: float32
             outs.append(os.path.join(o, "model.safetensors") if pr.returncode == 0 else None)
         ok = all(outs) and filecmp.cmp(outs[0], outs[1], shallow=False)
         record("%s: bf16 base with f32 models == the base widened to f32" % meth, ok)
+
+    # 7b. Two lanes: a tensor of at least ALLOY_LANE_BYTES of output merges on half the threads
+    #     while the tensors after it merge on the others (exec.c); the output is the same bytes
+    #     as without (ALLOY_LANE_BYTES=0), on 2 threads (1 + 1) and on 3 (1 + 2, nested teams).
+    #     Here the embedding and the head (4096 x 128 bf16, 1 MiB each) are the large ones.
+    lanes, _ = bf16_family("lanes", 41, dict(hidden=128, inter=512, vocab=4096, layers=3))
+    big = 4096 * 128 * 2
+    for meth in ("ties", "dare_ties", "slerp"):
+        if meth == "slerp":
+            body = "merge_method: slerp\nbase_model: %s\nmodels:\n  - model: %s\nparameters: {t: 0.3}\n" \
+                   % (lanes[0], lanes[1])
+        else:
+            body = "merge_method: %s\nbase_model: %s\nmodels:\n  - model: %s\n    parameters: " \
+                   "{weight: 0.6, density: 0.5}\n  - model: %s\n    parameters: {weight: 0.4, density: 0.3}\n" \
+                   % (meth, lanes[0], lanes[1], lanes[2])
+        r = recipe("lanes-" + meth, body)
+        outs, errs = [], ""
+        for tag, lb, th in (("one", "0", 2), ("two", str(big), 2), ("three", str(big), 3)):
+            o = os.path.join(TMP, "out-lanes-%s-%s" % (meth, tag))
+            pr = subprocess.run([ALLOY, "merge", r, o, "--seed", "5", "--threads", str(th)], capture_output=True,
+                                text=True, env=dict(os.environ, ALLOY_LANE_BYTES=lb))
+            errs += pr.stderr if pr.returncode else ""
+            outs.append(os.path.join(o, "model.safetensors") if pr.returncode == 0 else None)
+        ok = all(outs) and filecmp.cmp(outs[0], outs[1], shallow=False) and filecmp.cmp(outs[0], outs[2], shallow=False)
+        record("%s: two lanes, the same bytes as one" % meth, ok, errs.strip())
 
     # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.
     gen = torch.Generator().manual_seed(11)

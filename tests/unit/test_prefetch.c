@@ -4,7 +4,9 @@
  * of inputs are done (eight tensors: seven are not dropped), are then
  * dropped as one batch, and whatever is left goes at the stop; the tensors
  * after the one asked for are mapped ahead up to 64 MiB of inputs, and no
- * further; a drop longer than a slice (two tensors of 48 MiB) goes whole.
+ * further; a drop longer than a slice (two tensors of 48 MiB) goes whole;
+ * tensors done out of order (the executor's two lanes) are dropped as
+ * they are done, not when those before them are.
  * Mapped means present in /proc/self/pagemap. */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -146,12 +148,18 @@ static void two_files_close(two_files *f) {
     unlink(f->px);
 }
 
+/* Two files of NT tensors of TBYTES, and a prefetcher on them. */
+static merge_prefetch *start_on(two_files *f) {
+    two_files_open(f, NT, TBYTES);
+    merge_prefetch *pf = merge_prefetch_start(&f->p, NULL, NT);
+    assert_non_null(pf);
+    return pf;
+}
+
 static void test_ahead(void **state) {
     (void)state;
     two_files f;
-    two_files_open(&f, NT, TBYTES);
-    merge_prefetch *pf = merge_prefetch_start(&f.p, NULL, NT);
-    assert_non_null(pf);
+    merge_prefetch *pf = start_on(&f);
     size_t pages = TBYTES / (size_t)sysconf(_SC_PAGESIZE);
     for (int j = 0; j < 2; j++) {
         merge_prefetch_ready(pf, &f.p, NULL, j);
@@ -197,11 +205,38 @@ static void test_long_drop(void **state) {
     two_files_close(&f);
 }
 
+static void test_out_of_order(void **state) {
+    (void)state;
+    two_files f;
+    merge_prefetch *pf = start_on(&f);
+    size_t pages = TBYTES / (size_t)sysconf(_SC_PAGESIZE);
+    merge_prefetch_ready(pf, &f.p, NULL, 0); /* 0 stays in work (the other lane) */
+    for (int j = 1; j <= 8; j++) {
+        merge_prefetch_ready(pf, &f.p, NULL, j);
+        assert_int_equal(present(f.tx[j].data, TBYTES), pages);
+        merge_prefetch_done(pf, &f.p, NULL, j);
+        if (j == 7) { /* 56 MiB done: kept */
+            sleep_ms(100);
+            assert_int_equal(present(f.tb[1].data, TBYTES), pages);
+        }
+    }
+    /* 1-8 done (64 MiB): dropped while 0 is not done, and 0 kept */
+    assert_int_equal(wait_present(f.tb[1].data, 8 * TBYTES, false), 0);
+    assert_int_equal(wait_present(f.tx[1].data, 8 * TBYTES, false), 0);
+    assert_int_equal(present(f.tb[0].data, TBYTES), pages);
+    assert_int_equal(present(f.tx[0].data, TBYTES), pages);
+    merge_prefetch_done(pf, &f.p, NULL, 0);
+    merge_prefetch_stop(pf); /* 0 at the stop */
+    assert_int_equal(present(f.tb[0].data, TBYTES) + present(f.tx[0].data, TBYTES), 0);
+    two_files_close(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_ahead),
         cmocka_unit_test(test_long_drop),
+        cmocka_unit_test(test_out_of_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
