@@ -178,9 +178,14 @@ static void *prefetch_main(void *arg) {
 }
 
 merge_prefetch *merge_prefetch_start(const merge_plan *p, const int *order, int n) {
+    return merge_prefetch_start_from(p, order, n, 0);
+}
+
+merge_prefetch *merge_prefetch_start_from(const merge_plan *p, const int *order, int n, int own) {
     merge_prefetch *pf = calloc(1, sizeof *pf);
     if (!pf) return NULL;
-    *pf = (merge_prefetch){.p = p, .order = order, .n = n, .want = n > 0 ? 1 : 0, .cur = -1};
+    own = own < 0 ? 0 : own > n ? n : own;
+    *pf = (merge_prefetch){.p = p, .order = order, .n = n, .want = n > own ? own + 1 : own, .cur = -1, .mapped = own};
     pf->done = calloc((size_t)(n > 0 ? n : 1), 1);
     pf->js = malloc((size_t)(n > 0 ? n : 1) * sizeof *pf->js);
     if (!pf->done || !pf->js) {

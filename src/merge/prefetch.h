@@ -26,6 +26,11 @@ typedef struct merge_prefetch merge_prefetch;
 /* For tensors[order[0..n)] of p (order NULL: 0..n-1); NULL when no thread
  * could be started (then every call below works in line). */
 merge_prefetch *merge_prefetch_start(const merge_plan *p, const int *order, int n);
+/* The same, but the first `own` tensors are the caller's to map (they
+ * count as mapped, and are dropped as the others once done): the helper
+ * starts at tensor own, so that a lane can begin on it while another maps
+ * a large first tensor itself. */
+merge_prefetch *merge_prefetch_start_from(const merge_plan *p, const int *order, int n, int own);
 /* Returns once the j-th tensor's pages are mapped; asks for the next one's. */
 void merge_prefetch_ready(merge_prefetch *pf, const merge_plan *p, const int *order, int j);
 /* The j-th tensor is done: its pages may go (tensors may be done in any

@@ -6,7 +6,8 @@
  * after the one asked for are mapped ahead up to 64 MiB of inputs, and no
  * further; a drop longer than a slice (two tensors of 48 MiB) goes whole;
  * tensors done out of order (the executor's two lanes) are dropped as
- * they are done, not when those before them are.
+ * they are done, not when those before them are; tensors the caller maps
+ * itself (merge_prefetch_start_from) are never mapped by the helper.
  * Mapped means present in /proc/self/pagemap. */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -231,12 +232,35 @@ static void test_out_of_order(void **state) {
     two_files_close(&f);
 }
 
+static void test_own(void **state) {
+    (void)state;
+    two_files f;
+    two_files_open(&f, NT, TBYTES);
+    merge_prefetch *pf = merge_prefetch_start_from(&f.p, NULL, NT, 1);
+    assert_non_null(pf);
+    size_t pages = TBYTES / (size_t)sysconf(_SC_PAGESIZE);
+    merge_prefetch_ready(pf, &f.p, NULL, 1); /* the other lane's: mapped by the helper */
+    assert_int_equal(present(f.tb[1].data, TBYTES), pages);
+    assert_int_equal(present(f.tx[1].data, TBYTES), pages);
+    merge_prefetch_ready(pf, &f.p, NULL, 0); /* the caller's: at once, and not by the helper */
+    sleep_ms(100);
+    assert_int_equal(present(f.tb[0].data, TBYTES) + present(f.tx[0].data, TBYTES), 0);
+    merge_advise_tensor(&f.pt[0], MADV_POPULATE_READ);
+    assert_int_equal(present(f.tx[0].data, TBYTES), pages);
+    merge_prefetch_done(pf, &f.p, NULL, 1);
+    merge_prefetch_done(pf, &f.p, NULL, 0);
+    merge_prefetch_stop(pf); /* both done: both dropped */
+    assert_int_equal(present(f.mb, 2 * TBYTES) + present(f.mx, 2 * TBYTES), 0);
+    two_files_close(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_ahead),
         cmocka_unit_test(test_long_drop),
         cmocka_unit_test(test_out_of_order),
+        cmocka_unit_test(test_own),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
