@@ -258,9 +258,6 @@ static size_t pack_checked(const float *out, alloy_dtype dt, void *packed, size_
 }
 
 
-/* Every output tensor in order: copied, merged by a streaming method
- * straight into the file (sink.h), or merged into f32 and packed into one of
- * two buffers while the other is being written (st_async). */
 /* What the tensors of a dense merge share: the plan and options, the
  * writer and its queue, the prefetcher, and the progress so far. */
 typedef struct dense_run {
@@ -355,7 +352,8 @@ static int two_lanes(dense_run *r, int i, int threads, uint64_t big, work *wa, m
             rc_a = dense_stream(r, i, wa, sa, ta, err);
             __atomic_store_n(&a_done, 1, __ATOMIC_RELEASE);
         } else {
-            while (!rc_b && !__atomic_load_n(&a_done, __ATOMIC_ACQUIRE) && j < r->p->ntensors && !lane_big(r->p, j, big)) {
+            while (!rc_b && !__atomic_load_n(&a_done, __ATOMIC_ACQUIRE) && j < r->p->ntensors &&
+                   !lane_big(r->p, j, big)) {
                 rc_b = dense_stream(r, j, wb, sb, tb, &eb);
                 j++;
             }
@@ -368,6 +366,10 @@ static int two_lanes(dense_run *r, int i, int threads, uint64_t big, work *wa, m
     return rc_b;
 }
 
+/* Every output tensor: copied, merged by a streaming method straight into
+ * the file (sink.h; a large one on a lane of its own beside the next ones),
+ * or merged into f32 and packed into one of two buffers while the other is
+ * being written (st_async). */
 static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merge_options *opt, int threads,
                       alloy_err *err) {
     st_spec *specs = calloc((size_t)p->ntensors, sizeof *specs);

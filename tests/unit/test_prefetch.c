@@ -137,7 +137,8 @@ static void two_files_open(two_files *f, int nt, size_t tbytes) {
         f->tb[j] = (st_tensor){.nbytes = tbytes, .data = f->mb + (size_t)j * tbytes};
         f->tx[j] = (st_tensor){.nbytes = tbytes, .data = f->mx + (size_t)j * tbytes};
         f->in[j] = (plan_input){.t = &f->tx[j]};
-        f->pt[j] = (plan_tensor){.merge = true, .has_base = true, .base = {.t = &f->tb[j]}, .k = 1, .inputs = &f->in[j]};
+        f->pt[j] = (plan_tensor){
+            .merge = true, .has_base = true, .base = {.t = &f->tb[j]}, .k = 1, .inputs = &f->in[j]};
     }
     f->p = (merge_plan){.ntensors = nt, .tensors = f->pt};
 }
