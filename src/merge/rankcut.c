@@ -96,7 +96,7 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
 }
 
 /* The digits of a magnitude's bit pattern (below 2^31: it orders as the
- * value) that select_rank goes by, most significant first. */
+ * value) that sample_select goes by, most significant first. */
 #define SEL_HI 20   /* bits 30-20: the first digit (2048 values) */
 #define SEL_MID 9   /* bits 19-9: the second (2048) */
 #define SEL_LOW 512 /* bits 8-0: the last */
