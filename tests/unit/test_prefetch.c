@@ -7,7 +7,8 @@
  * further; a drop longer than a slice (two tensors of 48 MiB) goes whole;
  * tensors done out of order (the executor's two lanes) are dropped as
  * they are done, not when those before them are; tensors the caller maps
- * itself (merge_prefetch_start_from) are never mapped by the helper.
+ * itself (merge_prefetch_start_from) are never mapped by the helper; a
+ * drop ends on a multiple of 2 MiB, the rest kept for the next.
  * Mapped means present in /proc/self/pagemap. */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -45,14 +46,24 @@ static size_t present(const void *p, size_t len) {
     return n;
 }
 
-/* A file of nt tensors of tbytes each, mapped (its pages not yet touched). */
+#define HUGE ((size_t)2 << 20)
+
+/* A file of nt tensors of tbytes each, mapped at a multiple of 2 MiB, as
+ * the kernel places a large file's mapping (its pages not yet touched). */
 static char *map_file_of(char *path, int nt, size_t tbytes) {
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)((size_t)nt * tbytes)), 0);
-    char *m = mmap(NULL, (size_t)nt * tbytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    size_t len = (size_t)nt * tbytes;
+    assert_int_equal(ftruncate(fd, (off_t)len), 0);
+    char *room = mmap(NULL, len + HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(room != MAP_FAILED);
+    char *at = (char *)(((uintptr_t)room + HUGE - 1) & ~(uintptr_t)(HUGE - 1));
+    char *m = mmap(at, len, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
     close(fd);
-    assert_true(m != MAP_FAILED);
+    assert_true(m == at);
+    if (at > room) munmap(room, (size_t)(at - room));
+    size_t tail = (size_t)(room + len + HUGE - (at + len));
+    if (tail) munmap(at + len, tail);
     return m;
 }
 
@@ -207,6 +218,32 @@ static void test_long_drop(void **state) {
     two_files_close(&f);
 }
 
+static void test_huge_ends(void **state) {
+    (void)state;
+    const size_t tb = (size_t)3 << 20; /* 3 MiB tensors: every other one ends inside a 2 MiB page */
+    two_files f;
+    two_files_open(&f, NT, tb);
+    merge_prefetch *pf = merge_prefetch_start(&f.p, NULL, NT);
+    assert_non_null(pf);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int j = 0; j <= 10; j++) {
+        merge_prefetch_ready(pf, &f.p, NULL, j);
+        merge_prefetch_done(pf, &f.p, NULL, j);
+    }
+    /* 11 done, 66 MiB: a batch, dropped up to 32 MiB; the last 1 MiB of
+     * tensor 10 waits, and the 2 MiB page that holds it stays whole */
+    assert_int_equal(wait_present(f.mb, (size_t)32 << 20, false), 0);
+    assert_int_equal(wait_present(f.mx, (size_t)32 << 20, false), 0);
+    sleep_ms(100);
+    assert_int_equal(present(f.mb + ((size_t)32 << 20), (size_t)1 << 20), ((size_t)1 << 20) / page);
+    assert_int_equal(present(f.mx + ((size_t)32 << 20), (size_t)1 << 20), ((size_t)1 << 20) / page);
+    merge_prefetch_ready(pf, &f.p, NULL, 11);
+    merge_prefetch_done(pf, &f.p, NULL, 11);
+    merge_prefetch_stop(pf); /* the rest, the part left included */
+    assert_int_equal(present(f.mb, NT * tb) + present(f.mx, NT * tb), 0);
+    two_files_close(&f);
+}
+
 static void test_out_of_order(void **state) {
     (void)state;
     two_files f;
@@ -260,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_ahead),
         cmocka_unit_test(test_long_drop),
+        cmocka_unit_test(test_huge_ends),
         cmocka_unit_test(test_out_of_order),
         cmocka_unit_test(test_own),
     };
