@@ -75,7 +75,7 @@ static void band_positions(size_t n, size_t rank, size_t ns, double *lo, double 
     *lo = centre - margin, *hi = centre + margin;
 }
 
-/* Cut c over the band [blo, bhi]. */
+/* Cut c over the band [blo, bhi]: no chunk has kept anything yet. */
 static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float blo, float bhi) {
     memset(c, 0, sizeof *c);
     c->n = n;
@@ -83,16 +83,10 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
     c->idx_desc = idx_desc;
     c->blo = blo;
     c->bhi = bhi;
-    /* buckets over the positive bit patterns strictly inside (blo, bhi) */
-    c->lo_bits = fbits(c->blo) + 1;
-    uint32_t span = fbits(c->bhi) - c->lo_bits;
-    while ((span >> c->shift) >= RC_BUCKETS) c->shift++;
+    c->one = blo == bhi && blo > 0.0f;
     c->nchunks = rank_cut_nchunks(n);
-    c->hist = malloc(c->nchunks * RC_BUCKETS * sizeof *c->hist);
-    c->eq = calloc(c->nchunks * 2, sizeof *c->eq);
-    for (size_t b = 0; c->hist && b < c->nchunks * RC_BUCKETS; b++)
-        c->hist[b] = (rc_cell){.count = 0, .lo = UINT32_MAX, .nlo = 0, .hi = 0, .nhi = 0};
-    return c->hist && c->eq;
+    c->ch = calloc(c->nchunks ? c->nchunks : 1, sizeof *c->ch);
+    return c->ch != NULL;
 }
 
 /* The digits of a magnitude's bit pattern (below 2^31: it orders as the
@@ -130,11 +124,10 @@ static size_t pick_digit(const uint32_t *u, size_t n, int sh, uint32_t mask, uin
     return m;
 }
 
-/* The pattern of rank r among the patterns u[0..ns) whose first digit is
- * d1, r counted among those: they are picked out into w (ns entries), and
- * each digit after that narrows them to those that share it. */
-static uint32_t select_in_digit(const uint32_t *u, size_t ns, uint32_t d1, size_t r, uint32_t *w) {
-    size_t m = pick_digit(u, ns, SEL_HI, 2047, d1, w);
+/* The pattern of rank r among the m patterns w[0..m) that share first
+ * digit d1 (reordered): each digit after that narrows them to those that
+ * share it. */
+static uint32_t select_rest(uint32_t *w, size_t m, uint32_t d1, size_t r) {
     uint32_t cnt[2048] = {0};
     for (size_t i = 0; i < m; i++) cnt[(w[i] >> SEL_MID) & 2047]++;
     uint32_t d2 = digit_of(cnt, 2048, &r);
@@ -145,24 +138,35 @@ static uint32_t select_in_digit(const uint32_t *u, size_t ns, uint32_t d1, size_
     return d1 << SEL_HI | d2 << SEL_MID | d3;
 }
 
-/* The values of ascending ranks r[0..nr) (each < ns) of the magnitudes
- * a[0..ns) into out, by radix selection on the bit patterns: a histogram
- * of the first digit (in four interleaved copies: magnitudes crowd into a
- * few digits, and one copy would make each count wait for the last store
- * to the same cell) finds each rank's digit, and only the patterns with
- * that digit are looked at for the next two. tmp holds ns floats. */
-static void sample_select(const float *a, size_t ns, const size_t *r, int nr, float *out, float *tmp) {
-    const uint32_t *u = (const uint32_t *)(const void *)a;
-    uint32_t cnt[4][2048];
-    memset(cnt, 0, sizeof cnt);
+/* The pattern of rank r among the patterns u[0..ns) whose first digit is
+ * d1, r counted among those: they are picked out into w (ns entries). */
+static uint32_t select_in_digit(const uint32_t *u, size_t ns, uint32_t d1, size_t r, uint32_t *w) {
+    return select_rest(w, pick_digit(u, ns, SEL_HI, 2047, d1, w), d1, r);
+}
+
+/* The first digits of u[0..n) counted into cnt[0..2048): four interleaved
+ * copies (magnitudes crowd into a few digits, and one copy would make each
+ * count wait for the last store to the same cell), added up at the end. */
+static void count_first_digits(const uint32_t *u, size_t n, uint32_t (*cnt)[2048]) {
     size_t i = 0;
-    for (; i + 4 <= ns; i += 4) {
+    for (; i + 4 <= n; i += 4) {
         cnt[0][u[i] >> SEL_HI]++;
         cnt[1][u[i + 1] >> SEL_HI]++;
         cnt[2][u[i + 2] >> SEL_HI]++;
         cnt[3][u[i + 3] >> SEL_HI]++;
     }
-    for (; i < ns; i++) cnt[0][u[i] >> SEL_HI]++;
+    for (; i < n; i++) cnt[0][u[i] >> SEL_HI]++;
+}
+
+/* The values of ascending ranks r[0..nr) (each < ns) of the magnitudes
+ * a[0..ns) into out, by radix selection on the bit patterns: a histogram
+ * of the first digit finds each rank's digit, and only the patterns with
+ * that digit are looked at for the next two. tmp holds ns floats. */
+static void sample_select(const float *a, size_t ns, const size_t *r, int nr, float *out, float *tmp) {
+    const uint32_t *u = (const uint32_t *)(const void *)a;
+    uint32_t cnt[4][2048];
+    memset(cnt, 0, sizeof cnt);
+    count_first_digits(u, ns, cnt);
     for (size_t d = 0; d < 2048; d++) cnt[0][d] += cnt[1][d] + cnt[2][d] + cnt[3][d];
     for (int j = 0; j < nr; j++) {
         size_t rr = r[j];
@@ -184,93 +188,87 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
 }
 
 void rank_cut_free(rank_cut *c) {
-    free(c->hist);
-    free(c->eq);
-    c->hist = NULL;
-    c->eq = NULL;
+    for (size_t i = 0; c->ch && i < c->nchunks; i++) {
+        free(c->ch[i].v);
+        free(c->ch[i].pc);
+    }
+    free(c->ch);
+    c->ch = NULL;
 }
 
+/* ---- the pass: counts, and the magnitudes inside the band kept ---- */
+
 #if !RC_AVX2 && !RC_AVX512
-/* The magnitudes of a[0..m) strictly inside (blo, bhi), in order, into out;
+/* The nonzero magnitudes of a[0..m) inside [blo, bhi], in order, into out;
  * returns how many. */
 static size_t band_inside(const float *a, size_t m, float blo, float bhi, float *out) {
-    size_t cnt = 0, j = 0;
-    for (; j < m; j++) { /* branch-free compaction */
+    size_t cnt = 0;
+    for (size_t j = 0; j < m; j++) { /* branch-free compaction */
         out[cnt] = a[j];
-        cnt += (a[j] > blo) & (a[j] < bhi);
+        cnt += (a[j] > 0.0f) & (a[j] >= blo) & (a[j] <= bhi);
     }
     return cnt;
 }
 #endif
 
 /* Counts of one block of magnitudes, as bit patterns u (>= 0: they order
- * as the values): zero u (only where rank_cut_scan's count needs them),
- * u < lo, u == lo, u == hi. */
+ * as the values): zero u, and u < lo (the zeros among them when lo > 0). */
 typedef struct scan_counts {
-    uint32_t zero, lt, eqlo, eqhi;
+    uint32_t zero, lt;
 } scan_counts;
 
 #if RC_AVX512
-/* 16 magnitudes as bit patterns u: the counts of scan_counts but the zeros
- * into the lane counters, and which of them lie strictly inside (lo, hi).
- * (The zeros are u == lo when lo = 0 and among u < lo otherwise: the
- * rank needs no count of its own, only sce's kk does.) */
-static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *clt, __m512i *cel, __m512i *ceh) {
+/* 16 magnitudes as bit patterns u: the zeros and those below lo counted
+ * into lane counters; returns the nonzero ones inside [lo, hi]. */
+static inline __mmask16 scan16(__m512i u, __m512i vlo, __m512i vhi, __m512i *cz, __m512i *clt) {
     const __m512i one = _mm512_set1_epi32(1);
-    __mmask16 below = _mm512_cmplt_epi32_mask(u, vlo), atlo = _mm512_cmpeq_epi32_mask(u, vlo);
+    __mmask16 nz = _mm512_test_epi32_mask(u, u), below = _mm512_cmplt_epu32_mask(u, vlo);
+    *cz = _mm512_mask_add_epi32(*cz, (__mmask16)~nz, *cz, one);
     *clt = _mm512_mask_add_epi32(*clt, below, *clt, one);
-    *cel = _mm512_mask_add_epi32(*cel, atlo, *cel, one);
-    *ceh = _mm512_mask_add_epi32(*ceh, _mm512_cmpeq_epi32_mask(u, vhi), *ceh, one);
-    return _mm512_mask_cmplt_epi32_mask((__mmask16)~(below | atlo), u, vhi);
+    return _mm512_mask_cmple_epu32_mask(nz & (__mmask16)~below, u, vhi);
 }
-
 #endif
 
-/* Counts over a[0..len) (len <= RC_BLOCK) and the magnitudes strictly
- * inside (lo, hi) in order into in; returns how many. One pass: on
- * AVX-512 16 at a time with mask compares and a compress; on AVX2 8 at a
- * time (4 compares, the inside mask kept as bits, the few inside picked out
- * of them afterwards); otherwise the counts vectorise and band_inside
+/* Counts over a[0..len) (len <= RC_BLOCK) and the nonzero magnitudes
+ * inside [lo, hi] in order into in (room for len + 16); returns how many.
+ * One pass: on AVX-512 16 at a time with mask compares and a compress; on
+ * AVX2 8 at a time (the inside mask kept as bits, the few inside picked
+ * out of them afterwards); otherwise the counts vectorise and band_inside
  * compacts. */
 static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, scan_counts *sc, float *in) {
     size_t j = 0, cnt = 0;
-    uint32_t z = 0, lt = 0, el = 0, eh = 0;
+    uint32_t z = 0, lt = 0;
 #if RC_AVX512
-    /* 16 at a time: the compares go to mask registers, the counts to vector
-     * lanes (masked adds of 1), the inside compacted in a register and
-     * stored whole (in + cnt + 16 <= in + j + 16 <= in + len: cnt <= j) */
+    /* the inside compacted in a register and stored whole (in + cnt + 16
+     * <= in + j + 16 <= in + len: cnt <= j) */
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    __m512i cz = _mm512_setzero_si512(), clt = cz, cel = cz, ceh = cz;
+    __m512i cz = _mm512_setzero_si512(), clt = cz;
     for (; j + 16 <= len; j += 16) {
         __m512i u = _mm512_loadu_si512((const void *)(a + j));
-        cz = _mm512_mask_add_epi32(cz, _mm512_testn_epi32_mask(u, u), cz, _mm512_set1_epi32(1));
-        __mmask16 inside = scan16(u, vlo, vhi, &clt, &cel, &ceh);
+        __mmask16 inside = scan16(u, vlo, vhi, &cz, &clt);
         _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(inside, u));
         cnt += (size_t)__builtin_popcount((unsigned)inside);
     }
     z = (uint32_t)_mm512_reduce_add_epi32(cz), lt = (uint32_t)_mm512_reduce_add_epi32(clt);
-    el = (uint32_t)_mm512_reduce_add_epi32(cel), eh = (uint32_t)_mm512_reduce_add_epi32(ceh);
 #elif RC_AVX2
     /* magnitudes are below 2^31 as patterns: signed compares order them */
     __m256i vlo = _mm256_set1_epi32((int32_t)lo), vhi = _mm256_set1_epi32((int32_t)hi), zero = _mm256_setzero_si256();
-    __m256i cz = zero, clt = zero, cel = zero, ceh = zero;
-    /* which elements lie inside (lo, hi), a bit each: the band holds a few
-     * percent of them, so picking them out of these words afterwards is
-     * cheaper than compacting every vector */
+    __m256i cz = zero, clt = zero;
+    /* which elements lie inside, a bit each: the band holds a few percent
+     * of them, so picking them out of these words afterwards is cheaper
+     * than compacting every vector */
     uint64_t word[RC_BLOCK / 64];
     size_t nw = 0;
     while (j + 8 <= len) { /* 64 elements (or what is left in eights) per word, in a register */
         uint64_t w = 0;
         for (int sh = 0; sh < 64 && j + 8 <= len; sh += 8, j += 8) {
             __m256i u = _mm256_loadu_si256((const __m256i *)(const void *)(a + j));
-            __m256i below = _mm256_cmpgt_epi32(vlo, u), atlo = _mm256_cmpeq_epi32(u, vlo);
-            cz = _mm256_sub_epi32(cz, _mm256_cmpeq_epi32(u, zero));
+            __m256i isz = _mm256_cmpeq_epi32(u, zero), below = _mm256_cmpgt_epi32(vlo, u);
+            cz = _mm256_sub_epi32(cz, isz);
             clt = _mm256_sub_epi32(clt, below);
-            cel = _mm256_sub_epi32(cel, atlo);
-            ceh = _mm256_sub_epi32(ceh, _mm256_cmpeq_epi32(u, vhi));
-            /* inside: neither below nor at lo, and below hi */
-            __m256i inside = _mm256_andnot_si256(_mm256_or_si256(below, atlo), _mm256_cmpgt_epi32(vhi, u));
-            w |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside)) << sh;
+            /* outside: zero, below lo or above hi */
+            __m256i out = _mm256_or_si256(_mm256_or_si256(isz, below), _mm256_cmpgt_epi32(u, vhi));
+            w |= (uint64_t)(~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(out)) & 0xffu) << sh;
         }
         word[nw++] = w;
     }
@@ -281,18 +279,12 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
     for (int l = 0; l < 8; l++) z += lane[l];
     _mm256_storeu_si256((__m256i *)(void *)lane, clt);
     for (int l = 0; l < 8; l++) lt += lane[l];
-    _mm256_storeu_si256((__m256i *)(void *)lane, cel);
-    for (int l = 0; l < 8; l++) el += lane[l];
-    _mm256_storeu_si256((__m256i *)(void *)lane, ceh);
-    for (int l = 0; l < 8; l++) eh += lane[l];
 #else
-#pragma omp simd reduction(+ : z, lt, el, eh)
+#pragma omp simd reduction(+ : z, lt)
     for (size_t t = 0; t < len; t++) {
         uint32_t u = fbits(a[t]);
         z += u == 0;
         lt += u < lo;
-        el += u == lo;
-        eh += u == hi;
     }
     cnt = band_inside(a, len, fvalue(lo), fvalue(hi), in);
     j = len;
@@ -301,121 +293,113 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
         uint32_t u = fbits(a[j]);
         z += u == 0;
         lt += u < lo;
-        el += u == lo;
-        eh += u == hi;
         in[cnt] = a[j];
-        cnt += (u > lo) & (u < hi);
+        cnt += (u != 0) & (u >= lo) & (u <= hi);
     }
-    sc->zero = z, sc->lt = lt, sc->eqlo = el, sc->eqhi = eh;
+    sc->zero = z, sc->lt = lt;
     return cnt;
 }
 
-/* What one block's scan adds to chunk `row` of c and to the running counts:
- * the counts of sc over len magnitudes, and the cnt magnitudes strictly
- * inside the band, in[0..cnt), into their cells. */
-typedef struct scan_tally {
-    size_t below, zeros, eqlo, eqhi, npos;
-} scan_tally;
-
-static void tally_block(const rank_cut *c, rc_cell *row, const scan_counts *sc, size_t len, const float *in, size_t cnt,
-                        scan_tally *tl) {
-    uint32_t lo_bits = c->lo_bits;
-    int shift = c->shift;
-    bool two = c->bhi > c->blo, lo_pos = fbits(c->blo) > 0;
-    /* zeros rank apart: below a band above zero with the positive
-     * magnitudes under blo; a band from blo = 0 has none below it, and its
-     * zeros are those at blo */
-    tl->npos += len - sc->zero;
-    tl->below += lo_pos ? sc->lt : 0;
-    tl->zeros += lo_pos ? 0 : sc->eqlo;
-    tl->eqlo += lo_pos ? sc->eqlo : 0;
-    tl->eqhi += two ? sc->eqhi : 0;
-    /* strictly inside the band: few, when magnitudes tie in large groups;
-     * cells start at lo = UINT32_MAX, hi = 0, so updates need no branch */
-    for (size_t t = 0; t < cnt; t++) {
-        uint32_t u = fbits(in[t]);
-        rc_cell *cl = &row[(u - lo_bits) >> shift];
-        uint32_t l = cl->lo, h = cl->hi;
-        cl->count++;
-        cl->nlo = u < l ? 1 : cl->nlo + (u == l);
-        cl->lo = u < l ? u : l;
-        cl->nhi = u > h ? 1 : cl->nhi + (u == h);
-        cl->hi = u > h ? u : h;
+/* Where chunk `chunk` keeps the magnitudes of its next piece, len
+ * elements (room for len + 32: the vector stores go past what they keep),
+ * the piece recorded; spare when the chunk is over (it then keeps nothing
+ * more) or the band is one value (only counted). The piece starts where
+ * the last one ended. */
+#define KEEP_SLACK 48
+static float *piece_begin(rank_cut *c, size_t chunk, size_t len, float *spare) {
+    rc_chunk *h = &c->ch[chunk];
+    if (h->over) return spare;
+    size_t lo, hi;
+    rank_cut_chunk(c->n, chunk, &lo, &hi);
+    if (h->npc == h->pccap) {
+        size_t cap = h->pccap ? 2 * h->pccap : 64;
+        rc_piece *pc = realloc(h->pc, cap * sizeof *pc);
+        if (!pc) return h->over = true, spare;
+        h->pc = pc, h->pccap = cap;
     }
+    size_t need = h->nv + len + KEEP_SLACK;
+    if (!c->one && need > h->cap) {
+        /* more than half the chunk: the band is too wide to be of use */
+        if (h->nv > (hi - lo) / 2) return h->over = true, spare;
+        size_t cap = h->cap ? 2 * h->cap : 4096;
+        while (cap < need) cap *= 2;
+        float *v = realloc(h->v, cap * sizeof *v);
+        if (!v) return h->over = true, spare;
+        h->v = v, h->cap = cap;
+    }
+    size_t e0 = h->npc ? h->pc[h->npc - 1].e0 + h->pc[h->npc - 1].len : lo;
+    h->pc[h->npc] = (rc_piece){.e0 = e0, .len = (uint32_t)len, .v0 = (uint32_t)h->nv};
+    return c->one ? spare : h->v + h->nv;
 }
 
-static size_t tally_done(rank_cut *c, cut_acc *acc, size_t chunk, const scan_tally *tl) {
-    acc->below += tl->below;
-    acc->zeros += tl->zeros;
-    c->eq[chunk * 2] += tl->eqlo;
-    c->eq[chunk * 2 + 1] += tl->eqhi;
-    return tl->npos;
+/* The piece that piece_begin recorded (unless the chunk is over) kept cnt
+ * magnitudes. */
+static void piece_end(rank_cut *c, size_t chunk, size_t cnt) {
+    rc_chunk *h = &c->ch[chunk];
+    if (h->over) return;
+    h->npc++;
+    h->nv += cnt;
+}
+
+/* The counts of one block into the running ones: those below a band above
+ * zero (the zeros with them), and the zeros apart where the band starts at
+ * zero. */
+static void count_block(bool lo_pos, const scan_counts *sc, size_t *below, size_t *zeros) {
+    *below += lo_pos ? sc->lt : 0;
+    *zeros += lo_pos ? 0 : sc->zero;
 }
 
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
-    rc_cell *row = c->hist + chunk * RC_BUCKETS;
-    scan_tally tl = {0, 0, 0, 0, 0};
-    float in[RC_BLOCK];
+    size_t npos = 0, below = 0, zeros = 0;
+    float spare[RC_BLOCK + KEEP_SLACK]; /* for a chunk that keeps nothing */
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
+        float *in = piece_begin(c, chunk, len, spare);
         scan_counts sc;
         size_t cnt = scan_block(a + j0, len, blo, bhi, &sc, in);
-        tally_block(c, row, &sc, len, in, cnt, &tl);
+        piece_end(c, chunk, cnt);
+        npos += len - sc.zero;
+        count_block(blo > 0, &sc, &below, &zeros);
     }
-    return tally_done(c, acc, chunk, &tl);
+    acc->below += below;
+    acc->zeros += zeros;
+    return npos;
 }
 
 #if RC_AVX512BW
-/* 16 magnitudes u (bit patterns): those below lo and those up to hi
- * counted in the packed lane counter c (bits 0-15 and 16-31: a lane counts
- * at most 64 per block of RC_BLOCK); returns the nonzero ones inside [lo,
- * hi]. Two compares where scan16 has four: the ends of the band are told
- * apart afterwards, among the few that lie inside it (band_split). */
-static inline __mmask16 band16(__m512i u, __m512i vlo, __m512i vhi, __m512i *c) {
-    __mmask16 below = _mm512_cmplt_epu32_mask(u, vlo), upto = _mm512_cmple_epu32_mask(u, vhi);
-    *c = _mm512_mask_add_epi32(*c, below, *c, _mm512_set1_epi32(1));
-    *c = _mm512_mask_add_epi32(*c, upto, *c, _mm512_set1_epi32(1 << 16));
-    return _mm512_mask_test_epi32_mask(_kandn_mask16(below, upto), u, u);
+/* 16 magnitudes u (bit patterns) where the band starts at zero: those up to
+ * hi counted in lane counter c; returns the nonzero ones of them. */
+static inline __mmask16 band16_zero(__m512i u, __m512i vhi, __m512i *c) {
+    __mmask16 upto = _mm512_cmple_epu32_mask(u, vhi);
+    *c = _mm512_mask_add_epi32(*c, upto, *c, _mm512_set1_epi32(1));
+    return _mm512_mask_test_epi32_mask(upto, u, u);
 }
 
-/* The cnt nonzero magnitudes inside [lo, hi] in in: those equal to lo and
- * to hi counted into *nlo, *nhi, and those strictly inside compacted in
- * place; returns how many of those. */
-static size_t band_split(float *in, size_t cnt, uint32_t lo, uint32_t hi, uint32_t *nlo, uint32_t *nhi) {
-    const __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
-    size_t w = 0;
-    uint32_t el = 0, eh = 0;
-    for (size_t r = 0; r < cnt; r += 16) { /* w <= r: the store covers only what was read */
-        __mmask16 tm = cnt - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cnt - r)) - 1u);
-        __m512i u = _mm512_maskz_loadu_epi32(tm, in + r);
-        __mmask16 eql = _mm512_mask_cmpeq_epi32_mask(tm, u, vlo), eqh = _mm512_mask_cmpeq_epi32_mask(tm, u, vhi);
-        __mmask16 inside = tm & (__mmask16) ~(eql | eqh);
-        _mm512_mask_storeu_epi32(in + w, (__mmask16)((1u << __builtin_popcount((unsigned)inside)) - 1u),
-                                 _mm512_maskz_compress_epi32(inside, u));
-        w += (size_t)__builtin_popcount((unsigned)inside);
-        el += (uint32_t)__builtin_popcount((unsigned)eql);
-        eh += (uint32_t)__builtin_popcount((unsigned)eqh);
-    }
-    *nlo = el, *nhi = eh;
-    return w;
+/* The same where lo > 0: the zeros lie below lo, so the inside [lo, hi] is
+ * what is neither below lo nor above hi; those below lo are counted in c. */
+static inline __mmask16 band16_pos(__m512i u, __m512i vlo, __m512i vhi, __m512i *c) {
+    __mmask16 below = _mm512_cmplt_epu32_mask(u, vlo);
+    *c = _mm512_mask_add_epi32(*c, below, *c, _mm512_set1_epi32(1));
+    return _mm512_mask_cmple_epu32_mask((__mmask16)~below, u, vhi);
 }
 
 /* scan_block of the magnitudes |x - base| of bf16 inputs, made in
  * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
  * low one shifted up and the high one masked are both exact f32 (the even
- * and the odd elements: the counts and the cells do not care about order).
- * The few nonzero ones inside the band [lo, hi] are compacted into in as
- * they are found, every vector, without a branch (picking them out of mask
- * words afterwards cost a mispredicted branch on about every other word);
- * band_split then tells the ends from the inside, and the zeros at lo = 0
- * are what the counts leave. The tail (under 32) goes through scan_block.
- * *nonfinite is set when an x (or, with check_base, a base value) is NaN
- * or infinite. */
+ * and the odd elements: the counts and what is kept do not care about the
+ * order inside a piece). The nonzero ones inside the band [lo, hi] are
+ * compacted into in as they are found, every vector, without a branch
+ * (picking them out of mask words afterwards cost a mispredicted branch on
+ * about every other word). With lo > 0 (lo_pos) the lane counter counts
+ * those below lo; with lo = 0 it counts those up to hi, and the zeros are
+ * what the kept ones leave of them. The tail (under 32) goes through
+ * scan_block. *nonfinite is set when an x (or, with check_base, a base
+ * value) is NaN or infinite. */
 static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16_t *x, const uint16_t *base,
                                                                     size_t len, uint32_t lo, uint32_t hi,
                                                                     scan_counts *sc, float *in, bool *nonfinite,
-                                                                    bool check_base) {
+                                                                    bool check_base, bool lo_pos) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
     __m512i cb = _mm512_setzero_si512();
     const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
@@ -432,20 +416,23 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
                                   _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
         __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
-        __mmask16 ie = band16(ue, vlo, vhi, &cb), io = band16(uo, vlo, vhi, &cb);
+        __mmask16 ie, io;
+        if (lo_pos) {
+            ie = band16_pos(ue, vlo, vhi, &cb);
+            io = band16_pos(uo, vlo, vhi, &cb);
+        } else {
+            ie = band16_zero(ue, vhi, &cb);
+            io = band16_zero(uo, vhi, &cb);
+        }
         /* in + cnt + ne + 16 <= in + j + 32 <= in + len: cnt <= j, ne <= 16 */
         size_t ne = (size_t)__builtin_popcount((unsigned)ie), no = (size_t)__builtin_popcount((unsigned)io);
         _mm512_storeu_si512((void *)(in + cnt), _mm512_maskz_compress_epi32(ie, ue));
         _mm512_storeu_si512((void *)(in + cnt + ne), _mm512_maskz_compress_epi32(io, uo));
         cnt += ne + no;
     }
-    sc->zero = 0; /* not counted */
-    uint32_t lt = (uint32_t)_mm512_reduce_add_epi32(_mm512_and_si512(cb, _mm512_set1_epi32(0xffff)));
-    uint32_t upto = (uint32_t)_mm512_reduce_add_epi32(_mm512_srli_epi32(cb, 16)), nlo, nhi, nz = (uint32_t)cnt;
-    cnt = band_split(in, cnt, lo, hi, &nlo, &nhi);
-    sc->lt = lt;
-    sc->eqlo = lo ? nlo : upto - lt - nz; /* lo = 0: the zeros, which were not compacted */
-    sc->eqhi = hi > lo ? nhi : sc->eqlo;
+    uint32_t lanes = (uint32_t)_mm512_reduce_add_epi32(cb);
+    sc->lt = lo_pos ? lanes : 0;
+    sc->zero = lo_pos ? 0 : lanes - (uint32_t)cnt; /* counted only where lo = 0 */
     if (j < len) { /* the tail, as f32 magnitudes */
         float mag[32];
         unsigned tbad = 0;
@@ -457,7 +444,7 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
         bad |= tbad != 0;
         scan_counts tc;
         cnt += scan_block(mag, len - j, lo, hi, &tc, in + cnt);
-        sc->lt += tc.lt, sc->eqlo += tc.eqlo, sc->eqhi += tc.eqhi;
+        sc->lt += tc.lt, sc->zero += tc.zero;
     }
     *nonfinite |= bad != 0;
     return cnt;
@@ -467,15 +454,20 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
 void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
                         bool check_base, bool *nonfinite) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
-    rc_cell *row = c->hist + chunk * RC_BUCKETS;
-    scan_tally tl = {0, 0, 0, 0, 0};
-    float in[RC_BLOCK + 16];
+    size_t below = 0, zeros = 0;
+    float spare[RC_BLOCK + KEEP_SLACK]; /* for a chunk that keeps nothing */
     for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
         size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
+        float *in = piece_begin(c, chunk, len, spare);
         scan_counts sc;
 #if RC_AVX512BW
-        size_t cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true)
-                                : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false);
+        size_t cnt;
+        if (blo > 0)
+            cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true, true)
+                             : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false, true);
+        else
+            cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true, false)
+                             : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false, false);
 #else
         float a[RC_BLOCK];
         unsigned bad = 0;
@@ -488,118 +480,222 @@ void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t 
         *nonfinite |= bad != 0;
         size_t cnt = scan_block(a, len, blo, bhi, &sc, in);
 #endif
-        tally_block(c, row, &sc, len, in, cnt, &tl);
+        piece_end(c, chunk, cnt);
+        count_block(blo > 0, &sc, &below, &zeros);
     }
-    tally_done(c, acc, chunk, &tl);
+    acc->below += below;
+    acc->zeros += zeros;
 }
 
-/* The k-th smallest (0-based) of distinct keys a[0..n) (reordered):
- * Hoare's FIND, pivot the median of three. */
-static uint64_t select_u64(uint64_t *a, size_t n, size_t k) {
-    ptrdiff_t l = 0, r = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;
-    while (l < r) {
-        uint64_t x = a[l], y = a[l + (r - l) / 2], z = a[r];
-        uint64_t p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        ptrdiff_t i = l, j = r;
-        do {
-            while (a[i] < p) i++;
-            while (p < a[j]) j--;
-            if (i <= j) {
-                uint64_t t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        } while (i <= j);
-        if (j < kk) l = i;
-        if (kk < i) r = j;
-    }
-    return a[kk];
+/* ---- the cut from what the pass kept ---- */
+
+/* Kept magnitudes crowd into a few values: a bf16 delta is a multiple of
+ * the ulp of the weight it changes, so inside a narrow band most
+ * magnitudes are one of a handful of small multiples of a few ulps (on the
+ * 0.5B benchmark checkpoints the eight commonest values hold ~95 % of what
+ * is kept, the first alone 45-70 %). Histogram cells would make each count
+ * wait for the last store to the same cell; instead the common values are
+ * read off a sample of what was kept, one pass compares every kept
+ * magnitude with them (eight vector compares) counting per chunk, and sets
+ * the rest, the residue, aside for a radix selection. */
+#define HEAVY 8
+#define HEAVY_SAMPLE 256
+#define HEAVY_MIN 4               /* times in the sample (1.6 %) */
+#define HEAVY_NONE UINT32_MAX     /* pads hv: no magnitude (below 2^31 as a pattern) has it */
+
+static int cmp_u32(const void *pa, const void *pb) {
+    uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return (a > b) - (a < b);
 }
 
-/* Elements of chunk ch whose magnitude bits lie in [lo, hi], in index order,
- * as (bits << 32 | index, complemented when idx_desc) into out (stopping
- * after `limit`); *got their number. False on a non-finite input. */
-static bool collect_chunk(const rank_cut *c, size_t ch, uint32_t lo, uint32_t hi, size_t limit, rank_cut_mag_fn f,
-                          const void *ctx, uint64_t *out, size_t *got) {
-    size_t b, e, at = 0;
-    rank_cut_chunk(c->n, ch, &b, &e);
-    float a[RC_BLOCK];
-    uint8_t in[RC_BLOCK];
-    float flo = fvalue(lo), fhi = fvalue(hi);
-    for (size_t b0 = b; b0 < e && at < limit; b0 += RC_BLOCK) {
-        size_t m = e - b0 < RC_BLOCK ? e - b0 : RC_BLOCK;
-        if (f(ctx, b0, m, a)) return false;
-        /* positive floats order as their bit patterns */
-#pragma omp simd
-        for (size_t j = 0; j < m; j++) in[j] = (uint8_t)((a[j] >= flo) & (a[j] <= fhi));
-        for (size_t j = 0; j < m && at < limit; j += 8) {
-            uint64_t word = 0;
-            memcpy(&word, in + j, m - j < 8 ? m - j : 8);
-            while (word && at < limit) {
-                size_t t = j + (size_t)(__builtin_ctzll(word) >> 3);
-                word &= word - 1;
-                uint32_t idx = (uint32_t)(b0 + t);
-                out[at++] = (uint64_t)fbits(a[t]) << 32 | (c->idx_desc ? ~idx : idx);
-            }
+/* The up to HEAVY commonest values of a sample of the kept magnitudes
+ * (HEAVY_SAMPLE of them, evenly spaced over the chunks), each seen at least
+ * HEAVY_MIN times, ascending in hv and padded with HEAVY_NONE; returns how
+ * many. */
+static int heavy_values(const rank_cut *c, size_t kept, uint32_t *hv) {
+    uint32_t smp[HEAVY_SAMPLE];
+    size_t ns = kept < HEAVY_SAMPLE ? kept : HEAVY_SAMPLE, ch = 0, before = 0;
+    for (size_t s = 0; s < ns; s++) {
+        size_t at = s * kept / ns;
+        while (before + c->ch[ch].nv <= at) before += c->ch[ch++].nv;
+        smp[s] = fbits(c->ch[ch].v[at - before]);
+    }
+    qsort(smp, ns, sizeof *smp, cmp_u32);
+    uint32_t val[HEAVY];
+    size_t num[HEAVY];
+    int k = 0;
+    for (size_t s = 0; s < ns;) { /* the runs of equal values, the HEAVY longest kept */
+        size_t e = s;
+        while (e < ns && smp[e] == smp[s]) e++;
+        size_t len = e - s;
+        if (len >= HEAVY_MIN && (k < HEAVY || len > num[k - 1])) {
+            int at = k < HEAVY ? k++ : HEAVY - 1;
+            for (; at > 0 && num[at - 1] < len; at--) val[at] = val[at - 1], num[at] = num[at - 1];
+            val[at] = smp[s], num[at] = len;
         }
+        s = e;
     }
-    *got = at;
-    return true;
+    qsort(val, (size_t)k, sizeof *val, cmp_u32);
+    for (int t = 0; t < HEAVY; t++) hv[t] = t < k ? val[t] : HEAVY_NONE;
+    return k;
 }
 
-/* The index of the k-th (0-based) element of chunk ch whose magnitude has
- * bits u, counting from the chunk's start, or from its end when from_end:
- * whole blocks are counted and skipped, and only the block that holds it is
- * searched. *idx stays untouched when there are fewer (which cannot happen:
- * the pass counted them). False on a non-finite input. */
-static bool find_on_value(const rank_cut *c, size_t ch, uint32_t u, size_t k, bool from_end, rank_cut_mag_fn f,
+/* Kept magnitudes u[0..n) (bit patterns) against the common values hv:
+ * how many equal each into hc[0..HEAVY), the others in order into res
+ * (room for n + 16); returns how many those are. */
+static size_t split_heavy(const uint32_t *u, size_t n, const uint32_t *hv, size_t *hc, uint32_t *res) {
+    size_t i = 0, m = 0;
+    for (int k = 0; k < HEAVY; k++) hc[k] = 0;
+#if RC_AVX512
+    __m512i h[HEAVY], cnt[HEAVY];
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int k = 0; k < HEAVY; k++) h[k] = _mm512_set1_epi32((int32_t)hv[k]), cnt[k] = _mm512_setzero_si512();
+    for (; i + 16 <= n; i += 16) { /* m <= i: the 16 stored lanes end by res + i + 16 */
+        __m512i v = _mm512_loadu_si512((const void *)(u + i));
+        __mmask16 any = 0;
+        for (int k = 0; k < HEAVY; k++) {
+            __mmask16 eq = _mm512_cmpeq_epi32_mask(v, h[k]);
+            cnt[k] = _mm512_mask_add_epi32(cnt[k], eq, cnt[k], one);
+            any |= eq;
+        }
+        _mm512_storeu_si512((void *)(res + m), _mm512_maskz_compress_epi32((__mmask16)~any, v));
+        m += 16 - (size_t)__builtin_popcount((unsigned)any);
+    }
+    for (int k = 0; k < HEAVY; k++) hc[k] = (size_t)(uint32_t)_mm512_reduce_add_epi32(cnt[k]);
+#endif
+    for (; i < n; i++) { /* branch-free */
+        uint32_t v = u[i];
+        bool any = false;
+        for (int k = 0; k < HEAVY; k++) {
+            bool eq = v == hv[k];
+            hc[k] += eq;
+            any |= eq;
+        }
+        res[m] = v;
+        m += !any;
+    }
+    return m;
+}
+
+/* How many of u[0..n) lie below each of hv[0..HEAVY) into lt. */
+static void count_below(const uint32_t *u, size_t n, const uint32_t *hv, size_t *lt) {
+    for (int k = 0; k < HEAVY; k++) {
+        size_t l = 0;
+        uint32_t h = hv[k];
+#pragma omp simd reduction(+ : l)
+        for (size_t i = 0; i < n; i++) l += u[i] < h;
+        lt[k] = l;
+    }
+}
+
+/* The magnitude u of rank r (below their number, kept) among those the
+ * chunks kept, how many of them lie below it (*less), and how many in each
+ * chunk equal it (per[0..nchunks)). False when out of memory. */
+static bool kept_rank(const rank_cut *c, size_t kept, size_t r, uint32_t *u, size_t *less, size_t *per) {
+    size_t nb = c->nchunks;
+    if (c->one) { /* everything kept is blo */
+        *u = fbits(c->blo), *less = 0;
+        for (size_t ch = 0; ch < nb; ch++) per[ch] = c->ch[ch].nv;
+        return true;
+    }
+    uint32_t hv[HEAVY];
+    int nh = heavy_values(c, kept, hv);
+    size_t *hc = malloc(nb * HEAVY * sizeof *hc), *rofs = malloc((nb + 1) * sizeof *rofs);
+    uint32_t *res = malloc((kept + 16) * sizeof *res), *tmp = NULL;
+    bool ok = false;
+    if (!hc || !rofs || !res) goto out;
+    size_t htot[HEAVY] = {0}, nres = 0;
+    for (size_t ch = 0; ch < nb; ch++) {
+        rofs[ch] = nres;
+        nres += split_heavy((const uint32_t *)(const void *)c->ch[ch].v, c->ch[ch].nv, hv, hc + ch * HEAVY, res + nres);
+        for (int k = 0; k < HEAVY; k++) htot[k] += hc[ch * HEAVY + k];
+    }
+    rofs[nb] = nres;
+    /* below common value k: the residue below it and the common values
+     * before it; the rank lands on a common value or inside the residue */
+    size_t ltr[HEAVY], heavy_before = 0;
+    count_below(res, nres, hv, ltr);
+    for (int k = 0; k < nh; k++) {
+        size_t under = ltr[k] + heavy_before;
+        if (r < under) break;
+        if (r < under + htot[k]) {
+            *u = hv[k], *less = under;
+            for (size_t ch = 0; ch < nb; ch++) per[ch] = hc[ch * HEAVY + k];
+            ok = true;
+            goto out;
+        }
+        heavy_before += htot[k];
+    }
+    /* rank r - heavy_before among the residue (those below the common
+     * values that follow it) */
+    size_t rr = r - heavy_before;
+    tmp = malloc(nres * sizeof *tmp);
+    if (!tmp) goto out;
+    float fv;
+    sample_select((const float *)(const void *)res, nres, &rr, 1, &fv, (float *)(void *)tmp);
+    *u = fbits(fv);
+    size_t below = 0;
+    for (int k = 0; k < nh; k++) below += hv[k] < *u ? htot[k] : 0;
+    for (size_t ch = 0; ch < nb; ch++) {
+        size_t lt = 0, eq = 0;
+        const uint32_t *w = res + rofs[ch];
+        uint32_t x = *u;
+#pragma omp simd reduction(+ : lt, eq)
+        for (size_t t = 0; t < rofs[ch + 1] - rofs[ch]; t++) {
+            lt += w[t] < x;
+            eq += w[t] == x;
+        }
+        below += lt;
+        per[ch] = eq;
+    }
+    *less = below;
+    ok = true;
+out:
+    free(hc);
+    free(rofs);
+    free(res);
+    free(tmp);
+    return ok;
+}
+
+/* The index of the k-th (0-based) element of chunk ch whose magnitude is
+ * fu, counting from the chunk's start, or from its end when from_end: the
+ * pieces' kept magnitudes say how many each holds, and only the piece that
+ * holds it is read again. *idx stays untouched when there are fewer (which
+ * cannot happen: the pass kept them all). False on a non-finite input. */
+static bool find_on_value(const rank_cut *c, size_t ch, float fu, size_t k, bool from_end, rank_cut_mag_fn f,
                           const void *ctx, uint32_t *idx) {
-    size_t b, e;
-    rank_cut_chunk(c->n, ch, &b, &e);
-    float a[RC_BLOCK], fu = fvalue(u);
-    size_t nblk = (e - b + RC_BLOCK - 1) / RC_BLOCK;
-    for (size_t q = 0; q < nblk; q++) {
-        size_t b0 = b + (from_end ? nblk - 1 - q : q) * RC_BLOCK, m = e - b0 < RC_BLOCK ? e - b0 : RC_BLOCK;
-        if (f(ctx, b0, m, a)) return false;
-        size_t cnt = 0; /* positive floats order as their bit patterns: == on values is == on bits */
+    const rc_chunk *h = &c->ch[ch];
+    float a[RC_BLOCK];
+    for (size_t q = 0; q < h->npc; q++) {
+        size_t p = from_end ? h->npc - 1 - q : q, v1 = p + 1 < h->npc ? h->pc[p + 1].v0 : h->nv, cnt = 0;
+        const rc_piece *pc = &h->pc[p];
+        const float *v = h->v;
+        if (c->one) {
+            cnt = v1 - pc->v0;
+        } else {
 #pragma omp simd reduction(+ : cnt)
-        for (size_t j = 0; j < m; j++) cnt += a[j] == fu;
+            for (size_t t = pc->v0; t < v1; t++) cnt += v[t] == fu;
+        }
         if (cnt <= k) {
             k -= cnt;
             continue;
         }
-        for (size_t t = 0; t < m; t++) {
-            size_t j = from_end ? m - 1 - t : t;
+        if (f(ctx, pc->e0, pc->len, a)) return false;
+        for (size_t t = 0; t < pc->len; t++) {
+            size_t j = from_end ? pc->len - 1 - t : t;
             if (a[j] == fu && k-- == 0) {
-                *idx = (uint32_t)(b0 + j);
+                *idx = (uint32_t)(pc->e0 + j);
                 return true;
             }
         }
+        return true;
     }
     return true;
 }
 
-/* The cut is value u, the want-th (0-based, ascending index) of its
- * elements; per[ch] of them lie in chunk ch. The chunk that holds it is
- * searched from its nearer end. */
-static int cut_on_value(rank_cut *c, uint32_t u, size_t want, const size_t *per, rank_cut_mag_fn f, const void *ctx) {
-    size_t ch = 0, before = 0;
-    while (before + per[ch] <= want) before += per[ch++];
-    size_t local = want - before, total = per[ch];
-    bool from_end = local > total - 1 - local;
-    uint32_t idx = UINT32_MAX;
-    if (!find_on_value(c, ch, u, from_end ? total - 1 - local : local, from_end, f, ctx, &idx)) return -1;
-    if (idx == UINT32_MAX) return 0; /* cannot happen: the pass counted them */
-    c->idx = idx;
-    c->v = fvalue(u);
-    c->zero = false;
-    return 1;
-}
-
-int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx, int threads) {
-    size_t below = 0, zeros = 0, nb = c->nchunks;
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx) {
+    size_t below = 0, zeros = 0, nb = c->nchunks, kept = 0;
     for (int t = 0; t < nacc; t++) below += acc[t].below, zeros += acc[t].zeros;
     size_t *per = NULL;
     int rc = 0;
@@ -610,87 +706,36 @@ int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn 
         rc = 1;
         goto done;
     }
-    if (c->rank - zeros < below) goto done;
-    size_t r = c->rank - zeros - below, bk = 0, count = 0;
+    if (c->rank - zeros < below) goto done; /* below the band */
+    for (size_t ch = 0; ch < nb; ch++) {
+        if (c->ch[ch].over) goto done;
+        kept += c->ch[ch].nv;
+    }
+    size_t r = c->rank - zeros - below;
+    if (r >= kept) goto done; /* above the band */
+    /* the cut is the r'-th element of value u in the order (counted from
+     * the end when idx_desc): r' is r less the kept ones below u */
+    uint32_t u;
+    size_t less = 0, ties = 0;
     per = malloc((nb + 1) * sizeof *per);
-    if (!per) goto done;
-    /* on an end of the band? */
-    for (int end = 0; end < 2; end++) {
-        size_t ties = 0;
-        for (size_t ch = 0; ch < nb; ch++) ties += per[ch] = c->eq[ch * 2 + (size_t)end];
-        if (end == 0 && r < ties) {
-            rc = cut_on_value(c, fbits(c->blo), c->idx_desc ? ties - 1 - r : r, per, f, ctx);
-            goto done;
-        }
-        if (end == 0) {
-            r -= ties;
-            size_t inside = 0;
-            for (size_t ch = 0; ch < nb * RC_BUCKETS; ch++) inside += c->hist[ch].count;
-            if (r < inside) break;
-            r -= inside;
-        } else if (r < ties) {
-            rc = cut_on_value(c, fbits(c->bhi), c->idx_desc ? ties - 1 - r : r, per, f, ctx);
-            goto done;
-        } else {
-            goto done; /* past the band */
-        }
-    }
-    for (; bk < RC_BUCKETS; bk++) {
-        count = 0;
-        for (size_t ch = 0; ch < nb; ch++) count += c->hist[ch * RC_BUCKETS + bk].count;
-        if (r < count) break;
-        r -= count;
-    }
-    if (bk == RC_BUCKETS) goto done; /* cannot happen: r < inside */
-    uint32_t glo = UINT32_MAX, ghi = 0;
-    size_t nlo = 0, nhi = 0;
-    for (size_t ch = 0; ch < nb; ch++) {
-        const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
-        if (!cl->count) continue;
-        if (cl->lo < glo) glo = cl->lo;
-        if (cl->hi > ghi) ghi = cl->hi;
-    }
-    for (size_t ch = 0; ch < nb; ch++) {
-        const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
-        if (cl->count && cl->lo == glo) nlo += cl->nlo;
-        if (cl->count && cl->hi == ghi) nhi += cl->nhi;
-    }
-    if (r < nlo || r >= count - nhi) {
-        /* the cut is the bucket's smallest (or largest) value: the r-th of
-         * its elements in the order, counted from the end when idx_desc */
-        bool low = r < nlo;
-        size_t ties = low ? nlo : nhi, rr = low ? r : r - (count - nhi);
-        for (size_t ch = 0; ch < nb; ch++) {
-            const rc_cell *cl = &c->hist[ch * RC_BUCKETS + bk];
-            per[ch] = !cl->count ? 0 : low ? (cl->lo == glo ? cl->nlo : 0) : (cl->hi == ghi ? cl->nhi : 0);
-        }
-        rc = cut_on_value(c, low ? glo : ghi, c->idx_desc ? ties - 1 - rr : rr, per, f, ctx);
-        goto done;
-    }
-    /* several values around the cut: collect the bucket and select */
-    per[0] = 0;
-    for (size_t ch = 0; ch < nb; ch++) per[ch + 1] = per[ch] + c->hist[ch * RC_BUCKETS + bk].count;
-    uint64_t *cand = malloc(count * sizeof *cand);
-    if (!cand) goto done;
-    int bad = 0, short_count = 0;
-#pragma omp parallel for num_threads(vec_threads(threads)) schedule(dynamic, 4) reduction(| : bad, short_count)
-    for (size_t ch = 0; ch < nb; ch++) {
-        size_t want = per[ch + 1] - per[ch], got = 0;
-        if (!want) continue;
-        bad |= !collect_chunk(c, ch, glo, ghi, want, f, ctx, cand + per[ch], &got);
-        short_count |= got != want;
-    }
-    if (bad) {
+    if (!per || !kept_rank(c, kept, r, &u, &less, per)) goto done; /* out of memory */
+    float fu = fvalue(u);
+    for (size_t ch = 0; ch < nb; ch++) ties += per[ch];
+    size_t rr = r - less, want = c->idx_desc ? ties - 1 - rr : rr;
+    /* the chunk that holds it, searched from its nearer end */
+    size_t ch = 0, before = 0;
+    while (before + per[ch] <= want) before += per[ch++];
+    size_t local = want - before, total = per[ch];
+    bool from_end = local > total - 1 - local;
+    uint32_t idx = UINT32_MAX;
+    if (!find_on_value(c, ch, fu, from_end ? total - 1 - local : local, from_end, f, ctx, &idx)) {
         rc = -1;
-    } else if (!short_count) {
-        uint64_t key = select_u64(cand, count, r);
-        uint32_t lowbits = (uint32_t)key;
-        c->v = fvalue((uint32_t)(key >> 32));
-        c->idx = c->idx_desc ? ~lowbits : lowbits;
+    } else if (idx != UINT32_MAX) { /* always: the pass kept them */
+        c->idx = idx;
+        c->v = fu;
         c->zero = false;
         rc = 1;
     }
-    free(cand);
 done:
     free(per);
     rank_cut_free(c);

@@ -8,18 +8,18 @@
  *   1. a stratified sample of the magnitudes brackets the wanted rank in a
  *      band [blo, bhi], five standard deviations of the sample quantile wide;
  *   2. the pass counts, per fixed chunk of the tensor, the magnitudes below
- *      the band and those equal to either end of it (vectorised), and
- *      histograms those strictly inside it over RC_BUCKETS buckets of their
- *      bit patterns, keeping per chunk and bucket the smallest and largest
- *      value and how often each occurs;
- *   3. the counts name where the cut lies. Deltas of bf16 checkpoints are
- *      multiples of a few ulps, so their magnitudes tie in large groups: the
- *      cut usually falls on an end of the band or on a bucket's smallest or
- *      largest value. The cut is then the r-th element of that value in index
- *      order, found by walking the one chunk where the per-chunk counts of
- *      that value cross r. Otherwise the elements of the bucket (one of
- *      RC_BUCKETS inside the band, a small set) are collected from the
- *      chunks that hold any, in a second pass, and selected exactly.
+ *      the band (vectorised), and keeps those inside it, the nonzero ones
+ *      in [blo, bhi] (a few percent: a compare and a compaction in
+ *      registers), with where each scanned piece of the chunk starts;
+ *   3. the counts name the rank r of the cut among the kept magnitudes.
+ *      Deltas of bf16 checkpoints are multiples of a few ulps, so inside
+ *      the band magnitudes tie in large groups: the commonest values (read
+ *      off a sample of the kept ones) are counted by vector compares, the
+ *      rest selected by radix, and the cut is the r'-th element of its
+ *      value u in index order. The kept magnitudes say how many of them
+ *      each chunk and each of its pieces holds, so only the one piece
+ *      where the count crosses r' is read again, to find its index. A
+ *      band of one value is only counted, never stored.
  * When the band misses (an unlucky sample) the caller falls back to the exact
  * select of sparsify.c. The result is identical either way.
  *
@@ -35,13 +35,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RC_BUCKETS 512
+/* A stretch of a chunk that one scan call looked at: its first element,
+ * its length (at most RC_BLOCK) and where its kept magnitudes start. */
+typedef struct rc_piece {
+    size_t e0;
+    uint32_t len, v0;
+} rc_piece;
 
-/* One bucket of one chunk: elements, smallest and largest bit pattern, and
- * how many elements have each (lo = UINT32_MAX, hi = 0 while count is 0). */
-typedef struct rc_cell {
-    uint32_t count, lo, nlo, hi, nhi;
-} rc_cell;
+/* One chunk's kept magnitudes (the nonzero ones in [blo, bhi]) in scan
+ * order, piece by piece; over when they grew past half the chunk (the band
+ * is no use there: the exact path) or memory ran out. */
+typedef struct rc_chunk {
+    float *v;
+    size_t nv, cap;
+    rc_piece *pc;
+    size_t npc, pccap;
+    bool over;
+} rc_chunk;
 
 /* The element of ascending rank `rank` among n magnitudes, ordered by
  * magnitude and then by index (descending when idx_desc). */
@@ -49,11 +59,9 @@ typedef struct rank_cut {
     size_t n, rank;
     bool idx_desc;
     float blo, bhi;     /* the band from the sample */
-    uint32_t lo_bits;   /* first bit pattern above blo */
-    int shift;          /* bucket = (bits - lo_bits) >> shift */
+    bool one;           /* blo == bhi > 0: what it keeps is counted, not stored */
     size_t nchunks;
-    rc_cell *hist;      /* [nchunks][RC_BUCKETS]: blo < a < bhi */
-    size_t *eq;         /* [nchunks][2]: a == blo, a == bhi (> blo) */
+    rc_chunk *ch;       /* [nchunks] */
     /* result of rank_cut_resolve */
     bool zero;          /* the cut is a zero magnitude */
     float v;            /* its magnitude */
@@ -96,8 +104,9 @@ size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed);
  * when out of memory. */
 bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp);
 
-/* Count and histogram magnitudes a[0..m) of elements inside chunk `chunk`
- * (one thread per chunk) into c and acc. Returns how many of them
+/* Count and keep magnitudes a[0..m) of elements inside chunk `chunk` into
+ * c and acc: one thread per chunk, and a chunk's elements in ascending
+ * order (the pieces are searched in that order). Returns how many of them
  * are positive. */
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m);
 
@@ -121,8 +130,8 @@ void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t 
 /* Combine the accumulators and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found
  * (c->zero, v, idx set), 0 when the band missed or memory ran out (take the
- * exact path), -1 when f met a non-finite input. Frees c->hist. */
-int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx, int threads);
+ * exact path), -1 when f met a non-finite input. Frees the kept magnitudes. */
+int rank_cut_resolve(rank_cut *c, const cut_acc *acc, int nacc, rank_cut_mag_fn f, const void *ctx);
 
 void rank_cut_free(rank_cut *c);
 

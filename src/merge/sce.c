@@ -271,7 +271,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
         rc = 1;
     } else if (!rc && !(bad & 2)) {
         cut.rank = n - kk;
-        int r = rank_cut_resolve(&cut, acc, nt, sce_var_block, c, nt);
+        int r = rank_cut_resolve(&cut, acc, nt, sce_var_block, c);
         if (r < 0) rc = MERGE_NONFINITE_INPUT;
         if (r == 1) {
             c->rule = keep_rule_between(&cut, NULL);

@@ -413,6 +413,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
                         bool nf = false;
                         merge_prefetch_block(xh, m * 2);
+                        if (!base_checked) merge_prefetch_block(bh, m * 2);
                         for (int cu = 0; cu < gm->ncuts; cu++) {
                             rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, !base_checked, &nf);
                             base_checked = true;
@@ -461,13 +462,11 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     }
     for (int i = 0; i < k && k <= GK_MAX_MODELS; i++)
         if (dare_bits[i]) g->m[i].keep = KEEP_BITS, g->m[i].bits = dare_bits[i];
-    /* the models' cuts resolve independently: in parallel when several have
-     * cuts (each then reads its chunks on one thread), else one model with
-     * all threads */
+    /* the models' cuts resolve independently, in parallel when several
+     * have cuts */
     int rc = bad ? 1 : 0, fail = 0, with_cuts = 0;
     for (int i = 0; i < k; i++) with_cuts += g->m[i].ncuts > 0;
-    int outer = with_cuts >= 2 ? nt : 1, inner = with_cuts >= 2 ? 1 : nt;
-#pragma omp parallel for num_threads(outer) schedule(dynamic, 1) reduction(| : fail)
+#pragma omp parallel for num_threads(with_cuts >= 2 ? nt : 1) schedule(dynamic, 1) reduction(| : fail)
     for (int i = 0; i < k; i++) {
         gta_model *gm = &g->m[i];
         if (gm->ncuts <= 0) continue;
@@ -479,7 +478,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             int r = 0;
             if (mine) {
                 for (int t = 0; t < nt; t++) mine[t] = acc[((size_t)t * (size_t)k + (size_t)i) * 2 + (size_t)cu];
-                r = rank_cut_resolve(&gm->cut[cu], mine, nt, mag_block, &mc, inner);
+                r = rank_cut_resolve(&gm->cut[cu], mine, nt, mag_block, &mc);
                 if (r < 0) fail |= 1;
             } else {
                 rank_cut_free(&gm->cut[cu]);

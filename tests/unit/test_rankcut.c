@@ -79,10 +79,22 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
     assert_int_equal(acc[0].zeros + acc[1].zeros, c->blo == 0.0f ? zeros : 0);
     assert_int_equal(acc[0].below + acc[1].below, c->blo == 0.0f ? 0 : under);
     free(sample);
-    return rank_cut_resolve(c, acc, 2, mags, a, 2);
+    return rank_cut_resolve(c, acc, 2, mags, a);
 }
 
-static void check(const float *a, size_t n, size_t rank, bool desc) {
+/* Some chunk has more than half its magnitudes nonzero inside the band. */
+static bool band_too_wide(const float *a, size_t n, const rank_cut *c) {
+    for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
+        size_t lo, hi, in = 0;
+        rank_cut_chunk(n, ch, &lo, &hi);
+        for (size_t e = lo; e < hi; e++) in += a[e] > 0.0f && a[e] >= c->blo && a[e] <= c->bhi;
+        if (in > (hi - lo) / 2) return true;
+    }
+    return false;
+}
+
+/* Returns 1 when the cut streamed, 0 when it took the exact path. */
+static int check(const float *a, size_t n, size_t rank, bool desc) {
     size_t *idx = malloc(n * sizeof *idx), *pos = malloc(n * sizeof *pos);
     assert_true(idx && pos);
     for (size_t i = 0; i < n; i++) idx[i] = i;
@@ -90,7 +102,15 @@ static void check(const float *a, size_t n, size_t rank, bool desc) {
     qsort_r(idx, n, sizeof *idx, by_order, &o);
     for (size_t r = 0; r < n; r++) pos[idx[r]] = r;
     rank_cut c;
-    assert_int_equal(run_cut(a, n, rank, desc, NULL, &c), 1);
+    int rc = run_cut(a, n, rank, desc, NULL, &c);
+    if (rc == 0) {
+        /* only where the band holds most of a chunk (too wide to keep) */
+        assert_true(band_too_wide(a, n, &c));
+        free(idx);
+        free(pos);
+        return 0;
+    }
+    assert_int_equal(rc, 1);
     float v = a[idx[rank]];
     if (v == 0.0f) {
         assert_true(c.zero);
@@ -108,12 +128,16 @@ static void check(const float *a, size_t n, size_t rank, bool desc) {
     }
     free(idx);
     free(pos);
+    return 1;
 }
 
-static void check_ranks(const float *a, size_t n) {
+/* The cuts at six ranks in both index orders; returns how many streamed. */
+static int check_ranks(const float *a, size_t n) {
     size_t ranks[] = {0, n / 10, n / 3, n / 2, n - n / 10, n - 1};
+    int streamed = 0;
     for (size_t r = 0; r < sizeof ranks / sizeof ranks[0]; r++)
-        for (int desc = 0; desc < 2; desc++) check(a, n, ranks[r], desc);
+        for (int desc = 0; desc < 2; desc++) streamed += check(a, n, ranks[r], desc);
+    return streamed;
 }
 
 static void test_continuous(void **state) {
@@ -157,6 +181,23 @@ static void test_bf16_ties(void **state) {
     free(a);
 }
 
+/* Four common values among continuous ones: cuts on a common value and
+ * between them, among the rest (counted apart by the resolve), every
+ * twentieth rank, all streaming. */
+static void test_common_and_rest(void **state) {
+    (void)state;
+    size_t n = 200000;
+    const float common[4] = {0.3f, 0.5f, 0.7f, 0.9f};
+    float *a = malloc(n * sizeof *a);
+    for (size_t e = 0; e < n; e++)
+        a[e] = unit(10, e) < 0.6 ? common[rng_mix64(e) % 4] : (float)(1.2 * unit(11, e)) + 1e-6f;
+    int streamed = 0;
+    for (size_t j = 0; j < 20; j++)
+        for (int desc = 0; desc < 2; desc++) streamed += check(a, n, j * n / 20 + 7, desc);
+    assert_int_equal(streamed, 40);
+    free(a);
+}
+
 static void test_mostly_zero(void **state) {
     (void)state;
     size_t n = 400000;
@@ -171,7 +212,9 @@ static void test_two_values(void **state) {
     size_t n = 300000;
     float *a = malloc(n * sizeof *a);
     for (size_t e = 0; e < n; e++) a[e] = unit(5, e) < 0.5 ? 1.0f : 2.0f;
-    check_ranks(a, n);
+    /* a band of one value is counted, not kept, and streams; only at the
+     * median does it span both values, every element (the exact path) */
+    assert_int_equal(check_ranks(a, n), 10);
     free(a);
 }
 
@@ -196,7 +239,7 @@ static int cmp_float(const void *pa, const void *pb) {
 
 /* rank_cut_scan_bf16 (magnitudes made from bf16 inputs inside the scan)
  * leaves exactly what rank_cut_scan of the same magnitudes leaves: counts,
- * every histogram cell; blocks with tails, zero deltas (a band from zero
+ * the pieces and the magnitudes kept in each; blocks with tails, zero deltas (a band from zero
  * too), band ends that tie; and it flags a NaN or infinite input. */
 static void test_scan_bf16(void **state) {
     (void)state;
@@ -237,10 +280,30 @@ static void test_scan_bf16(void **state) {
         assert_int_equal(acc1.zeros, acc2.zeros);
         if (ri < 3) assert_true(acc1.below > 0 && acc1.zeros == 0);
         else assert_true(c1.blo == 0.0f && acc1.below == 0 && acc1.zeros > 0); /* a fifth of the deltas are 0 */
-        assert_memory_equal(c1.eq, c2.eq, c1.nchunks * 2 * sizeof *c1.eq);
-        assert_memory_equal(c1.hist, c2.hist, c1.nchunks * RC_BUCKETS * sizeof *c1.hist);
+        /* the same pieces, each keeping the same magnitudes (in another
+         * order: the bf16 scan keeps even and odd elements apart) */
         size_t inside = 0;
-        for (size_t t = 0; t < c1.nchunks * RC_BUCKETS; t++) inside += c1.hist[t].count;
+        for (size_t ch = 0; ch < c1.nchunks; ch++) {
+            const rc_chunk *h1 = &c1.ch[ch], *h2 = &c2.ch[ch];
+            assert_false(h1->over || h2->over);
+            assert_int_equal(h1->nv, h2->nv);
+            assert_int_equal(h1->npc, h2->npc);
+            for (size_t p = 0; p < h1->npc; p++) {
+                assert_int_equal(h1->pc[p].e0, h2->pc[p].e0);
+                assert_int_equal(h1->pc[p].len, h2->pc[p].len);
+                assert_int_equal(h1->pc[p].v0, h2->pc[p].v0);
+                size_t v1 = p + 1 < h1->npc ? h1->pc[p + 1].v0 : h1->nv;
+                qsort(h1->v + h1->pc[p].v0, v1 - h1->pc[p].v0, sizeof(float), cmp_float);
+                qsort(h2->v + h2->pc[p].v0, v1 - h2->pc[p].v0, sizeof(float), cmp_float);
+            }
+            if (h1->nv) assert_memory_equal(h1->v, h2->v, h1->nv * sizeof(float));
+            /* what is kept is what lies inside the band, nonzero */
+            size_t lo, hi, want = 0;
+            rank_cut_chunk(n, ch, &lo, &hi);
+            for (size_t e = lo; e < hi; e++) want += a[e] > 0.0f && a[e] >= c1.blo && a[e] <= c1.bhi;
+            assert_int_equal(h1->nv, want);
+            inside += h1->nv;
+        }
         assert_true(ri == 3 || inside > 0); /* the band from zero may be [0, 0] */
         if (ri == 0) { /* a NaN input, then infinity, inside a block */
             bool nf = false;
@@ -309,7 +372,7 @@ static void test_plan_band(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
-        cmocka_unit_test(test_two_values), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_band),
+        cmocka_unit_test(test_two_values), cmocka_unit_test(test_common_and_rest), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_band),
         cmocka_unit_test(test_small), cmocka_unit_test(test_scan_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
