@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "util/rng.h"
 
@@ -30,35 +31,86 @@ static inline __m512i gk_widen(const uint16_t *p, __mmask16 tm) {
     return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
 }
 
+/* The merge loops take 32 elements at a time in one 512-bit load, as two
+ * vectors of f32 patterns without a shuffle: the even elements (each
+ * 32-bit lane's low half shifted up) and the odd ones (its high half, the
+ * low half cleared); their results are joined back the same way into one
+ * store. Lane l of the two halves holds element 2 l, resp. 2 l + 1. */
+
+/* The lanes of the 32 elements from j that lie in a block of m, as 16-bit
+ * lanes of the whole load (*tm) and as f32 lanes of each half; the lines
+ * GK_AHEAD bytes past element j of the np streams p are asked for. */
+static inline __attribute__((always_inline)) void gk_step32(size_t m, size_t j, const uint16_t *const *p, int np,
+                                                            __mmask32 *tm, __mmask16 *te, __mmask16 *to) {
+#pragma GCC unroll 5
+    for (int i = 0; i < np; i++) _mm_prefetch((const char *)(p[i] + j) + GK_AHEAD, _MM_HINT_T0);
+    size_t r = m - j >= 32 ? 32 : m - j;
+    *tm = r == 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << r) - 1u);
+    *te = (__mmask16)((1u << ((r + 1) / 2)) - 1u);
+    *to = (__mmask16)((1u << (r / 2)) - 1u);
+}
+
+/* 32 bf16 values from p (lanes outside tm: 0), still packed. */
+static inline __m512i gk_load32(const uint16_t *p, __mmask32 tm) { return _mm512_maskz_loadu_epi16(tm, p); }
+
+/* Their even (h 0) or odd (h 1) elements widened exactly to f32. */
+static inline __m512i gk_half(__m512i w, int h) {
+    return h ? _mm512_and_si512(w, _mm512_set1_epi32((int32_t)0xffff0000u)) : _mm512_slli_epi32(w, 16);
+}
+
+/* Lanes of tm whose bf16 value is NaN or infinity (exponent all ones). */
+static inline __mmask32 gk_nonfinite32(__m512i w, __mmask32 tm) {
+    const __m512i ex = _mm512_set1_epi16(0x7f80);
+    return _mm512_mask_cmpeq_epi16_mask(tm, _mm512_and_si512(w, ex), ex);
+}
+
+/* The even and the odd bits of w (bit l of each: bit 2 l, resp. 2 l + 1). */
+static inline void gk_unzip(uint32_t w, __mmask16 *ev, __mmask16 *od) {
+#if defined(__BMI2__)
+    *ev = (__mmask16)_pext_u32(w, 0x55555555u);
+    *od = (__mmask16)_pext_u32(w, 0xaaaaaaaau);
+#else
+    uint32_t x[2] = {w & 0x55555555u, (w >> 1) & 0x55555555u};
+    for (int h = 0; h < 2; h++) {
+        x[h] = (x[h] | x[h] >> 1) & 0x33333333u;
+        x[h] = (x[h] | x[h] >> 2) & 0x0f0f0f0fu;
+        x[h] = (x[h] | x[h] >> 4) & 0x00ff00ffu;
+        x[h] = (x[h] | x[h] >> 8) & 0x0000ffffu;
+    }
+    *ev = (__mmask16)x[0], *od = (__mmask16)x[1];
+#endif
+}
+
 /* Lanes of tm whose f32 pattern is NaN or infinity: one classify (quiet
  * and signalling NaN, +-infinity). */
 static inline __mmask16 gk_nonfinite(__m512i u, __mmask16 tm) {
     return _mm512_mask_fpclass_ps_mask(tm, _mm512_castsi512_ps(u), 0x01 | 0x08 | 0x10 | 0x80);
 }
 
-/* The lower bound of a rule alone, on 16 magnitudes a at indices idx = e +
- * lane: a > lb, or a == lb with tlo <= index <= thi (see gk_rule). */
-static inline __mmask16 gk_at_least(__m512 a, float lb, uint32_t tlo, uint32_t thi, __m512i idx, size_t e) {
+/* The lower bound of a rule alone, on 16 magnitudes a at indices idx (all
+ * in [e0, e1]): a > lb, or a == lb with tlo <= index <= thi (see gk_rule). */
+static inline __mmask16 gk_at_least(__m512 a, float lb, uint32_t tlo, uint32_t thi, __m512i idx, size_t e0,
+                                    size_t e1) {
     __m512 L = _mm512_set1_ps(lb);
-    if (e >= tlo && e + 15 <= thi) return _mm512_cmp_ps_mask(a, L, _CMP_GE_OQ);
-    if (e + 15 < tlo || e > thi) return _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ);
+    if (e0 >= tlo && e1 <= thi) return _mm512_cmp_ps_mask(a, L, _CMP_GE_OQ);
+    if (e1 < tlo || e0 > thi) return _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ);
     __mmask16 eqL = _mm512_cmp_ps_mask(a, L, _CMP_EQ_OQ);
     eqL = _mm512_mask_cmpge_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)tlo));
     eqL = _mm512_mask_cmple_epu32_mask(eqL, idx, _mm512_set1_epi32((int32_t)thi));
     return _mm512_cmp_ps_mask(a, L, _CMP_GT_OQ) | eqL;
 }
 
-/* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx = e + lane.
- * Where the 16 indices lie all inside (or all outside) a tie range, a tie
+/* keep_rule_test (rankcut.h) on 16 magnitudes a at indices idx (all in
+ * [e0, e1]). Where the indices lie all inside (or all outside) a tie range, a tie
  * at that bound is kept (or not) in every lane: one compare instead of
  * three; only the vectors that straddle an end of a range pay for the
  * index compares. */
-static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx, size_t e) {
+static inline __mmask16 gk_rule(const keep_rule *r, __m512 a, __m512i idx, size_t e0, size_t e1) {
     __m512 U = _mm512_set1_ps(r->U);
-    __mmask16 lower = gk_at_least(a, r->L, r->tlo, r->thi, idx, e), upper;
-    if (e + 15 <= r->tu) {
+    __mmask16 lower = gk_at_least(a, r->L, r->tlo, r->thi, idx, e0, e1), upper;
+    if (e1 <= r->tu) {
         upper = _mm512_cmp_ps_mask(a, U, _CMP_LE_OQ);
-    } else if (e > r->tu) {
+    } else if (e0 > r->tu) {
         upper = _mm512_cmp_ps_mask(a, U, _CMP_LT_OQ);
     } else {
         __mmask16 eqU = _mm512_cmp_ps_mask(a, U, _CMP_EQ_OQ);
@@ -77,29 +129,50 @@ static inline __m512i gk_hash(__m512i x) {
     return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
 }
 
-/* Results o of lanes tm into element j of dst, in bf16 (dtype.c's
- * f32_to_bf16: nearest even, NaN quieted) or f32; *first becomes j plus the
- * first non-finite lane unless it is already below m. */
-static inline __attribute__((always_inline)) void gk_store(__m512 o, __mmask16 tm, bool out_bf16, void *dst, size_t j,
-                                                           size_t *first, size_t m) {
-    __m512i ou = _mm512_castps_si512(o);
-    __mmask16 nf = gk_nonfinite(ou, tm);
-    if (nf && *first == m) *first = j + (size_t)__builtin_ctz((unsigned)nf);
+/* f32 patterns u rounded to bf16 (dtype.c's f32_to_bf16: nearest even,
+ * NaN quieted), the result in the high half of each lane (the low half
+ * not cleared); nf: the lanes that are not finite. */
+static inline __m512i gk_round_high(__m512i u, __mmask16 nf) {
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    if (nf) { /* only a NaN needs more than the rounding (and fails the merge) */
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    }
+    return r;
+}
+
+/* Results of the 32 elements from j, oe the even ones and oo the odd (lanes
+ * te, to of them, tm of the whole), into element j of dst in bf16 or f32;
+ * *first becomes the index of the first non-finite one unless it is
+ * already below m. */
+static inline __attribute__((always_inline)) void gk_store32(__m512 oe, __m512 oo, __mmask16 te, __mmask16 to,
+                                                             __mmask32 tm, bool out_bf16, void *dst, size_t j,
+                                                             size_t *first, size_t m) {
+    __m512i ue = _mm512_castps_si512(oe), uo = _mm512_castps_si512(oo);
+    __mmask16 nfe = gk_nonfinite(ue, te), nfo = gk_nonfinite(uo, to);
+    if ((nfe | nfo) && *first == m) {
+        size_t fe = nfe ? 2 * (size_t)__builtin_ctz((unsigned)nfe) : 64;
+        size_t fo = nfo ? 2 * (size_t)__builtin_ctz((unsigned)nfo) + 1 : 64;
+        *first = j + (fe < fo ? fe : fo);
+    }
     if (out_bf16) {
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(1));
-        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(ou, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-        if (nf) { /* only a NaN needs more than the rounding (and fails the merge) */
-            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(ou, _mm512_set1_epi32(0x7fffffff)),
-                                                    _mm512_set1_epi32(0x7f800000));
-            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(ou, 16), _mm512_set1_epi32(0x40)));
-        }
-        _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)dst + j, tm, r);
+        /* the even results shifted down into the low halves, the odd ones'
+         * high halves kept: (e >> 16) | (o & 0xffff0000) in one op */
+        __m512i re = _mm512_srli_epi32(gk_round_high(ue, nfe), 16), ro = gk_round_high(uo, nfo);
+        __m512i r = _mm512_ternarylogic_epi32(re, ro, _mm512_set1_epi32((int32_t)0xffff0000u), 0xf8);
+        _mm512_mask_storeu_epi16((uint16_t *)dst + j, tm, r);
     } else {
-        _mm512_mask_storeu_ps((float *)dst + j, tm, o);
+        const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        _mm512_mask_storeu_ps((float *)dst + j, (__mmask16)tm, _mm512_permutex2var_ps(oe, lo, oo));
+        _mm512_mask_storeu_ps((float *)dst + j + 16, (__mmask16)(tm >> 16), _mm512_permutex2var_ps(oe, hi, oo));
     }
 }
 
-/* task_arithmetic.c's merge of a block, 16 lanes at a time:
+/* task_arithmetic.c's merge of a block, 32 elements at a time (the even
+ * and the odd ones, 16 lanes each):
  *   d_i = w_i * s_i * m_i * (x_i - base)
  *   sum = 0 + d_0 + d_1 + ...; g = +1 if sum >= 0 else -1
  *   with consensus: mixed = sum of the d_i with sign(d_i) == g (zeros never
@@ -109,20 +182,21 @@ static inline __attribute__((always_inline)) void gk_store(__m512 o, __mmask16 t
  * 1 / div is one of 2^k values: a table over the agreement pattern (lane
  * p: the agreeing models' bits), made with the same float operations as
  * task_arithmetic.c's, takes one permute where a divide took about ten
- * cycles of the vector port. k, consensus, normalize, the output dtype and, where every model keeps
- * its elements the same way, that way (kind; GK_KINDS: each model's own)
- * are constants of each instance, so the model loop unrolls and the
- * registers hold it all. The models' arguments are copied into locals
- * first: dst may alias *a as far as the compiler knows, and reading them
- * through a cost a load and a test per model per vector. */
+ * cycles of the vector port. k, consensus, normalize, the output dtype
+ * and, where every model keeps its elements the same way, that way (kind;
+ * GK_KINDS: each model's own) are constants of each instance, so the model
+ * loop unrolls and the registers hold it all. The models' arguments are
+ * copied into locals first: dst may alias *a as far as the compiler knows,
+ * and reading them through a cost a load and a test per model per vector. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
                                                           bool out_bf16, int kind, bool uniform, const float *lb,
                                                           const float *ub, size_t b0, size_t m, void *dst,
                                                           size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
-    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i phi16 = _mm512_set1_epi32((int32_t)(16u * 0x9e3779b9u));
+    const __m512i iota2 = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i phi1 = _mm512_set1_epi32((int32_t)0x9e3779b9u);
+    const __m512i phi32 = _mm512_set1_epi32((int32_t)(32u * 0x9e3779b9u));
     /* 1 / div: of each agreement pattern with consensus, else of div_all */
     float rt[16] = {0};
     for (int p = 0; p < (1 << k); p++) {
@@ -142,7 +216,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
     __m512 lbv[GK_MAX_MODELS], ubv[GK_MAX_MODELS]; /* uniform: the block's thresholds */
     const uint8_t *bits[GK_MAX_MODELS];
     __m512i thr[GK_MAX_MODELS];
-    __m512i hw[GK_MAX_MODELS]; /* GK_RANDOM: index * phi + key32 of the current lanes */
+    __m512i hw[GK_MAX_MODELS]; /* GK_RANDOM: index * phi + key32 of the current even lanes */
     for (int i = 0; i < k; i++) {
         const gk_model *g = &a->m[i];
         xs[i] = g->x;
@@ -159,90 +233,108 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         hw[i] = _mm512_setzero_si512();
         if (g->keep == GK_RANDOM) {
             uint32_t k32 = rng_key32(g->rng_key, (uint64_t)b0 >> 32);
-            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota);
-            hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, _mm512_set1_epi32((int32_t)0x9e3779b9u)),
-                                     _mm512_set1_epi32((int32_t)k32));
+            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2);
+            hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, phi1), _mm512_set1_epi32((int32_t)k32));
         }
     }
     const uint16_t *streams[GK_MAX_MODELS + 1] = {base + b0};
     for (int i = 0; i < k; i++) streams[i + 1] = xs[i] + b0;
-    __mmask16 bad = 0;
+    __mmask32 bad = 0;
     size_t first = m;
-    for (size_t j = 0; j < m; j += 16) {
+    for (size_t j = 0; j < m; j += 32) {
         size_t e = b0 + j;
-        __mmask16 tm = gk_step(m, j, streams, k + 1);
-        __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)e), iota);
-        __m512i bu = gk_widen(base + e, tm);
-        if (check_base) bad |= gk_nonfinite(bu, tm);
-        __m512 b = _mm512_castsi512_ps(bu);
-        __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
-        __mmask16 keep[GK_MAX_MODELS];
+        __mmask32 tm;
+        __mmask16 th[2];
+        gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
+        __m512i bw = gk_load32(base + e, tm), xw[GK_MAX_MODELS];
+        if (check_base) bad |= gk_nonfinite32(bw, tm);
+        __mmask16 kb[GK_MAX_MODELS][2] = {{0}}; /* GK_BITS: the even and the odd bits */
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
-            __m512i xu = gk_widen(xs[i] + e, tm);
-            if (check[i]) bad |= gk_nonfinite(xu, tm);
-            __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(xu), b);
-            /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
-            __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
-            t[i] = _mm512_mul_ps(vs, wv[i]);
-            __mmask16 kp = 0xffff;
-            /* a constant where every model keeps the same way */
-            switch (kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) {
-            case GK_WHOLE:
-                break;
-            case GK_TOP: /* |v| > L, or |v| == L at an index up to thi */
-                kp = uniform ? _mm512_cmp_ps_mask(_mm512_abs_ps(v), lbv[i], _CMP_GE_OQ)
-                             : gk_at_least(_mm512_abs_ps(v), rule[i].L, 0, rule[i].thi, idx, e);
-                break;
-            case GK_RULE:
-                if (uniform) {
-                    __m512 av = _mm512_abs_ps(v);
-                    kp = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(av, lbv[i], _CMP_GE_OQ), av, ubv[i], _CMP_LE_OQ);
-                } else {
-                    kp = gk_rule(&rule[i], _mm512_abs_ps(v), idx, e);
-                }
-                break;
-            case GK_RANDOM:
-                kp = _mm512_cmplt_epu32_mask(gk_hash(hw[i]), thr[i]);
-                hw[i] = _mm512_add_epi32(hw[i], phi16);
-                break;
-            case GK_BITS: { /* e is a multiple of 8 here (b0 is, j is of 16) */
-                uint16_t w16 = 0;
+            xw[i] = gk_load32(xs[i] + e, tm);
+            if (check[i]) bad |= gk_nonfinite32(xw[i], tm);
+            if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_BITS) {
+                /* e is a multiple of 8 here (b0 is, j is of 32); only the
+                 * bytes of elements in the block are read */
                 const uint8_t *p = bits[i] + e / 8;
-                w16 = (uint16_t)(p[0] | (tm > 0xff ? (uint16_t)p[1] << 8 : 0));
-                kp = (__mmask16)w16;
-                break;
+                uint32_t w32 = 0;
+                if (m - j >= 32) memcpy(&w32, p, 4);
+                else
+                    for (size_t q = 0; q < (m - j + 7) / 8; q++) w32 |= (uint32_t)p[q] << (8 * q);
+                gk_unzip(w32, &kb[i][0], &kb[i][1]);
             }
-            }
-            keep[i] = kp;
         }
-        /* 0 + d_0 + d_1 + ...: lanes not kept add +0, which changes no
-         * partial sum (one is never -0: it starts from +0), so they are
-         * left as they are */
-        __m512 sum = _mm512_maskz_add_ps(keep[0], zero, t[0]);
-#pragma GCC unroll 4
-        for (int i = 1; i < k; i++) sum = _mm512_mask_add_ps(sum, keep[i], sum, t[i]);
-        __m512 mx = sum, rdv = rall;
-        if (consensus) {
-            /* g = +1 where sum >= 0: sum is never -0 (it starts from +0), so
-             * that is its sign bit clear, and d_i agrees iff d_i with that
-             * sign bit flipped in is > 0 (zeros and NaN never do). A NaN sum
-             * (inf - inf) fails the merge whichever sign it has. */
-            __m512 sg = _mm512_and_ps(sum, _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)0x80000000u)));
-            __m512 mixed = zero;
-            __m512i pat = _mm512_setzero_si512();
+        __m512 o[2];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)(e + (size_t)h)), iota2);
+            __m512 b = _mm512_castsi512_ps(gk_half(bw, h));
+            __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
+            __mmask16 keep[GK_MAX_MODELS];
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
-                __mmask16 agree = _mm512_mask_cmp_ps_mask(keep[i], _mm512_xor_ps(t[i], sg), zero, _CMP_GT_OQ);
-                mixed = _mm512_mask_add_ps(mixed, agree, mixed, t[i]);
-                if (normalize) pat = _mm512_mask_or_epi32(pat, agree, pat, _mm512_set1_epi32(1 << i));
+                __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(gk_half(xw[i], h)), b);
+                /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
+                __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
+                t[i] = _mm512_mul_ps(vs, wv[i]);
+                __mmask16 kp = 0xffff;
+                /* a constant where every model keeps the same way */
+                switch (kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) {
+                case GK_WHOLE:
+                    break;
+                case GK_TOP: /* |v| > L, or |v| == L at an index up to thi */
+                    kp = uniform ? _mm512_cmp_ps_mask(_mm512_abs_ps(v), lbv[i], _CMP_GE_OQ)
+                                 : gk_at_least(_mm512_abs_ps(v), rule[i].L, 0, rule[i].thi, idx, e, e + 31);
+                    break;
+                case GK_RULE:
+                    if (uniform) {
+                        __m512 av = _mm512_abs_ps(v);
+                        kp = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(av, lbv[i], _CMP_GE_OQ), av, ubv[i],
+                                                     _CMP_LE_OQ);
+                    } else {
+                        kp = gk_rule(&rule[i], _mm512_abs_ps(v), idx, e, e + 31);
+                    }
+                    break;
+                case GK_RANDOM:
+                    kp = _mm512_cmplt_epu32_mask(gk_hash(h ? _mm512_add_epi32(hw[i], phi1) : hw[i]), thr[i]);
+                    break;
+                case GK_BITS:
+                    kp = kb[i][h];
+                    break;
+                }
+                keep[i] = kp;
             }
-            mx = mixed;
-            if (normalize) rdv = _mm512_permutexvar_ps(pat, rtab);
+            /* 0 + d_0 + d_1 + ...: lanes not kept add +0, which changes no
+             * partial sum (one is never -0: it starts from +0), so they are
+             * left as they are */
+            __m512 sum = _mm512_maskz_add_ps(keep[0], zero, t[0]);
+#pragma GCC unroll 4
+            for (int i = 1; i < k; i++) sum = _mm512_mask_add_ps(sum, keep[i], sum, t[i]);
+            __m512 mx = sum, rdv = rall;
+            if (consensus) {
+                /* g = +1 where sum >= 0: sum is never -0 (it starts from +0),
+                 * so that is its sign bit clear, and d_i agrees iff d_i with
+                 * that sign bit flipped in is > 0 (zeros and NaN never do). A
+                 * NaN sum (inf - inf) fails the merge whichever sign it has. */
+                __m512 sg = _mm512_and_ps(sum, _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)0x80000000u)));
+                __m512 mixed = zero;
+                __m512i pat = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int i = 0; i < k; i++) {
+                    __mmask16 agree = _mm512_mask_cmp_ps_mask(keep[i], _mm512_xor_ps(t[i], sg), zero, _CMP_GT_OQ);
+                    mixed = _mm512_mask_add_ps(mixed, agree, mixed, t[i]);
+                    if (normalize) pat = _mm512_mask_or_epi32(pat, agree, pat, _mm512_set1_epi32(1 << i));
+                }
+                mx = mixed;
+                if (normalize) rdv = _mm512_permutexvar_ps(pat, rtab);
+            }
+            __m512 scaled = normalize ? _mm512_mul_ps(mx, rdv) : mx;
+            o[h] = _mm512_add_ps(b, _mm512_mul_ps(scaled, lambda));
         }
-        __m512 scaled = normalize ? _mm512_mul_ps(mx, rdv) : mx;
-        __m512 o = _mm512_add_ps(b, _mm512_mul_ps(scaled, lambda));
-        gk_store(o, tm, out_bf16, dst, j, &first, m);
+#pragma GCC unroll 4
+        for (int i = 0; i < k; i++)
+            if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_RANDOM) hw[i] = _mm512_add_epi32(hw[i], phi32);
+        gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -320,27 +412,35 @@ bool gk_dare_survey(const uint16_t *x, const uint16_t *base, size_t b0, size_t m
 }
 
 
-/* linear.c's block, 16 lanes at a time: o = 0 + w_0 x_0 + w_1 x_1 + ...
- * (each product rounded, then added, in model order), then o / wsum. */
+/* linear.c's block, 32 elements at a time (even and odd, as gk_loop):
+ * o = 0 + w_0 x_0 + w_1 x_1 + ... (each product rounded, then added, in
+ * model order), then o / wsum. */
 static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t *const *x, const float *w, int k,
                                                                  bool normalize, float wsum, bool out_bf16, size_t b0,
                                                                  size_t m, void *dst, size_t *obad) {
     const uint16_t *streams[GK_MAX_MODELS];
     for (int i = 0; i < k; i++) streams[i] = x[i] + b0;
-    __mmask16 bad = 0;
+    __mmask32 bad = 0;
     size_t first = m;
-    for (size_t j = 0; j < m; j += 16) {
+    for (size_t j = 0; j < m; j += 32) {
         size_t e = b0 + j;
-        __mmask16 tm = gk_step(m, j, streams, k);
-        __m512 o = _mm512_setzero_ps();
+        __mmask32 tm;
+        __mmask16 te, to;
+        gk_step32(m, j, streams, k, &tm, &te, &to);
+        __m512 oe = _mm512_setzero_ps(), oo = oe;
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
-            __m512i xu = gk_widen(x[i] + e, tm);
-            bad |= gk_nonfinite(xu, tm);
-            o = _mm512_add_ps(o, _mm512_mul_ps(_mm512_set1_ps(w[i]), _mm512_castsi512_ps(xu)));
+            __m512i xw = gk_load32(x[i] + e, tm);
+            bad |= gk_nonfinite32(xw, tm);
+            __m512 wi = _mm512_set1_ps(w[i]);
+            oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 0))));
+            oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 1))));
         }
-        if (normalize) o = _mm512_div_ps(o, _mm512_set1_ps(wsum));
-        gk_store(o, tm, out_bf16, dst, j, &first, m);
+        if (normalize) {
+            oe = _mm512_div_ps(oe, _mm512_set1_ps(wsum));
+            oo = _mm512_div_ps(oo, _mm512_set1_ps(wsum));
+        }
+        gk_store32(oe, oo, te, to, tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -394,17 +494,25 @@ bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, 
 }
 
 /* slerp.c's second pass, o = s0 x0 + s1 x1 (each product rounded, then
- * added), into dst in bf16 or f32. */
+ * added), 32 elements at a time, into dst in bf16 or f32. */
 static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x0, const uint16_t *x1, float s0,
                                                                float s1, bool out_bf16, size_t b0, size_t m,
                                                                void *dst, size_t *obad) {
     const uint16_t *streams[2] = {x0 + b0, x1 + b0};
     const __m512 c0 = _mm512_set1_ps(s0), c1 = _mm512_set1_ps(s1);
     size_t first = m;
-    for (size_t j = 0; j < m; j += 16) {
-        __mmask16 tm = gk_step(m, j, streams, 2);
-        __m512 p = _mm512_castsi512_ps(gk_widen(x0 + b0 + j, tm)), q = _mm512_castsi512_ps(gk_widen(x1 + b0 + j, tm));
-        gk_store(_mm512_add_ps(_mm512_mul_ps(c0, p), _mm512_mul_ps(c1, q)), tm, out_bf16, dst, j, &first, m);
+    for (size_t j = 0; j < m; j += 32) {
+        __mmask32 tm;
+        __mmask16 th[2];
+        gk_step32(m, j, streams, 2, &tm, &th[0], &th[1]);
+        __m512i pw = gk_load32(x0 + b0 + j, tm), qw = gk_load32(x1 + b0 + j, tm);
+        __m512 o[2];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512 p = _mm512_castsi512_ps(gk_half(pw, h)), q = _mm512_castsi512_ps(gk_half(qw, h));
+            o[h] = _mm512_add_ps(_mm512_mul_ps(c0, p), _mm512_mul_ps(c1, q));
+        }
+        gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
 }

@@ -350,6 +350,13 @@ static void test_nonfinite(void **state) {
     assert_false(bad);
     assert_int_equal(ob, 21);
     compare(&a, fn, 5000, 64);
+    /* the kernel takes even and odd elements apart: an even one first
+     * (5040, before 5047), then an odd one (5021, before 5040) */
+    in->x[0][5000 + 47] = to_bf(1.0f), in->base[5000 + 47] = to_bf(-1.0f);
+    assert_false(fn(&a, 5024, 40, out, &ob));
+    assert_int_equal(ob, 16);
+    assert_false(fn(&a, 5016, 40, out, &ob));
+    assert_int_equal(ob, 5);
     /* +inf + -inf: a NaN result, stored as torch stores it (quiet) */
     a.m[1].w = -3e38f, a.m[1].s = 1.0f;
     in->x[1][5000 + 21] = to_bf(1.0f);
