@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,18 +306,25 @@ static int dense_stream(dense_run *r, int i, work *wk, merge_sink *s, int thread
     return rc;
 }
 
-/* An output tensor of at least this many bytes (4 x the direct writer's
- * ring) is made faster than the disk takes it: a 0.5B model's embedding,
- * 272 MB of bf16, comes out of a ties merge pass at about 2 GB/s on two
- * cores, and the pass then waits on a disk that writes 1.1 GB/s, while the
- * disk stood idle during the first pass. Such a tensor merges on half the
- * threads, and the tensors after it on the other half meanwhile (their
- * first passes write nothing): the disk gets both lanes' output, spread. */
+/* A method with a first pass that writes nothing (TIES, DARE, ...) merges
+ * on two lanes of half the threads each, which take the output tensors one
+ * by one from a shared counter. The lanes keep the disk busy through every
+ * tensor's first pass: an output tensor of LANE_BYTES or more (a 0.5B
+ * model's embedding, 272 MB of bf16, comes out of a ties merge pass at
+ * about 2 GB/s on two cores, and the disk writes 1.1 GB/s) would otherwise
+ * leave it idle through its first pass and be bound by it in its second,
+ * while the other lane goes on with the next tensors. On two cores each
+ * lane is one thread, so no tensor waits at the barriers between its
+ * phases (sample, plan, pass, cuts, merge) for the other thread: on the
+ * bench, medians of alternating bench-like rounds, ties 1.20 -> 1.15 s,
+ * dare_ties 0.99 -> 0.95 s (before, only a large tensor had a lane of its
+ * own). Two tensors of
+ * LANE_BYTES or more never merge at once (the second waits), so peak
+ * memory stays that of one large tensor. */
 #define LANE_BYTES ((uint64_t)128 << 20)
 
 /* LANE_BYTES, or ALLOY_LANE_BYTES from the environment (bytes; 0: never
- * two lanes): for tests on small checkpoints, and for trying on a disk
- * of another speed. */
+ * two lanes): for tests, and for trying on a disk of another speed. */
 static uint64_t lane_bytes(void) {
     const char *e = getenv("ALLOY_LANE_BYTES");
     if (!e || !*e) return LANE_BYTES;
@@ -330,37 +338,38 @@ static bool lane_big(const merge_plan *p, int i, uint64_t big) {
     return pt->merge && (uint64_t)pt->numel * dtype_size(pt->out_dtype) >= big;
 }
 
-/* Whether tensor i merges on a lane of its own, beside the ones after it. */
-static bool two_lanes_at(const merge_plan *p, int i, int threads, uint64_t big) {
-    return p->method->first_pass && threads >= 2 && i + 1 < p->ntensors && lane_big(p, i, big) &&
-           !lane_big(p, i + 1, big);
+/* Whether the merge runs on two lanes. */
+static bool two_lanes_on(const merge_plan *p, int threads, uint64_t big) {
+    return p->method->streams && p->method->first_pass && threads >= 2 && big != UINT64_MAX && p->ntensors > 1;
 }
 
-/* Big tensor i on lane A (threads / 2) while lane B (the rest) takes the
- * tensors after it, one by one, until A is done or the next is big too;
- * *next is the first tensor B did not take. The results do not depend on
- * the lanes: every method's output is the same on any number of threads. */
-static int two_lanes(dense_run *r, int i, int threads, uint64_t big, work *wa, merge_sink *sa, work *wb,
-                     merge_sink *sb, int *next, alloy_err *err) {
-    int ta = threads / 2, tb = threads - ta, rc_a = 0, rc_b = 0, a_done = 0, j = i + 1;
+/* Every tensor on lane A (threads / 2, with wa and sa) or lane B (the
+ * rest, wb and sb), whichever takes it first; a lane that fails stops both
+ * after their current tensors. The results do not depend on the lanes:
+ * every method's output is the same on any number of threads. */
+static int two_lanes(dense_run *r, int threads, uint64_t big, work *wa, merge_sink *sa, work *wb, merge_sink *sb,
+                     alloy_err *err) {
+    int ta = threads / 2, tb = threads - ta, next = 0, stop = 0, rc_a = 0, rc_b = 0;
     alloy_err eb = {0};
+    pthread_mutex_t big_mu = PTHREAD_MUTEX_INITIALIZER;
     int levels = omp_get_max_active_levels();
     if (ta > 1 || tb > 1) omp_set_max_active_levels(levels > 2 ? levels : 2);
 #pragma omp parallel num_threads(2)
     {
-        if (omp_get_thread_num() == 0) {
-            rc_a = dense_stream(r, i, wa, sa, ta, err);
-            __atomic_store_n(&a_done, 1, __ATOMIC_RELEASE);
-        } else {
-            while (!rc_b && !__atomic_load_n(&a_done, __ATOMIC_ACQUIRE) && j < r->p->ntensors &&
-                   !lane_big(r->p, j, big)) {
-                rc_b = dense_stream(r, j, wb, sb, tb, &eb);
-                j++;
-            }
+        int me = omp_get_thread_num(), rc = 0;
+        while (!rc && !__atomic_load_n(&stop, __ATOMIC_ACQUIRE)) {
+            int j = __atomic_fetch_add(&next, 1, __ATOMIC_ACQ_REL);
+            if (j >= r->p->ntensors) break;
+            bool b = lane_big(r->p, j, big);
+            if (b) pthread_mutex_lock(&big_mu);
+            rc = dense_stream(r, j, me ? wb : wa, me ? sb : sa, me ? tb : ta, me ? &eb : err);
+            if (b) pthread_mutex_unlock(&big_mu);
         }
+        if (rc) __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+        *(me ? &rc_b : &rc_a) = rc;
     }
     omp_set_max_active_levels(levels);
-    *next = j;
+    pthread_mutex_destroy(&big_mu);
     if (rc_a) return rc_a;
     if (rc_b) *err = eb;
     return rc_b;
@@ -398,26 +407,25 @@ static int exec_dense(const merge_plan *p, const char *out_dir, const alloy_merg
     if (!aw || (streams && !sink)) rc = rc ? rc : alloy_fail(err, "out of memory");
     int cur = 0; /* the packed buffer not being written */
     uint64_t big = lane_bytes();
-    /* a first tensor for two lanes: its lane maps it (on the bench 1 GiB of
-     * inputs, 45-70 ms) while the helper maps the next ones for the other */
-    int own = streams && two_lanes_at(p, 0, threads, big) ? 1 : 0;
+    /* on two lanes, the first tensor is mapped by the lane that takes it
+     * (on the bench 1 GiB of inputs, 45-70 ms) while the helper maps the
+     * next ones for the other */
+    bool lanes = !rc && two_lanes_on(p, threads, big);
+    int own = lanes ? 1 : 0;
     merge_prefetch *pf = rc ? NULL : merge_prefetch_start_from(p, NULL, p->ntensors, own);
     dense_run run = {.p = p, .opt = opt, .w = w, .aw = aw, .pf = pf, .own = own, .total = total};
-    for (int i = 0; i < p->ntensors && !rc;) {
+    if (lanes) {
+        rc = work_init(&wk2, p, err);
+        have_wk2 = !rc;
+        sink2 = rc ? NULL : merge_sink_new(threads - threads / 2);
+        if (!rc && !sink2) rc = alloy_fail(err, "out of memory");
+        if (!rc) rc = two_lanes(&run, threads, big, &wk, sink, &wk2, sink2, err);
+    }
+    for (int i = 0; i < p->ntensors && !rc && !lanes;) {
         const plan_tensor *pt = &p->tensors[i];
         if (streams) {
-            if (two_lanes_at(p, i, threads, big)) {
-                if (!have_wk2) {
-                    rc = work_init(&wk2, p, err);
-                    have_wk2 = !rc;
-                    sink2 = rc ? NULL : merge_sink_new(threads - threads / 2);
-                    if (!rc && !sink2) rc = alloy_fail(err, "out of memory");
-                }
-                if (!rc) rc = two_lanes(&run, i, threads, big, &wk, sink, &wk2, sink2, &i, err);
-            } else {
-                rc = dense_stream(&run, i, &wk, sink, threads, err);
-                i++;
-            }
+            rc = dense_stream(&run, i, &wk, sink, threads, err);
+            i++;
             continue;
         }
         merge_prefetch_ready(pf, p, NULL, i);

@@ -293,9 +293,9 @@ dtype: float32
         ok = all(outs) and filecmp.cmp(outs[0], outs[1], shallow=False)
         record("%s: bf16 base with f32 models == the base widened to f32" % meth, ok)
 
-    # 7b. Two lanes: a tensor of at least ALLOY_LANE_BYTES of output merges on half the threads
-    #     while the tensors after it merge on the others (exec.c); the output is the same bytes
-    #     as without (ALLOY_LANE_BYTES=0), on 2 threads (1 + 1) and on 3 (1 + 2, nested teams).
+    # 7b. Two lanes: the tensors merge on two lanes of half the threads each (exec.c), and two
+    #     of at least ALLOY_LANE_BYTES of output never at once; the output is the same bytes as on
+    #     one lane (ALLOY_LANE_BYTES=0), on 2 threads (1 + 1) and on 3 (1 + 2, nested teams).
     #     Here the embedding and the head (4096 x 128 bf16, 1 MiB each) are the large ones.
     lanes, _ = bf16_family("lanes", 41, dict(hidden=128, inter=512, vocab=4096, layers=3))
     big = 4096 * 128 * 2
