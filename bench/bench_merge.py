@@ -15,7 +15,10 @@ median of the rounds' own ratios (each merge over the floor run just before
 it) is printed beside it, as a check on a VM whose speed drifts. While the
 best floor is above the best merge, up to ROUNDS more rounds run; a ratio
 whose floor stayed there is marked * (that run's writes were slow, and the
-ratio means nothing). Then one
+ratio means nothing). Beside them, the median CPU time (user + system, all
+threads) of the merges and of the floors: on a 2-core machine the floor alone
+keeps both cores nearly busy, so what a method computes beyond the I/O adds to
+its wall time almost one for one. Then one
 run of every mergekit method: wall time and peak RSS against the largest
 tensor.
 usage: bench_merge.py BUILD_DIR BENCH_DIR [--threads 2] [--methods linear,ties,...]
@@ -57,7 +60,7 @@ def timed(cmd, env=None, inputs=()):
     out, err = p.stdout.read().decode(), p.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit("failed: %s\n%s" % (" ".join(cmd), err))
-    return wall, ru.ru_maxrss / 1024.0, out
+    return wall, ru.ru_maxrss / 1024.0, out, ru.ru_utime + ru.ru_stime
 
 
 def recipe(method):
@@ -116,7 +119,8 @@ def every_method(env, out):
     inputs = [os.path.join(M, d, "model.safetensors") for d in ("base", "ft1", "ft2", "ft3")]
     for method in EVERY:
         shutil.rmtree(out, ignore_errors=True)
-        w, m, _ = timed([ALLOY, "merge", every_recipe(method), out, "--threads", THREADS, "--seed", "1"], env, inputs)
+        w, m, _, _ = timed([ALLOY, "merge", every_recipe(method), out, "--threads", THREADS, "--seed", "1"], env,
+                           inputs)
         print("%-17s %9.2f %12.0f %14.2f" % (method, w, m, m / largest), flush=True)
 
 
@@ -127,7 +131,8 @@ def main():
     size = sum(os.path.getsize(os.path.join(M, d, "model.safetensors")) for d in ("base", "ft1"))
     print("\nmerge benchmark: Qwen2-0.5B shape (hidden 896, inter 4864, 24 layers, vocab 151936), bf16, "
           "%d threads, model %.2f GB" % (int(THREADS), size / 2e9))
-    print("%-10s %9s %12s %11s %7s %12s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio", "median pair"))
+    print("%-10s %9s %12s %11s %7s %12s %9s %12s" % ("method", "wall s", "peak RSS MB", "floor s", "ratio",
+                                                   "median pair", "cpu s", "floor cpu s"))
     noisy_any = False
     for method in METHODS:
         r = recipe(method)
@@ -136,7 +141,7 @@ def main():
         if method != "linear":
             inputs.append(os.path.join(M, "base", "model.safetensors"))
         floor = wall = rss = float("inf")
-        paired = []
+        paired, cpu, fcpu = [], [], []
         rounds = 0
         # a floor above the merge's wall time is no floor: this VM's page-cache writes
         # sometimes slow down several-fold for seconds (host faults on memory the guest
@@ -151,18 +156,26 @@ def main():
             shutil.rmtree(out, ignore_errors=True)
             timed([FLOOR, r, out], env, inputs)
             shutil.rmtree(out, ignore_errors=True)
-            f, _, fout = timed([FLOOR, r, out], env, inputs)
+            f, _, fout, fc = timed([FLOOR, r, out], env, inputs)
             f = float(fout.strip() or f)
+            fcpu.append(fc)
             floor = min(floor, f)
             shutil.rmtree(out, ignore_errors=True)
-            w, m, _ = timed([ALLOY, "merge", r, out, "--threads", THREADS], env, inputs)
+            w, m, _, c = timed([ALLOY, "merge", r, out, "--threads", THREADS], env, inputs)
+            cpu.append(c)
             wall, rss = min(wall, w), min(rss, m)
             paired.append(w / f)
         paired.sort()
         noisy = floor > wall
         noisy_any = noisy_any or noisy
-        print("%-10s %9.2f %12.0f %11.2f %7.2f%s %11.2f" % (method, wall, rss, floor, wall / floor, "*" if noisy else " ",
-                                                          paired[len(paired) // 2]), flush=True)
+        cpu.sort()
+        fcpu.sort()
+        print("%-10s %9.2f %12.0f %11.2f %7.2f%s %11.2f %9.2f %12.2f" % (
+            method, wall, rss, floor, wall / floor, "*" if noisy else " ", paired[len(paired) // 2],
+            cpu[len(cpu) // 2], fcpu[len(fcpu) // 2]), flush=True)
+    print("cpu s, floor cpu s: median user + system time of the merge and of the floor runs, all their "
+          "threads (%s merge threads on %d cores): a merge whose cpu s is near threads x wall is bound by "
+          "its computation, not by the I/O the floor measures" % (THREADS, os.cpu_count()))
     if noisy_any:
         print("* the floor stayed above the merge's wall time in %d rounds: the machine's writes were "
               "slow in this run, and this ratio says nothing; run it again" % (2 * ROUNDS))
