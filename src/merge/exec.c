@@ -318,9 +318,8 @@ static int dense_stream(dense_run *r, int i, work *wk, merge_sink *s, int thread
  * phases (sample, plan, pass, cuts, merge) for the other thread: on the
  * bench, medians of alternating bench-like rounds, ties 1.20 -> 1.15 s,
  * dare_ties 0.99 -> 0.95 s (before, only a large tensor had a lane of its
- * own). Two tensors of
- * LANE_BYTES or more never merge at once (the second waits), so peak
- * memory stays that of one large tensor. */
+ * own). Two tensors of LANE_BYTES or more never merge at once (the second
+ * waits), so peak memory stays that of one large tensor. */
 #define LANE_BYTES ((uint64_t)128 << 20)
 
 /* LANE_BYTES, or ALLOY_LANE_BYTES from the environment (bytes; 0: never
