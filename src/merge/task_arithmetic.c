@@ -375,6 +375,18 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                        !((uintptr_t)gm->src.data & 1);
         if (dare_fused[i] && as_bits) dare_bits[i] = g->bits_room + (size_t)i * stride;
     }
+    /* the fused models, surveyed together in one loop (the base read once) */
+    int nfused = 0, fidx[GK_MAX_MODELS];
+    const uint16_t *fx[GK_MAX_MODELS];
+    uint64_t fkey[GK_MAX_MODELS];
+    uint32_t fthr[GK_MAX_MODELS];
+    uint8_t *fbits[GK_MAX_MODELS];
+    for (int i = 0; i < k && k <= GK_MAX_MODELS; i++) {
+        if (!dare_fused[i] || !g->m[i].masked) continue;
+        fidx[nfused] = i, fx[nfused] = g->m[i].src.data, fkey[nfused] = g->m[i].rng_key;
+        fthr[nfused] = g->m[i].rng_thr, fbits[nfused] = dare_bits[i];
+        nfused++;
+    }
 #pragma omp parallel num_threads(nt) reduction(| : bad)
     {
         int t = omp_get_thread_num();
@@ -392,20 +404,22 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     bad |= merge_load(g->base, b0, m, base);
                     have_base = true;
                 }
+                if (nfused) {
+                    float before[GK_MAX_MODELS], after[GK_MAX_MODELS];
+                    bad |= gk_dare_survey(fx, nfused, g->base.data, b0, m, fkey, fthr, fbits, before, after);
+                    for (int q = 0; q < nfused; q++) {
+                        double *pi = part + (c * (size_t)k + (size_t)fidx[q]) * 2;
+                        pi[0] += before[q];
+                        pi[1] += after[q];
+                    }
+                }
                 for (int i = 0; i < k; i++) {
                     gta_model *gm = &g->m[i];
                     bool sums = rescale && gm->masked;
                     if (gm->ncuts <= 0 && !sums) continue;
+                    if (k <= GK_MAX_MODELS && dare_fused[i] && gm->masked) continue; /* done above */
                     cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
-                    if (k <= GK_MAX_MODELS && dare_fused[i]) {
-                        float before, after;
-                        bad |= gk_dare_survey(gm->src.data, g->base.data, b0, m, gm->rng_key, gm->rng_thr,
-                                              dare_bits[i], &before, &after);
-                        pi[0] += before;
-                        pi[1] += after;
-                        continue;
-                    }
                     if (RC_BF16_SCAN && !sums && base_bf && gm->src.dtype == ALLOY_BF16 &&
                         !((uintptr_t)gm->src.data & 1)) {
                         /* cuts only, both bf16: the magnitudes made inside the scan */

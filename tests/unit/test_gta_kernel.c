@@ -368,16 +368,20 @@ static void test_nonfinite(void **state) {
     free(in);
 }
 
-/* gk_dare_survey: the mask bits are rng_keep32's, and the two sums are
- * those of GK_LANES lanes (lane l: elements l, l + GK_LANES, ... in order)
- * added by halves (l[i] + l[i + w] for w = GK_LANES / 2, ..., 1); tails
- * included. The magnitudes here spread over many exponents, so sums in
- * another order would round differently. */
+/* gk_dare_survey: the mask bits are rng_keep32's, and each model's two
+ * sums are those of GK_LANES lanes with the elements of each 32 taken even
+ * ones first (lane l: elements 2 l, 2 l + 1, 2 l + 32, 2 l + 33, ... of the
+ * block, in that order) added by halves (l[i] + l[i + w] for w = GK_LANES /
+ * 2, ..., 1); tails included. The magnitudes here spread over many
+ * exponents, so sums in another order would round differently. Three
+ * models at once give each the sums and bits it has alone. */
 static float lanes_sum(float *lane, int lanes) {
     for (int w = lanes / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) lane[i] = lane[i] + lane[i + w];
     return lane[0];
 }
+
+#define DS_K 3
 
 static void test_dare_survey(void **state) {
     (void)state;
@@ -385,53 +389,79 @@ static void test_dare_survey(void **state) {
         skip();
         return;
     }
-    uint16_t *x = malloc(N * sizeof *x), *base = malloc(N * sizeof *base);
-    assert_true(x && base);
+    uint16_t *x[DS_K], *base = malloc(N * sizeof *base);
+    assert_non_null(base);
+    for (int i = 0; i < DS_K; i++) assert_non_null(x[i] = malloc(N * sizeof *x[i]));
     for (size_t e = 0; e < N; e++) {
         double u1 = rng_uniform(31, 0, e) + 1e-12, u2 = rng_uniform(31, 1, e);
         double g = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
         /* the difference of a bf16 near 1 and a small one has many significant bits */
         base[e] = to_bf((float)(1e-4 * g));
-        x[e] = to_bf((float)(1.0 + rng_uniform(31, 2, e)));
+        for (int i = 0; i < DS_K; i++) x[i][e] = to_bf((float)(1.0 + (i + 1) * rng_uniform(31, 2 + (uint64_t)i, e)));
     }
-    uint64_t key = rng_stream_key(77, 1);
-    uint32_t thr = rng_thr32(0.35);
-    static const size_t lens[] = {1024, 1000, 24, 9, 8, 1};
+    const uint16_t *xs[DS_K] = {x[0], x[1], x[2]};
+    uint64_t key[DS_K];
+    uint32_t thr[DS_K];
+    for (int i = 0; i < DS_K; i++) key[i] = rng_stream_key(77, 1 + (uint64_t)i), thr[i] = rng_thr32(0.35 + 0.2 * i);
+    static const size_t lens[] = {1024, 1000, 40, 24, 9, 8, 1};
     int other_order_differs = 0;
     for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
         size_t b0 = 8 * (37 + 101 * t), m = lens[t];
-        uint8_t bits[N / 8], want_bits[N / 8];
+        static uint8_t bits[DS_K][N / 8], want_bits[DS_K][N / 8];
         memset(bits, 0xee, sizeof bits);
         memcpy(want_bits, bits, sizeof bits);
-        float lb[GK_LANES] = {0}, la[GK_LANES] = {0}, ob[2 * GK_LANES] = {0};
-        for (size_t j = 0; j < m; j++) {
-            size_t e = b0 + j;
-            float a = fabsf(bf(x[e]) - bf(base[e]));
-            bool keep = rng_keep32(key, e, thr);
-            lb[j % GK_LANES] += a;
-            ob[j % (2 * GK_LANES)] += a;
-            if (keep) la[j % GK_LANES] += a;
-            if (j % 8 == 0) want_bits[e / 8] = 0;
-            want_bits[e / 8] |= (uint8_t)(keep << (e % 8));
+        float wb[DS_K], wa[DS_K];
+        for (int i = 0; i < DS_K; i++) {
+            float lb[GK_LANES] = {0}, la[GK_LANES] = {0}, ob[GK_LANES] = {0};
+            for (size_t j = 0; j < m; j++) {
+                size_t e = b0 + j;
+                float a = fabsf(bf(x[i][e]) - bf(base[e]));
+                bool keep = rng_keep32(key[i], e, thr[i]);
+                lb[j % (2 * GK_LANES) / 2] += a;
+                ob[j % GK_LANES] += a; /* the elements in plain order */
+                if (keep) la[j % (2 * GK_LANES) / 2] += a;
+                if (j % 8 == 0) want_bits[i][e / 8] = 0;
+                want_bits[i][e / 8] |= (uint8_t)(keep << (e % 8));
+            }
+            wb[i] = lanes_sum(lb, GK_LANES), wa[i] = lanes_sum(la, GK_LANES);
+            other_order_differs += lanes_sum(ob, GK_LANES) != wb[i];
         }
-        float before, after, wb = lanes_sum(lb, GK_LANES), wa = lanes_sum(la, GK_LANES);
-        other_order_differs += lanes_sum(ob, 2 * GK_LANES) != wb;
-        assert_false(gk_dare_survey(x, base, b0, m, key, thr, bits, &before, &after));
-        if (!(before == wb && after == wa))
-            fail_msg("m %zu: %.9g %.9g, want %.9g %.9g", m, (double)before, (double)after, (double)wb, (double)wa);
-        if (m >= 24) assert_true(after > 0.0f && after < before);
-        assert_memory_equal(bits, want_bits, sizeof bits); /* the block's bytes, nothing around them */
-        float nb, na; /* without bits: the same sums, nothing stored */
-        assert_false(gk_dare_survey(x, base, b0, m, key, thr, NULL, &nb, &na));
-        assert_true(nb == before && na == after);
+        float before[DS_K], after[DS_K];
+        uint8_t *bp[DS_K] = {bits[0], bits[1], bits[2]};
+        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, bp, before, after));
+        for (int i = 0; i < DS_K; i++) {
+            if (!(before[i] == wb[i] && after[i] == wa[i]))
+                fail_msg("m %zu model %d: %.9g %.9g, want %.9g %.9g", m, i, (double)before[i], (double)after[i],
+                         (double)wb[i], (double)wa[i]);
+            if (m >= 24) assert_true(after[i] > 0.0f && after[i] < before[i]);
+        }
+        /* the block's bytes, nothing around them */
+        assert_memory_equal(bits, want_bits, sizeof bits);
+        /* one model alone, and without bits (bits NULL, or its own NULL):
+         * the same sums, nothing stored */
+        for (int i = 0; i < DS_K; i++) {
+            float nb, na;
+            assert_false(gk_dare_survey(&xs[i], 1, base, b0, m, &key[i], &thr[i], NULL, &nb, &na));
+            assert_true(nb == before[i] && na == after[i]);
+        }
+        uint8_t *some[DS_K] = {NULL, bits[1], NULL};
+        memset(bits, 0xee, sizeof bits);
+        float sb[DS_K], sa[DS_K];
+        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, some, sb, sa));
+        assert_memory_equal(bits[1], want_bits[1], sizeof bits[1]);
+        assert_int_equal(bits[0][b0 / 8], 0xee);
+        assert_int_equal(bits[2][b0 / 8], 0xee);
+        for (int i = 0; i < DS_K; i++) assert_true(sb[i] == before[i] && sa[i] == after[i]);
     }
-    assert_true(other_order_differs > 0); /* twice the lanes would have summed to another value */
-    uint8_t bits[N / 8];
-    float before, after;
-    x[3000] = 0xffc0; /* NaN */
-    assert_true(gk_dare_survey(x, base, 2992, 16, key, thr, bits, &before, &after));
-    assert_false(gk_dare_survey(x, base, 3008, 16, key, thr, bits, &before, &after));
-    free(x);
+    assert_true(other_order_differs > 0); /* the plain order would have summed to another value */
+    /* a NaN in any model's block is reported; the blocks around it are not */
+    float before[DS_K], after[DS_K];
+    x[2][3000] = 0xffc0;
+    assert_true(gk_dare_survey(xs, DS_K, base, 2992, 16, key, thr, NULL, before, after));
+    assert_true(gk_dare_survey(&xs[2], 1, base, 2992, 40, &key[2], &thr[2], NULL, before, after));
+    assert_false(gk_dare_survey(xs, DS_K, base, 3008, 16, key, thr, NULL, before, after));
+    assert_false(gk_dare_survey(xs, 2, base, 2992, 16, key, thr, NULL, before, after));
+    for (int i = 0; i < DS_K; i++) free(x[i]);
     free(base);
 }
 
