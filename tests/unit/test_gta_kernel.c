@@ -452,6 +452,15 @@ static void test_dare_survey(void **state) {
         assert_int_equal(bits[0][b0 / 8], 0xee);
         assert_int_equal(bits[2][b0 / 8], 0xee);
         for (int i = 0; i < DS_K; i++) assert_true(sb[i] == before[i] && sa[i] == after[i]);
+        /* two models, and four (the first again as the fourth): each its own sums */
+        const uint16_t *xs4[4] = {x[0], x[1], x[2], x[0]};
+        uint64_t key4[4] = {key[0], key[1], key[2], key[0]};
+        uint32_t thr4[4] = {thr[0], thr[1], thr[2], thr[0]};
+        float b4[4], a4[4];
+        assert_false(gk_dare_survey(xs4, 2, base, b0, m, key4, thr4, NULL, b4, a4));
+        for (int i = 0; i < 2; i++) assert_true(b4[i] == before[i] && a4[i] == after[i]);
+        assert_false(gk_dare_survey(xs4, 4, base, b0, m, key4, thr4, NULL, b4, a4));
+        for (int i = 0; i < 4; i++) assert_true(b4[i] == before[i % DS_K] && a4[i] == after[i % DS_K]);
     }
     assert_true(other_order_differs > 0); /* the plain order would have summed to another value */
     /* a NaN in any model's block is reported; the blocks around it are not */
