@@ -371,7 +371,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     uint8_t *dare_bits[GK_MAX_MODELS] = {NULL};
     for (int i = 0; GTA_KERNEL && base_bf && i < k && k <= GK_MAX_MODELS; i++) {
         const gta_model *gm = &g->m[i];
-        dare_fused[i] = rescale && gm->random && gm->ncuts <= 0 && gm->src.dtype == ALLOY_BF16 &&
+        dare_fused[i] = rescale && gm->random && gm->masked && gm->ncuts <= 0 && gm->src.dtype == ALLOY_BF16 &&
                        !((uintptr_t)gm->src.data & 1);
         if (dare_fused[i] && as_bits) dare_bits[i] = g->bits_room + (size_t)i * stride;
     }
@@ -382,7 +382,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     uint32_t fthr[GK_MAX_MODELS];
     uint8_t *fbits[GK_MAX_MODELS];
     for (int i = 0; i < k && k <= GK_MAX_MODELS; i++) {
-        if (!dare_fused[i] || !g->m[i].masked) continue;
+        if (!dare_fused[i]) continue;
         fidx[nfused] = i, fx[nfused] = g->m[i].src.data, fkey[nfused] = g->m[i].rng_key;
         fthr[nfused] = g->m[i].rng_thr, fbits[nfused] = dare_bits[i];
         nfused++;
@@ -417,7 +417,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     gta_model *gm = &g->m[i];
                     bool sums = rescale && gm->masked;
                     if (gm->ncuts <= 0 && !sums) continue;
-                    if (k <= GK_MAX_MODELS && dare_fused[i] && gm->masked) continue; /* done above */
+                    if (k <= GK_MAX_MODELS && dare_fused[i]) continue; /* done above */
                     cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
                     if (RC_BF16_SCAN && !sums && base_bf && gm->src.dtype == ALLOY_BF16 &&
