@@ -413,14 +413,15 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
     __m512i hw[GK_MAX_MODELS], vthr[GK_MAX_MODELS];
     __m512 sb[GK_MAX_MODELS], sa[GK_MAX_MODELS];
     uint8_t *bp[GK_MAX_MODELS];
+    /* index * phi of the even lanes, the same for every model */
+    const __m512i hidx = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2), phi1);
     /* every loop over the models unrolled, or their state stays an array in memory */
 #pragma GCC unroll 4
     for (int i = 0; i < k; i++) {
         x[i] = xs[i] + b0;
         streams[i + 1] = x[i];
         uint32_t k32 = rng_key32(rng_key[i], (uint64_t)b0 >> 32);
-        __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2);
-        hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, phi1), _mm512_set1_epi32((int32_t)k32));
+        hw[i] = _mm512_add_epi32(hidx, _mm512_set1_epi32((int32_t)k32));
         vthr[i] = _mm512_set1_epi32((int32_t)thr[i]);
         sb[i] = sa[i] = _mm512_setzero_ps();
         bp[i] = bits && bits[i] ? bits[i] + b0 / 8 : NULL;
