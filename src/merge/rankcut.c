@@ -75,8 +75,32 @@ static void band_positions(size_t n, size_t rank, size_t ns, double *lo, double 
     *lo = centre - margin, *hi = centre + margin;
 }
 
-/* Cut c over the band [blo, bhi]: no chunk has kept anything yet. */
-static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float blo, float bhi) {
+/* bytes (a multiple of 64) of room, or NULL when it has no more. */
+static void *room_take(rc_room *room, size_t bytes) {
+    if (!room || !room->p) return NULL;
+    size_t at = __atomic_fetch_add(&room->used, bytes, __ATOMIC_RELAXED);
+    return at <= room->bytes && bytes <= room->bytes - at ? room->p + at : NULL;
+}
+
+/* Room for `need` floats of kept magnitudes (with the scan's slack) and
+ * the pieces of a chunk of len elements. */
+#define KEEP_SLACK 48
+static void chunk_room(rc_chunk *h, size_t need, size_t len, rc_room *room) {
+    size_t cap = (need + RC_BLOCK + KEEP_SLACK + 15) & ~(size_t)15;
+    size_t pccap = (len + RC_BLOCK - 1) / RC_BLOCK + 1;
+    size_t pcbytes = (pccap * sizeof(rc_piece) + 63) & ~(size_t)63;
+    char *p = room_take(room, cap * sizeof(float) + pcbytes);
+    if (!p) return;
+    h->v = (float *)(void *)p, h->cap = cap, h->v_room = true;
+    h->pc = (rc_piece *)(void *)(p + cap * sizeof(float)), h->pccap = pccap, h->pc_room = true;
+}
+
+/* Cut c over the band [blo, bhi]: no chunk has kept anything yet; each
+ * chunk's buffer sized for a quarter more than the share of the sample's
+ * ns magnitudes that lie in the band (nonzero: the scan keeps no zeros),
+ * at most half the chunk (past which it goes over). */
+static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float blo, float bhi, const float *sample,
+                      size_t ns, rc_room *room) {
     memset(c, 0, sizeof *c);
     c->n = n;
     c->rank = rank;
@@ -86,7 +110,21 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
     c->one = blo == bhi && blo > 0.0f;
     c->nchunks = rank_cut_nchunks(n);
     c->ch = calloc(c->nchunks ? c->nchunks : 1, sizeof *c->ch);
-    return c->ch != NULL;
+    if (!c->ch) return false;
+    if (c->one || !room) return true;
+    uint32_t lo = fbits(blo), hi = fbits(bhi);
+    size_t in = 0;
+    for (size_t s = 0; s < ns; s++) {
+        uint32_t u = fbits(sample[s]);
+        in += u != 0 && u >= lo && u <= hi;
+    }
+    for (size_t ch = 0; ch < c->nchunks; ch++) {
+        size_t a, b;
+        rank_cut_chunk(n, ch, &a, &b);
+        size_t need = ns ? (size_t)((double)in / (double)ns * (double)(b - a) * 1.25) : 0;
+        chunk_room(&c->ch[ch], need < (b - a) / 2 ? need : (b - a) / 2, b - a, room);
+    }
+    return true;
 }
 
 /* The digits of a magnitude's bit pattern (below 2^31: it orders as the
@@ -175,7 +213,8 @@ static void sample_select(const float *a, size_t ns, const size_t *r, int nr, fl
     }
 }
 
-bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp) {
+bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp,
+                   rc_room *room) {
     double lo, hi;
     band_positions(n, rank, ns, &lo, &hi);
     size_t r[2];
@@ -184,13 +223,14 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
     if (lo >= 0) r[nr++] = (size_t)lo;
     if (hi < (double)ns) r[nr++] = (size_t)hi;
     if (nr) sample_select(sample, ns, r, nr, v, tmp);
-    return plan_band(c, n, rank, idx_desc, lo < 0 ? 0.0f : v[0], hi >= (double)ns ? INFINITY : v[nr - 1]);
+    return plan_band(c, n, rank, idx_desc, lo < 0 ? 0.0f : v[0], hi >= (double)ns ? INFINITY : v[nr - 1], sample, ns,
+                     room);
 }
 
 void rank_cut_free(rank_cut *c) {
     for (size_t i = 0; c->ch && i < c->nchunks; i++) {
-        free(c->ch[i].v);
-        free(c->ch[i].pc);
+        if (!c->ch[i].v_room) free(c->ch[i].v);
+        if (!c->ch[i].pc_room) free(c->ch[i].pc);
     }
     free(c->ch);
     c->ch = NULL;
@@ -305,7 +345,6 @@ static size_t scan_block(const float *a, size_t len, uint32_t lo, uint32_t hi, s
  * the piece recorded; spare when the chunk is over (it then keeps nothing
  * more) or the band is one value (only counted). The piece starts where
  * the last one ended. */
-#define KEEP_SLACK 48
 static float *piece_begin(rank_cut *c, size_t chunk, size_t len, float *spare) {
     rc_chunk *h = &c->ch[chunk];
     if (h->over) return spare;
@@ -313,19 +352,23 @@ static float *piece_begin(rank_cut *c, size_t chunk, size_t len, float *spare) {
     rank_cut_chunk(c->n, chunk, &lo, &hi);
     if (h->npc == h->pccap) {
         size_t cap = h->pccap ? 2 * h->pccap : 64;
-        rc_piece *pc = realloc(h->pc, cap * sizeof *pc);
+        rc_piece *pc = h->pc_room ? malloc(cap * sizeof *pc) : realloc(h->pc, cap * sizeof *pc);
         if (!pc) return h->over = true, spare;
-        h->pc = pc, h->pccap = cap;
+        if (h->pc_room) memcpy(pc, h->pc, h->npc * sizeof *pc);
+        h->pc = pc, h->pccap = cap, h->pc_room = false;
     }
+    /* more than half the chunk: the band is too wide to be of use (tested
+     * at every piece, so where a chunk goes over depends on the data, not
+     * on where its buffer came from) */
+    if (!c->one && h->nv > (hi - lo) / 2) return h->over = true, spare;
     size_t need = h->nv + len + KEEP_SLACK;
     if (!c->one && need > h->cap) {
-        /* more than half the chunk: the band is too wide to be of use */
-        if (h->nv > (hi - lo) / 2) return h->over = true, spare;
         size_t cap = h->cap ? 2 * h->cap : 4096;
         while (cap < need) cap *= 2;
-        float *v = realloc(h->v, cap * sizeof *v);
+        float *v = h->v_room ? malloc(cap * sizeof *v) : realloc(h->v, cap * sizeof *v);
         if (!v) return h->over = true, spare;
-        h->v = v, h->cap = cap;
+        if (h->v_room) memcpy(v, h->v, h->nv * sizeof *v);
+        h->v = v, h->cap = cap, h->v_room = false;
     }
     size_t e0 = h->npc ? h->pc[h->npc - 1].e0 + h->pc[h->npc - 1].len : lo;
     h->pc[h->npc] = (rc_piece){.e0 = e0, .len = (uint32_t)len, .v0 = (uint32_t)h->nv};

@@ -235,7 +235,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
     /* the rank is planned from the sample's nonzero share and set exactly after the pass */
     size_t kk_hat = (size_t)((double)nz_sample / (double)ns * (double)n * topk);
     rank_cut cut;
-    bool planned = rank_cut_plan(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns, tmp);
+    bool planned = rank_cut_plan(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns, tmp, NULL);
     free(tmp);
     free(sample);
     size_t nc = rank_cut_nchunks(n), nz = 0;

@@ -757,6 +757,11 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
                 g.bits_room = (uint8_t *)wk, g.bits_room_bytes = 2 * n * sizeof(float);
         }
     }
+    /* the cuts' buffers in the key and scratch, which the exact path alone
+     * uses (after every cut is resolved and freed); in the executor's
+     * buffer, where one tensor after another reuses the same warm pages */
+    rc_room room = {0};
+    if (key && !g.bits_room) room = (rc_room){(char *)key, 2 * n * sizeof(float), 0};
     float wsum = 0.0f;
     bool survey = false, cuts = false;
     for (int i = 0; i < k && !rc; i++) {
@@ -786,7 +791,8 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
                     continue;
                 }
                 for (int cu = 0; cu < m->ncuts; cu++)
-                    if (!rank_cut_plan(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns, tmp)) oom = 1;
+                    if (!rank_cut_plan(&m->cut[cu], n, m->cut[cu].rank, m->neg_key, smp, ns, tmp, &room))
+                        oom = 1;
                 free(tmp);
             }
         }

@@ -47,8 +47,10 @@ static double gauss(uint64_t seed, uint64_t i) {
 }
 
 /* Plan from the sample positions the library would use (or a given sample),
- * scan everything in chunks, resolve. */
-static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float *forced, rank_cut *c) {
+ * scan everything in chunks, resolve; the chunks' buffers from room where
+ * it has space (NULL: the heap). */
+static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float *forced, rank_cut *c,
+                   rc_room *room) {
     size_t ns = rank_cut_sample_size(n), runs = ns / RC_RUN;
     assert_true(ns > 0);
     float *sample = malloc(ns * sizeof *sample);
@@ -60,7 +62,7 @@ static int run_cut(const float *a, size_t n, size_t rank, bool desc, const float
     }
     float *tmp = malloc(2 * ns * sizeof *tmp);
     assert_non_null(tmp);
-    assert_true(rank_cut_plan(c, n, rank, desc, sample, ns, tmp));
+    assert_true(rank_cut_plan(c, n, rank, desc, sample, ns, tmp, room));
     free(tmp);
     cut_acc acc[2];
     memset(acc, 0, sizeof acc);
@@ -102,7 +104,24 @@ static int check(const float *a, size_t n, size_t rank, bool desc) {
     qsort_r(idx, n, sizeof *idx, by_order, &o);
     for (size_t r = 0; r < n; r++) pos[idx[r]] = r;
     rank_cut c;
-    int rc = run_cut(a, n, rank, desc, NULL, &c);
+    int rc = run_cut(a, n, rank, desc, NULL, &c, NULL);
+    /* the same with the buffers in a room: one with space for all, and one
+     * so small that most chunks start on the heap, and the few inside it
+     * move there when they grow */
+    size_t sizes[2] = {8 * n + 4096, 3 * 4800};
+    for (int r = 0; r < 2; r++) {
+        char *mem = aligned_alloc(64, sizes[r]);
+        assert_non_null(mem);
+        rc_room room = {mem, sizes[r], 0};
+        rank_cut c2;
+        assert_int_equal(run_cut(a, n, rank, desc, NULL, &c2, &room), rc);
+        if (rc == 1) {
+            assert_true(c2.zero == c.zero);
+            if (!c.zero) assert_true(c2.v == c.v && c2.idx == c.idx);
+        }
+        if (r == 0 && !c2.one) assert_true(room.used > 0 && room.used <= room.bytes);
+        free(mem);
+    }
     if (rc == 0) {
         /* only where the band holds most of a chunk (too wide to keep) */
         assert_true(band_too_wide(a, n, &c));
@@ -225,9 +244,13 @@ static void test_band_miss(void **state) {
     for (size_t e = 0; e < n; e++) a[e] = (float)fabs(gauss(6, e));
     for (size_t s = 0; s < ns; s++) fake[s] = 100.0f + (float)s; /* far above every magnitude */
     rank_cut c;
-    assert_int_equal(run_cut(a, n, n / 2, true, fake, &c), 0);
+    assert_int_equal(run_cut(a, n, n / 2, true, fake, &c, NULL), 0);
     for (size_t s = 0; s < ns; s++) fake[s] = 1e-30f * (float)(s + 1); /* far below */
-    assert_int_equal(run_cut(a, n, n / 2, false, fake, &c), 0);
+    char *mem = malloc(8 * n);
+    assert_non_null(mem);
+    rc_room room = {mem, 8 * n, 0}; /* buffers sized from a sample that is wrong */
+    assert_int_equal(run_cut(a, n, n / 2, false, fake, &c, &room), 0);
+    free(mem);
     free(a);
     free(fake);
 }
@@ -260,8 +283,8 @@ static void test_scan_bf16(void **state) {
     size_t ranks[] = {n / 3, n / 2, n - n / 10, n / 20};
     for (size_t ri = 0; ri < 4; ri++) {
         rank_cut c1, c2;
-        assert_true(rank_cut_plan(&c1, n, ranks[ri], true, sample, ns, tmp));
-        assert_true(rank_cut_plan(&c2, n, ranks[ri], true, sample, ns, tmp));
+        assert_true(rank_cut_plan(&c1, n, ranks[ri], true, sample, ns, tmp, NULL));
+        assert_true(rank_cut_plan(&c2, n, ranks[ri], true, sample, ns, tmp, NULL));
         cut_acc acc1 = {0}, acc2 = {0};
         size_t blocks = 0;
         for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
@@ -360,7 +383,7 @@ static void test_plan_band(void **state) {
             double q = (double)rank / (double)n, margin = 5.0 * sqrt((double)ns * q * (1.0 - q)) + 16.0;
             double lo = q * (double)ns - margin, hi = q * (double)ns + margin;
             rank_cut c;
-            assert_true(rank_cut_plan(&c, n, rank, true, s, ns, tmp));
+            assert_true(rank_cut_plan(&c, n, rank, true, s, ns, tmp, NULL));
             assert_true(c.blo == (lo < 0 ? 0.0f : sorted[(size_t)lo]));
             assert_true(c.bhi == (hi >= (double)ns ? INFINITY : sorted[(size_t)hi]));
             rank_cut_free(&c);
