@@ -57,7 +57,7 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
-asan:
+asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -march=native -mprefer-vector-width=512 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" LDFLAGS="-fopenmp -fsanitize=address,undefined" all unit
 	@BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 tests/run.sh
 

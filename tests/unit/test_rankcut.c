@@ -110,7 +110,7 @@ static int check(const float *a, size_t n, size_t rank, bool desc) {
      * move there when they grow */
     size_t sizes[2] = {8 * n + 4096, 3 * 4800};
     for (int r = 0; r < 2; r++) {
-        char *mem = aligned_alloc(64, sizes[r]);
+        char *mem = aligned_alloc(64, (sizes[r] + 63) / 64 * 64);
         assert_non_null(mem);
         rc_room room = {mem, sizes[r], 0};
         rank_cut c2;
@@ -184,6 +184,39 @@ static void test_small(void **state) {
         free(a);
     }
     assert_int_equal(rank_cut_sample_size(((size_t)1 << 15) - 1), 0);
+}
+
+/* The sample grows with n past its floor, never shrinks as n grows, takes
+ * whole runs and at most one element in 16, and stops at its cap; a
+ * large tensor's cut (a sample of n / 512) still finds the exact ranks. */
+static void test_sample_size(void **state) {
+    (void)state;
+    assert_int_equal(rank_cut_sample_size((size_t)1 << 18), ((size_t)1 << 18) / 16);
+    assert_int_equal(rank_cut_sample_size((size_t)1 << 22), 32768); /* the floor: n / 16 would be more */
+    assert_int_equal(rank_cut_sample_size((size_t)1 << 26), ((size_t)1 << 26) / 512);
+    assert_int_equal(rank_cut_sample_size((size_t)136134656), 262144); /* Qwen2-0.5B's embedding: the cap */
+    assert_int_equal(rank_cut_sample_size(UINT32_MAX), 262144);
+    assert_int_equal(rank_cut_sample_size((size_t)UINT32_MAX + 1), 0);
+    size_t last = 0;
+    for (size_t n = (size_t)1 << 15; n <= ((size_t)1 << 28); n = n + n / 7 + 13) {
+        size_t ns = rank_cut_sample_size(n);
+        assert_true(ns >= last && ns % RC_RUN == 0 && ns <= n / 16);
+        last = ns;
+    }
+    size_t n = ((size_t)1 << 25) + 12345; /* ns = n / 512, twice the floor */
+    assert_int_equal(rank_cut_sample_size(n), n / 512 / RC_RUN * RC_RUN);
+    float *a = malloc(n * sizeof *a);
+    assert_non_null(a);
+    for (size_t e = 0; e < n; e++) a[e] = (float)fabs(gauss(8, e));
+    for (int d = 1; d <= 3; d++) {
+        rank_cut c;
+        assert_int_equal(run_cut(a, n, n * (size_t)d / 4, d == 2, NULL, &c, NULL), 1);
+        size_t below = 0, at = 0;
+        for (size_t e = 0; e < n; e++) below += a[e] < c.v, at += a[e] == c.v;
+        assert_true(below <= n * (size_t)d / 4 && n * (size_t)d / 4 < below + at);
+        assert_true(c.idx < n && a[c.idx] == c.v);
+    }
+    free(a);
 }
 
 /* |bf16(b + d) - bf16(b)|: multiples of a few ulps, large tie groups */
@@ -396,7 +429,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
         cmocka_unit_test(test_two_values), cmocka_unit_test(test_common_and_rest), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_band),
-        cmocka_unit_test(test_small), cmocka_unit_test(test_scan_bf16),
+        cmocka_unit_test(test_small), cmocka_unit_test(test_sample_size), cmocka_unit_test(test_scan_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
