@@ -421,6 +421,9 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 }
 
 #if RC_AVX512BW
+/* How far ahead of the bf16 scan its inputs are asked for. */
+#define SCAN_AHEAD 4096
+
 /* 16 magnitudes u (bit patterns) where the band starts at zero: those up to
  * hi counted in lane counter c; returns the nonzero ones of them. */
 static inline __mmask16 band16_zero(__m512i u, __m512i vhi, __m512i *c) {
@@ -460,6 +463,11 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
     __mmask32 bad = 0;
     size_t j = 0, cnt = 0;
     for (; j + 32 <= len; j += 32) {
+        /* a line of each stream SCAN_AHEAD bytes on per 64 bytes scanned:
+         * the requests spread over the loop rather than come in a burst
+         * per block, which waits for the memory with nothing to compute */
+        _mm_prefetch((const char *)(x + j) + SCAN_AHEAD, _MM_HINT_T0);
+        if (check_base) _mm_prefetch((const char *)(base + j) + SCAN_AHEAD, _MM_HINT_T0);
         __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
         if (check_base) bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(bw, exp16), exp16);

@@ -425,9 +425,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         /* cuts only, both bf16: the magnitudes made inside the scan */
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
-                        bool nf = false;
-                        merge_prefetch_block(xh, m * 2);
-                        if (!base_checked) merge_prefetch_block(bh, m * 2);
+                        bool nf = false; /* (the scan asks for its lines ahead itself) */
                         for (int cu = 0; cu < gm->ncuts; cu++) {
                             rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, !base_checked, &nf);
                             base_checked = true;
