@@ -852,7 +852,8 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
 #pragma omp for schedule(dynamic, 1) nowait
             for (size_t back = 0; back < nseg; back++) {
                 size_t sg = nseg - 1 - back;
-                size_t s0 = sg * GTA_SEG * GTA_BLOCK, s1 = s0 + GTA_SEG * GTA_BLOCK, step = kernel ? GTA_WIDE : GTA_BLOCK;
+                size_t s0 = sg * GTA_SEG * GTA_BLOCK, s1 = s0 + GTA_SEG * GTA_BLOCK;
+                size_t step = kernel ? GTA_WIDE : GTA_BLOCK;
                 s1 = s1 < n ? s1 : n;
                 for (size_t b0 = s0; d && b0 < s1;) {
                     size_t ob = n, m = s1 - b0 < step ? s1 - b0 : step;

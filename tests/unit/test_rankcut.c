@@ -428,8 +428,9 @@ static void test_plan_band(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_continuous), cmocka_unit_test(test_bf16_ties), cmocka_unit_test(test_mostly_zero),
-        cmocka_unit_test(test_two_values), cmocka_unit_test(test_common_and_rest), cmocka_unit_test(test_band_miss), cmocka_unit_test(test_plan_band),
-        cmocka_unit_test(test_small), cmocka_unit_test(test_sample_size), cmocka_unit_test(test_scan_bf16),
+        cmocka_unit_test(test_two_values), cmocka_unit_test(test_common_and_rest), cmocka_unit_test(test_band_miss),
+        cmocka_unit_test(test_plan_band), cmocka_unit_test(test_small), cmocka_unit_test(test_sample_size),
+        cmocka_unit_test(test_scan_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
