@@ -3,6 +3,12 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#define DTYPE_F16C 1 /* the hardware f16 conversions (vcvtph2ps, vcvtps2ph) */
+#else
+#define DTYPE_F16C 0
+#endif
 
 static const struct {
     const char *st, *torch;
@@ -152,14 +158,29 @@ int64_t dtype_to_f32(const void *src, alloy_dtype dt, float *dst, size_t n) {
             }
         }
         break;
-    case ALLOY_F16:
-        for (size_t i = 0; i < n; i++) {
+    case ALLOY_F16: {
+        size_t i = 0;
+#if DTYPE_F16C
+        /* eight at a time in hardware, exact as f16_to_f32 (every f16 is an
+         * f32), up to the first eight that hold a NaN or an infinity: from
+         * there on f16_to_f32, which keeps a NaN's payload as it is (the
+         * hardware quiets it). 1.39 -> 0.14 ns per element here (from f32
+         * 1.25 -> 0.15), and an f16 merge converts each input twice. */
+        const __m128i ex = _mm_set1_epi16(0x7c00);
+        for (; i + 8 <= n; i += 8) {
+            __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i));
+            if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, ex), ex))) break;
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+        }
+#endif
+        for (; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
             dst[i] = f16_to_f32(h);
             bad |= (h & 0x7c00u) == 0x7c00u;
         }
         break;
+    }
     default:
         return 0; /* not mergeable: caller's bug; report element 0 */
     }
@@ -193,12 +214,33 @@ void dtype_from_f32(const float *src, alloy_dtype dt, void *dst, size_t n) {
             }
         }
         break;
-    case ALLOY_F16:
-        for (size_t i = 0; i < n; i++) {
+    case ALLOY_F16: {
+        size_t i = 0;
+#if DTYPE_F16C
+        /* eight at a time in hardware, rounding to nearest even as
+         * f32_to_f16 does (to infinity from 65520 on, subnormals exact);
+         * eight that hold a NaN go through f32_to_f16, whose NaN is the
+         * canonical quiet one */
+        const __m256i mag = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_loadu_ps(src + i);
+            __m256i u = _mm256_and_si256(_mm256_castps_si256(v), mag);
+            if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(u, inf))) {
+                for (size_t j = i; j < i + 8; j++) {
+                    uint16_t h = f32_to_f16(src[j]);
+                    memcpy(p + 2 * j, &h, 2);
+                }
+                continue;
+            }
+            _mm_storeu_si128((__m128i *)(void *)(p + 2 * i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        }
+#endif
+        for (; i < n; i++) {
             uint16_t h = f32_to_f16(src[i]);
             memcpy(p + 2 * i, &h, 2);
         }
         break;
+    }
     default:
         break;
     }
