@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """bench_merge.py — merge throughput and memory on a Qwen2-0.5B-shaped model.
 
-For linear, ties and dare_ties over a base + 3 bf16 variants (and slerp of the
-base with one variant): wall time, peak
+For linear, ties and dare_ties over a base + 3 bf16 variants (slerp of the
+base with one variant, and ties over the same four in f16: ties@f16): wall time, peak
 RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 (stream_floor: reading every input byte once and writing the output through
 the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
@@ -32,11 +32,12 @@ import time
 BUILD, BENCH = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
 METHODS = (sys.argv[sys.argv.index("--methods") + 1].split(",") if "--methods" in sys.argv
-           else ["linear", "ties", "dare_ties", "slerp"])
+           else ["linear", "ties", "dare_ties", "slerp", "ties@f16"])
 ROUNDS = 5
 ALLOY = os.path.join(BUILD, "alloy")
 FLOOR = os.path.join(BUILD, "bench", "stream_floor")
 M = os.path.join(BENCH, "qwen2-0.5b")
+M16 = os.path.join(BENCH, "qwen2-0.5b-f16")  # the same checkpoints in f16 (METHOD@f16 rows)
 
 
 def warm(paths):
@@ -63,16 +64,35 @@ def timed(cmd, env=None, inputs=()):
     return wall, ru.ru_maxrss / 1024.0, out, ru.ru_utime + ru.ru_stime
 
 
+def make_f16(env):
+    """The bench checkpoints converted to f16 by alloy itself (a linear merge
+    of one model with weight 1 and dtype float16: exact where the values fit
+    f16), once."""
+    for d in ("base", "ft1", "ft2", "ft3"):
+        dst = os.path.join(M16, d)
+        if os.path.exists(os.path.join(dst, "model.safetensors")):
+            continue
+        r = os.path.join(BENCH, "to-f16-%s.yml" % d)
+        open(r, "w").write("merge_method: linear\ndtype: float16\nmodels:\n  - model: %s/%s\n"
+                           "    parameters: {weight: 1.0}\n" % (M, d))
+        os.makedirs(M16, exist_ok=True)
+        p = subprocess.run([ALLOY, "merge", r, dst, "--threads", THREADS], env=env, capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit("failed: converting %s/%s to f16\n%s" % (M, d, p.stderr))
+
+
 def recipe(method):
-    path = os.path.join(BENCH, "%s.yml" % method)
+    """METHOD over the bf16 checkpoints, or METHOD@f16 over their f16 copies."""
+    path = os.path.join(BENCH, "%s.yml" % method.replace("@", "-"))
+    method, m = (method.split("@")[0], M16) if "@f16" in method else (method, M)
     lines = ["merge_method: %s" % method]
     if method != "linear":
-        lines.append("base_model: %s/base" % M)
+        lines.append("base_model: %s/base" % m)
     lines.append("models:")
     if method == "slerp":
-        lines += ["  - model: %s/ft1" % M, "parameters: {t: 0.3}"]
+        lines += ["  - model: %s/ft1" % m, "parameters: {t: 0.3}"]
     for i, (w, d) in enumerate(((0.5, 0.5), (0.3, 0.6), (0.2, 0.4)) if method != "slerp" else ()):
-        lines.append("  - model: %s/ft%d" % (M, i + 1))
+        lines.append("  - model: %s/ft%d" % (m, i + 1))
         lines.append("    parameters: {weight: %g%s}" % (w, ", density: %g" % d if method != "linear" else ""))
     open(path, "w").write("\n".join(lines) + "\n")
     return path
@@ -135,11 +155,14 @@ def main():
                                                    "median pair", "cpu s", "floor cpu s"))
     noisy_any = False
     for method in METHODS:
+        if "@f16" in method:
+            make_f16(env)
         r = recipe(method)
-        fts = ("ft1",) if method == "slerp" else ("ft1", "ft2", "ft3")
-        inputs = [os.path.join(M, d, "model.safetensors") for d in fts]
-        if method != "linear":
-            inputs.append(os.path.join(M, "base", "model.safetensors"))
+        name, mdir = (method.split("@")[0], M16) if "@f16" in method else (method, M)
+        fts = ("ft1",) if name == "slerp" else ("ft1", "ft2", "ft3")
+        inputs = [os.path.join(mdir, d, "model.safetensors") for d in fts]
+        if name != "linear":
+            inputs.append(os.path.join(mdir, "base", "model.safetensors"))
         floor = wall = rss = float("inf")
         paired, cpu, fcpu = [], [], []
         rounds = 0
