@@ -81,10 +81,15 @@ def make_f16(env):
             raise SystemExit("failed: converting %s/%s to f16\n%s" % (M, d, p.stderr))
 
 
+def method_dir(method):
+    """A row's method and checkpoint directory: METHOD over the bf16
+    checkpoints, METHOD@f16 over their f16 copies."""
+    return (method.split("@")[0], M16) if method.endswith("@f16") else (method, M)
+
+
 def recipe(method):
-    """METHOD over the bf16 checkpoints, or METHOD@f16 over their f16 copies."""
     path = os.path.join(BENCH, "%s.yml" % method.replace("@", "-"))
-    method, m = (method.split("@")[0], M16) if "@f16" in method else (method, M)
+    method, m = method_dir(method)
     lines = ["merge_method: %s" % method]
     if method != "linear":
         lines.append("base_model: %s/base" % m)
@@ -155,10 +160,10 @@ def main():
                                                    "median pair", "cpu s", "floor cpu s"))
     noisy_any = False
     for method in METHODS:
-        if "@f16" in method:
+        name, mdir = method_dir(method)
+        if mdir == M16:
             make_f16(env)
         r = recipe(method)
-        name, mdir = (method.split("@")[0], M16) if "@f16" in method else (method, M)
         fts = ("ft1",) if name == "slerp" else ("ft1", "ft2", "ft3")
         inputs = [os.path.join(mdir, d, "model.safetensors") for d in fts]
         if name != "linear":
