@@ -18,8 +18,11 @@
 
 /* Unless the user set GOMP_SPINCOUNT or OMP_WAIT_POLICY: set
  * GOMP_SPINCOUNT=10000 (~tens of microseconds) and, unless set,
- * OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles: a BLAS worker sleeps as soon as
- * it is idle and is woken for the next call), and re-execute this program
+ * OPENBLAS_THREAD_TIMEOUT=18 (2^18 cycles, ~0.1 ms: a BLAS worker stays
+ * awake between the calls of one SVD, and sleeps soon after the last; a
+ * drm merge with rank 64 on the bench took 32.9 s of wall and 56.9 CPU-s
+ * with 18, 35.7 / 66.1 with 28, the default, 36.3 / 60.7 with 4, medians
+ * of 4 alternating runs), and re-execute this program
  * (/proc/self/exe) with argv; returns only when that is not possible, the
  * program then runs on with the libraries' defaults. */
 void alloy_short_spin(char **argv);
