@@ -171,6 +171,20 @@ static inline __attribute__((always_inline)) void gk_store32(__m512 oe, __m512 o
     }
 }
 
+/* The lean loop (gk_loop's lean): whole vectors of 32 only, no input tested
+ * for NaN (the first pass did), and the rescale by s_i in every model or in
+ * none, as the kind says: DARE's random and bit masks rescale, the others
+ * do not (kind GK_KINDS: none). Where a block fits it, the loop drops the
+ * tail masks and the per-model tests of the general one. */
+static inline bool gk_lean_rescaled(int kind) { return kind == GK_RANDOM || kind == GK_BITS; }
+
+static inline bool gk_lean_fits(const gk_args *a, int k, int kind, size_t m) {
+    if (m % 32 || a->check_base) return false;
+    for (int i = 0; i < k; i++)
+        if (a->m[i].check || (a->m[i].s != 1.0f) != gk_lean_rescaled(kind)) return false;
+    return true;
+}
+
 /* task_arithmetic.c's merge of a block, 32 elements at a time (the even
  * and the odd ones, 16 lanes each):
  *   d_i = w_i * s_i * m_i * (x_i - base)
@@ -190,9 +204,9 @@ static inline __attribute__((always_inline)) void gk_store32(__m512 oe, __m512 o
  * and reading them through a cost a load and a test per model per vector. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
-                                                          bool out_bf16, int kind, bool uniform, const float *lb,
-                                                          const float *ub, size_t b0, size_t m, void *dst,
-                                                          size_t *obad) {
+                                                          bool out_bf16, int kind, bool uniform, bool lean,
+                                                          const float *lb, const float *ub, size_t b0, size_t m,
+                                                          void *dst, size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
     const __m512i iota2 = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i phi1 = _mm512_set1_epi32((int32_t)0x9e3779b9u);
@@ -207,7 +221,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
     }
     const __m512 rtab = _mm512_loadu_ps(rt), rall = _mm512_set1_ps(1.0f / a->div_all);
     const uint16_t *const base = a->base;
-    const bool check_base = a->check_base;
+    const bool check_base = !lean && a->check_base;
     const uint16_t *xs[GK_MAX_MODELS];
     __m512 wv[GK_MAX_MODELS], sv[GK_MAX_MODELS];
     bool rescaled[GK_MAX_MODELS], check[GK_MAX_MODELS];
@@ -222,8 +236,8 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         xs[i] = g->x;
         wv[i] = _mm512_set1_ps(g->w);
         sv[i] = _mm512_set1_ps(g->s);
-        rescaled[i] = g->s != 1.0f;
-        check[i] = g->check;
+        rescaled[i] = lean ? gk_lean_rescaled(kind) : g->s != 1.0f;
+        check[i] = !lean && g->check;
         keep_rt[i] = g->keep;
         rule[i] = g->rule;
         lbv[i] = _mm512_set1_ps(uniform ? lb[i] : 0.0f);
@@ -245,7 +259,13 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         size_t e = b0 + j;
         __mmask32 tm;
         __mmask16 th[2];
-        gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
+        if (lean) { /* whole vectors only */
+#pragma GCC unroll 5
+            for (int i = 0; i < k + 1; i++) _mm_prefetch((const char *)(streams[i] + j) + GK_AHEAD, _MM_HINT_T0);
+            tm = (__mmask32)0xffffffffu, th[0] = th[1] = (__mmask16)0xffff;
+        } else {
+            gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
+        }
         __m512i bw = gk_load32(base + e, tm), xw[GK_MAX_MODELS];
         if (check_base) bad |= gk_nonfinite32(bw, tm);
         __mmask16 kb[GK_MAX_MODELS][2] = {{0}}; /* GK_BITS: the even and the odd bits */
@@ -373,8 +393,10 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
                 uniform = gk_uniform_rule(&a->m[i].rule, kd == GK_RULE, b0, b0 + m - 1, &lb[i], &ub[i]);
         }
     }
-    if (uniform) return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, lb, ub, b0, m, dst, obad);
-    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, lb, ub, b0, m, dst, obad);
+    if (uniform && gk_lean_fits(a, k, kind, m))
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, lb, ub, b0, m, dst, obad);
+    if (uniform) return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, false, lb, ub, b0, m, dst, obad);
+    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, false, lb, ub, b0, m, dst, obad);
 }
 
 /* The pattern of 32 mask bits, element order, from the keep masks of the
