@@ -58,6 +58,12 @@ static inline __m512i gk_half(__m512i w, int h) {
     return h ? _mm512_and_si512(w, _mm512_set1_epi32((int32_t)0xffff0000u)) : _mm512_slli_epi32(w, 16);
 }
 
+/* The f16 lean loop (gk_loop) takes its 32 elements as the first 16 and
+ * the last 16 of the load, each converted exactly to f32 in hardware. */
+static inline __m512 gk_half_f16(__m512i w, int h) {
+    return _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(w, 1) : _mm512_castsi512_si256(w));
+}
+
 /* Lanes of tm whose bf16 value is NaN or infinity (exponent all ones). */
 static inline __mmask32 gk_nonfinite32(__m512i w, __mmask32 tm) {
     const __m512i ex = _mm512_set1_epi16(0x7f80);
@@ -185,6 +191,20 @@ static inline bool gk_lean_fits(const gk_args *a, int k, int kind, size_t m) {
     return true;
 }
 
+/* The results of the f16 lean loop, the first 16 elements (lo) and the
+ * last 16 (hi) of the 32 from j, rounded to f16 in hardware as dtype.c's
+ * writer does (nearest even; a NaN, which fails the merge, as it comes)
+ * into element j of dst; *first as gk_store32's. */
+static inline __attribute__((always_inline)) void gk_store32_f16(__m512 lo, __m512 hi, void *dst, size_t j,
+                                                                 size_t *first, size_t m) {
+    __mmask16 nfl = gk_nonfinite(_mm512_castps_si512(lo), 0xffff), nfh = gk_nonfinite(_mm512_castps_si512(hi), 0xffff);
+    if ((nfl | nfh) && *first == m)
+        *first = j + (nfl ? (size_t)__builtin_ctz((unsigned)nfl) : 16 + (size_t)__builtin_ctz((unsigned)nfh));
+    const int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, rn)), _mm512_cvtps_ph(hi, rn), 1);
+    _mm512_storeu_si512((void *)((uint16_t *)dst + j), r);
+}
+
 /* task_arithmetic.c's merge of a block, 32 elements at a time (the even
  * and the odd ones, 16 lanes each):
  *   d_i = w_i * s_i * m_i * (x_i - base)
@@ -204,12 +224,16 @@ static inline bool gk_lean_fits(const gk_args *a, int k, int kind, size_t m) {
  * and reading them through a cost a load and a test per model per vector. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
-                                                          bool out_bf16, int kind, bool uniform, bool lean,
+                                                          bool out_bf16, int kind, bool uniform, bool lean, bool f16,
                                                           const float *lb, const float *ub, size_t b0, size_t m,
                                                           void *dst, size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
-    const __m512i iota2 = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i phi1 = _mm512_set1_epi32((int32_t)0x9e3779b9u);
+    /* element of lane 0 of the second half and of lane l of the first: 1
+     * and 2 l for bf16 (the odd and the even elements), 16 and l for f16 */
+    const __m512i iota2 = f16 ? _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+                              : _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const size_t second = f16 ? 16 : 1;
+    const __m512i phi1 = _mm512_set1_epi32((int32_t)(uint32_t)(second * 0x9e3779b9u));
     const __m512i phi32 = _mm512_set1_epi32((int32_t)(32u * 0x9e3779b9u));
     /* 1 / div: of each agreement pattern with consensus, else of div_all */
     float rt[16] = {0};
@@ -248,7 +272,8 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         if (g->keep == GK_RANDOM) {
             uint32_t k32 = rng_key32(g->rng_key, (uint64_t)b0 >> 32);
             __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2);
-            hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, phi1), _mm512_set1_epi32((int32_t)k32));
+            hw[i] = _mm512_add_epi32(_mm512_mullo_epi32(idx, _mm512_set1_epi32((int32_t)0x9e3779b9u)),
+                                     _mm512_set1_epi32((int32_t)k32));
         }
     }
     const uint16_t *streams[GK_MAX_MODELS + 1] = {base + b0};
@@ -281,19 +306,22 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
                 if (m - j >= 32) memcpy(&w32, p, 4);
                 else
                     for (size_t q = 0; q < (m - j + 7) / 8; q++) w32 |= (uint32_t)p[q] << (8 * q);
-                gk_unzip(w32, &kb[i][0], &kb[i][1]);
+                if (f16) /* the first 16 elements and the last 16 */
+                    kb[i][0] = (__mmask16)w32, kb[i][1] = (__mmask16)(w32 >> 16);
+                else
+                    gk_unzip(w32, &kb[i][0], &kb[i][1]);
             }
         }
         __m512 o[2];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
-            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)(e + (size_t)h)), iota2);
-            __m512 b = _mm512_castsi512_ps(gk_half(bw, h));
+            __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)(e + (h ? second : 0))), iota2);
+            __m512 b = f16 ? gk_half_f16(bw, h) : _mm512_castsi512_ps(gk_half(bw, h));
             __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
             __mmask16 keep[GK_MAX_MODELS];
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
-                __m512 v = _mm512_sub_ps(_mm512_castsi512_ps(gk_half(xw[i], h)), b);
+                __m512 v = _mm512_sub_ps(f16 ? gk_half_f16(xw[i], h) : _mm512_castsi512_ps(gk_half(xw[i], h)), b);
                 /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
                 __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
                 t[i] = _mm512_mul_ps(vs, wv[i]);
@@ -354,7 +382,10 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++)
             if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_RANDOM) hw[i] = _mm512_add_epi32(hw[i], phi32);
-        gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
+        if (f16)
+            gk_store32_f16(o[0], o[1], dst, j, &first, m);
+        else
+            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -378,6 +409,27 @@ static bool gk_uniform_rule(const keep_rule *r, bool two_sided, size_t e0, size_
     return true;
 }
 
+/* gk_uniform_rule of every model with a rule, into lb[i], ub[i]; false
+ * where one of them is not uniform over the block. */
+static bool gk_uniform_rules(const gk_args *a, int k, size_t b0, size_t m, float *lb, float *ub) {
+    for (int i = 0; i < k; i++) {
+        gk_keep kd = a->m[i].keep;
+        if ((kd == GK_TOP || kd == GK_RULE) &&
+            !gk_uniform_rule(&a->m[i].rule, kd == GK_RULE, b0, b0 + m - 1, &lb[i], &ub[i]))
+            return false;
+    }
+    return true;
+}
+
+bool gk_takes(const gk_args *a, size_t b0, size_t m) {
+    if (!a->in_f16) return true;
+    float lb[GK_MAX_MODELS], ub[GK_MAX_MODELS];
+    int kind = (int)a->m[0].keep;
+    for (int i = 1; i < a->k; i++)
+        if ((int)a->m[i].keep != kind) kind = GK_KINDS;
+    return a->out_bf16 && gk_lean_fits(a, a->k, kind, m) && gk_uniform_rules(a, a->k, b0, m, lb, ub);
+}
+
 /* gk_loop over the block, with each rule's thresholds hoisted where the
  * block lies wholly inside or outside its tie ranges (every block but a
  * few per tensor). */
@@ -385,18 +437,15 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
                                                           bool out_bf16, int kind, size_t b0, size_t m, void *dst,
                                                           size_t *obad) {
     float lb[GK_MAX_MODELS] = {0}, ub[GK_MAX_MODELS] = {0};
-    bool uniform = true;
-    if (kind == GK_TOP || kind == GK_RULE || kind == GK_KINDS) {
-        for (int i = 0; i < k && uniform; i++) {
-            gk_keep kd = a->m[i].keep;
-            if (kd == GK_TOP || kd == GK_RULE)
-                uniform = gk_uniform_rule(&a->m[i].rule, kd == GK_RULE, b0, b0 + m - 1, &lb[i], &ub[i]);
-        }
-    }
+    bool uniform = kind == GK_TOP || kind == GK_RULE || kind == GK_KINDS ? gk_uniform_rules(a, k, b0, m, lb, ub) : true;
+    /* f16 inputs: the lean loop alone, f16 out (gk_takes says which blocks) */
+    if (out_bf16 && a->in_f16)
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, true, lb, ub, b0, m, dst, obad);
     if (uniform && gk_lean_fits(a, k, kind, m))
-        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, lb, ub, b0, m, dst, obad);
-    if (uniform) return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, false, lb, ub, b0, m, dst, obad);
-    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, false, lb, ub, b0, m, dst, obad);
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, false, lb, ub, b0, m, dst, obad);
+    if (uniform)
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, false, false, lb, ub, b0, m, dst, obad);
+    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, false, false, lb, ub, b0, m, dst, obad);
 }
 
 /* The pattern of 32 mask bits, element order, from the keep masks of the
@@ -664,6 +713,11 @@ bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size
 gk_block_fn gk_select(const gk_args *a) {
     (void)a;
     return NULL;
+}
+
+bool gk_takes(const gk_args *a, size_t b0, size_t m) {
+    (void)a, (void)b0, (void)m;
+    return false; /* never called: gk_select gives no kernel */
 }
 
 bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,

@@ -56,7 +56,8 @@ typedef struct gk_args {
     float lambda, div_all;
     const uint16_t *base; /* bf16, 2-byte aligned */
     bool check_base;
-    bool out_bf16;      /* the output in bf16 (else f32) */
+    bool in_f16;        /* the base and every x in IEEE half rather than bf16 (see gk_takes) */
+    bool out_bf16;      /* the output in bf16, with in_f16 in f16 (else f32) */
     gk_model m[GK_MAX_MODELS];
 } gk_args;
 
@@ -68,6 +69,14 @@ typedef bool (*gk_block_fn)(const gk_args *a, size_t b0, size_t m, void *dst, si
 /* The kernel for these arguments, or NULL (no AVX-512, more than
  * GK_MAX_MODELS models). */
 gk_block_fn gk_select(const gk_args *a);
+
+/* Whether the kernel takes the block [b0, b0 + m): always for bf16; for
+ * f16 only in its lean loop, f16 out: whole vectors, inputs tested for NaN
+ * by the first pass, the rescale in every model or in none as the keep
+ * kind says (DARE's masks rescale), each rule one threshold over the block.
+ * Other blocks are the caller's (task_arithmetic.c's generic block, whose
+ * results are the same bit for bit). */
+bool gk_takes(const gk_args *a, size_t b0, size_t m);
 
 /* DARE's first pass over elements [b0, b0 + m) of k (1..GK_MAX_MODELS)
  * bf16 models xs[i] (the tensors from element 0; b0 a multiple of 8): for

@@ -8,7 +8,7 @@
 #include <immintrin.h>
 #endif
 /* The scan has its own vector loop (scan_block) on AVX-512 and on AVX2 */
-#define RC_AVX512BW RC_BF16_SCAN /* 16-bit masked loads: the bf16 scan */
+#define RC_AVX512BW RC_HALF_SCAN /* 16-bit masked loads: the bf16 scan */
 #if defined(__AVX512F__)
 #define RC_AVX512 1
 #define RC_AVX2 0
@@ -21,6 +21,7 @@
 #endif
 
 #include "merge/vec.h"
+#include "util/dtype.h"
 #include "util/rng.h"
 
 /* The sample: n / 16 up to SAMPLE_MIN, then n / SAMPLE_PER up to
@@ -41,6 +42,9 @@ static inline float fvalue(uint32_t u) {
     memcpy(&v, &u, 4);
     return v;
 }
+
+/* A bf16 (or, with f16, an IEEE half) value, exact in f32. */
+static inline float half_value(uint16_t h, bool f16) { return f16 ? f16_to_f32(h) : fvalue((uint32_t)h << 16); }
 
 static size_t chunk_len(size_t n) {
     size_t c = (n + RC_CHUNKS - 1) / RC_CHUNKS;
@@ -452,13 +456,13 @@ static inline __mmask16 band16_pos(__m512i u, __m512i vlo, __m512i vhi, __m512i 
  * what the kept ones leave of them. The tail (under 32) goes through
  * scan_block. *nonfinite is set when an x (or, with check_base, a base
  * value) is NaN or infinite. */
-static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16_t *x, const uint16_t *base,
-                                                                    size_t len, uint32_t lo, uint32_t hi,
-                                                                    scan_counts *sc, float *in, bool *nonfinite,
-                                                                    bool check_base, bool lo_pos) {
+static inline __attribute__((always_inline)) size_t scan_block_16(const uint16_t *x, const uint16_t *base,
+                                                                  size_t len, uint32_t lo, uint32_t hi,
+                                                                  scan_counts *sc, float *in, bool *nonfinite,
+                                                                  bool f16, bool check_base, bool lo_pos) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
     __m512i cb = _mm512_setzero_si512();
-    const __m512i exp16 = _mm512_set1_epi16(0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
+    const __m512i exp16 = _mm512_set1_epi16(f16 ? 0x7c00 : 0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     __mmask32 bad = 0;
     size_t j = 0, cnt = 0;
@@ -471,10 +475,17 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
         __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
         if (check_base) bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(bw, exp16), exp16);
-        __m512 ve = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)),
-                                  _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
-        __m512 vo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
-                                  _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
+        __m512 ve, vo;
+        if (f16) { /* the first 16 and the last 16, each exact in f32 */
+            ve = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(xw)), _mm512_cvtph_ps(_mm512_castsi512_si256(bw)));
+            vo = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(xw, 1)),
+                               _mm512_cvtph_ps(_mm512_extracti64x4_epi64(bw, 1)));
+        } else {
+            ve = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)),
+                               _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
+            vo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
+                               _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
+        }
         __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
         __mmask16 ie, io;
@@ -497,10 +508,11 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
     if (j < len) { /* the tail, as f32 magnitudes */
         float mag[32];
         unsigned tbad = 0;
+        uint16_t ex = f16 ? 0x7c00u : 0x7f80u;
         for (size_t t = j; t < len; t++) {
-            mag[t - j] = fabsf(fvalue((uint32_t)x[t] << 16) - fvalue((uint32_t)base[t] << 16));
-            tbad |= (x[t] & 0x7f80u) == 0x7f80u;
-            tbad |= check_base && (base[t] & 0x7f80u) == 0x7f80u;
+            mag[t - j] = fabsf(half_value(x[t], f16) - half_value(base[t], f16));
+            tbad |= (x[t] & ex) == ex;
+            tbad |= check_base && (base[t] & ex) == ex;
         }
         bad |= tbad != 0;
         scan_counts tc;
@@ -512,8 +524,8 @@ static inline __attribute__((always_inline)) size_t scan_block_bf16(const uint16
 }
 #endif
 
-void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                        bool check_base, bool *nonfinite) {
+void rank_cut_scan_half(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                        bool f16, bool check_base, bool *nonfinite) {
     uint32_t blo = fbits(c->blo), bhi = fbits(c->bhi);
     size_t below = 0, zeros = 0;
     float spare[RC_BLOCK + KEEP_SLACK]; /* for a chunk that keeps nothing */
@@ -523,20 +535,23 @@ void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t 
         scan_counts sc;
 #if RC_AVX512BW
         size_t cnt;
-        if (blo > 0)
-            cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true, true)
-                             : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false, true);
+        /* the dtype, the base's test and the band's kind: constants of each loop */
+#define SCAN16(F16, CB, POS) scan_block_16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, F16, CB, POS)
+        if (f16)
+            cnt = blo > 0 ? (check_base ? SCAN16(true, true, true) : SCAN16(true, false, true))
+                          : (check_base ? SCAN16(true, true, false) : SCAN16(true, false, false));
         else
-            cnt = check_base ? scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, true, false)
-                             : scan_block_bf16(x + j0, base + j0, len, blo, bhi, &sc, in, nonfinite, false, false);
+            cnt = blo > 0 ? (check_base ? SCAN16(false, true, true) : SCAN16(false, false, true))
+                          : (check_base ? SCAN16(false, true, false) : SCAN16(false, false, false));
+#undef SCAN16
 #else
         float a[RC_BLOCK];
         unsigned bad = 0;
+        uint16_t ex = f16 ? 0x7c00u : 0x7f80u;
         for (size_t j = 0; j < len; j++) {
-            float xv = fvalue((uint32_t)x[j0 + j] << 16), bv = fvalue((uint32_t)base[j0 + j] << 16);
-            a[j] = fabsf(xv - bv);
-            bad |= (x[j0 + j] & 0x7f80u) == 0x7f80u;
-            bad |= check_base && (base[j0 + j] & 0x7f80u) == 0x7f80u;
+            a[j] = fabsf(half_value(x[j0 + j], f16) - half_value(base[j0 + j], f16));
+            bad |= (x[j0 + j] & ex) == ex;
+            bad |= check_base && (base[j0 + j] & ex) == ex;
         }
         *nonfinite |= bad != 0;
         size_t cnt = scan_block(a, len, blo, bhi, &sc, in);

@@ -127,22 +127,22 @@ bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const floa
  * are positive. */
 size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, size_t m);
 
-/* 1 where rank_cut_scan_bf16 has its own vector loop (AVX-512BW); elsewhere
+/* 1 where rank_cut_scan_half has its own vector loop (AVX-512BW); elsewhere
  * it widens into a buffer first, and callers do better converting blocks
  * themselves and calling rank_cut_scan. */
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
-#define RC_BF16_SCAN 1
+#define RC_HALF_SCAN 1
 #else
-#define RC_BF16_SCAN 0
+#define RC_HALF_SCAN 0
 #endif
 
-/* rank_cut_scan of the magnitudes |x - base| of bf16 inputs x[0..m),
- * base[0..m) (2-byte aligned), made on the fly (in registers on AVX-512),
- * without the count of positive ones; *nonfinite is set when an x is NaN
- * or infinite, or with check_base a base value (else base is the
- * caller's to check). */
-void rank_cut_scan_bf16(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
-                        bool check_base, bool *nonfinite);
+/* rank_cut_scan of the magnitudes |x - base| of 16-bit float inputs
+ * x[0..m), base[0..m) (2-byte aligned; bf16, or IEEE half with f16), made
+ * on the fly (in registers on AVX-512), without the count of positive
+ * ones; *nonfinite is set when an x is NaN or infinite, or with check_base
+ * a base value (else base is the caller's to check). */
+void rank_cut_scan_half(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
+                        bool f16, bool check_base, bool *nonfinite);
 
 /* Combine the accumulators and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found

@@ -35,17 +35,19 @@ bool merge_load(merge_src s, size_t lo, size_t m, float *dst) {
 }
 
 bool merge_nonfinite(merge_src s, size_t lo, size_t m) {
-    if (s.dtype != ALLOY_BF16 || ((uintptr_t)s.data & 1)) {
+    if ((s.dtype != ALLOY_BF16 && s.dtype != ALLOY_F16) || ((uintptr_t)s.data & 1)) {
         float buf[1024];
         bool bad = false;
         for (size_t j = 0; j < m; j += 1024) bad |= merge_load(s, lo + j, m - j < 1024 ? m - j : 1024, buf);
         return bad;
     }
+    /* a 16-bit float is NaN or infinite where its exponent bits are all ones */
     const uint16_t *restrict h = (const uint16_t *)s.data + lo;
+    const uint16_t ex = s.dtype == ALLOY_F16 ? 0x7c00u : 0x7f80u;
     merge_prefetch_block(h, m * 2);
     unsigned bad = 0;
 #pragma omp simd reduction(| : bad)
-    for (size_t j = 0; j < m; j++) bad |= (h[j] & 0x7f80u) == 0x7f80u;
+    for (size_t j = 0; j < m; j++) bad |= (h[j] & ex) == ex;
     return bad != 0;
 }
 

@@ -367,9 +367,12 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     size_t nacc = (size_t)nt * (size_t)k * 2;
     cut_acc *acc = calloc(nacc, sizeof *acc);
     if (!acc) return -1;
-    /* bf16 read in place (the scan's and DARE's own loops) only where those
-     * loops are vector code; elsewhere the blocks are widened first */
-    bool base_bf = (RC_BF16_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
+    /* 16-bit floats read in place only where the loops that read them are
+     * vector code (bf16: the scan's and DARE's, f16: the scan's); elsewhere
+     * the blocks are widened first */
+    bool base_bf = (RC_HALF_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
+    bool base_f16 = RC_HALF_SCAN && g->base.dtype == ALLOY_F16 && !((uintptr_t)g->base.data & 1);
+    bool base_h = base_bf || base_f16;
     /* DARE on bf16 with the kernel: its sums in the kernel's own loop
      * (gk_dare_survey), and its masks as bits at the start of the scratch
      * where they fit in GTA_BITS_MAX bytes, else drawn again in the merge
@@ -396,13 +399,13 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
         fthr[nfused] = g->m[i].rng_thr, fbits[nfused] = dare_bits[i];
         nfused++;
     }
-    /* every model surveyed by the bf16 scan alone: wide steps */
-    bool wide = RC_BF16_SCAN && base_bf && !nfused;
+    /* every model surveyed by the 16-bit scan alone: wide steps */
+    bool wide = RC_HALF_SCAN && base_h && !nfused;
     for (int i = 0; wide && i < k; i++) {
         const gta_model *gm = &g->m[i];
         bool sums = rescale && gm->masked;
         wide = (gm->ncuts <= 0 && !sums) ||
-               (!sums && gm->src.dtype == ALLOY_BF16 && !((uintptr_t)gm->src.data & 1));
+               (!sums && gm->src.dtype == g->base.dtype && !((uintptr_t)gm->src.data & 1));
     }
     size_t step = wide ? GTA_WIDE : GTA_BLOCK;
 #pragma omp parallel num_threads(nt) reduction(| : bad)
@@ -417,8 +420,8 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
             for (size_t b0 = lo; b0 < hi; b0 += step) {
                 size_t m = hi - b0 < step ? hi - b0 : step;
                 bool have_base = false; /* base widened to f32, for inputs not read as bf16 */
-                bool base_checked = false; /* base_bf: by a bf16 scan (else after the models) */
-                if (!base_bf) {
+                bool base_checked = false; /* base_h: by a 16-bit scan (else after the models) */
+                if (!base_h) {
                     bad |= merge_load(g->base, b0, m, base);
                     have_base = true;
                 }
@@ -438,14 +441,14 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                     if (k <= GK_MAX_MODELS && dare_fused[i]) continue; /* done above */
                     cut_acc *ai = &acc[((size_t)t * (size_t)k + (size_t)i) * 2];
                     double *pi = part + (c * (size_t)k + (size_t)i) * 2;
-                    if (RC_BF16_SCAN && !sums && base_bf && gm->src.dtype == ALLOY_BF16 &&
+                    if (RC_HALF_SCAN && !sums && base_h && gm->src.dtype == g->base.dtype &&
                         !((uintptr_t)gm->src.data & 1)) {
-                        /* cuts only, both bf16: the magnitudes made inside the scan */
+                        /* cuts only, both bf16 or both f16: the magnitudes made inside the scan */
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
                         bool nf = false; /* (the scan asks for its lines ahead itself) */
                         for (int cu = 0; cu < gm->ncuts; cu++) {
-                            rank_cut_scan_bf16(&gm->cut[cu], ai + cu, c, xh, bh, m, !base_checked, &nf);
+                            rank_cut_scan_half(&gm->cut[cu], ai + cu, c, xh, bh, m, base_f16, !base_checked, &nf);
                             base_checked = true;
                         }
                         bad |= nf;
@@ -486,7 +489,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         pi[1] += after;
                     }
                 }
-                if (base_bf && !base_checked) bad |= merge_nonfinite(g->base, b0, m);
+                if (base_h && !base_checked) bad |= merge_nonfinite(g->base, b0, m);
             }
         }
     }
@@ -689,21 +692,24 @@ static int gta_setup(const gta_variant *v, const merge_call *call, gta_model *gm
 /* The fused kernel (gta_kernel.h) for this merge pass, with its arguments
  * in *a, or NULL where it does not apply: some input not bf16 (or not
  * aligned), more than GK_MAX_MODELS models, a byte mask (the exact path),
- * an output dtype other than bf16 and f32. base_checked: the first pass
+ * an output dtype other than bf16 and f32; or every input f16 and the
+ * output f16 (then only the blocks gk_takes). base_checked: the first pass
  * read the whole base. */
 static gk_block_fn gta_kernel_for(const gta_ctx *g, bool base_checked, gk_args *a) {
     const merge_call *call = g->call;
     if (!GTA_KERNEL || call->k > GK_MAX_MODELS) return NULL;
     alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
-    if (odt != ALLOY_BF16 && odt != ALLOY_F32) return NULL;
-    if (g->base.dtype != ALLOY_BF16 || ((uintptr_t)g->base.data & 1)) return NULL;
+    alloy_dtype idt = g->base.dtype;
+    bool f16 = idt == ALLOY_F16 && odt == ALLOY_F16;
+    if (!f16 && ((odt != ALLOY_BF16 && odt != ALLOY_F32) || idt != ALLOY_BF16)) return NULL;
+    if ((uintptr_t)g->base.data & 1) return NULL;
     *a = (gk_args){.k = call->k, .consensus = g->consensus, .normalize = g->normalize, .lambda = g->lambda,
-                   .div_all = g->div_all, .base = g->base.data, .check_base = !base_checked,
-                   .out_bf16 = odt == ALLOY_BF16};
+                   .div_all = g->div_all, .base = g->base.data, .check_base = !base_checked, .in_f16 = f16,
+                   .out_bf16 = odt != ALLOY_F32};
     for (int i = 0; i < call->k; i++) {
         const gta_model *gm = &g->m[i];
         gk_model *km = &a->m[i];
-        if (gm->src.dtype != ALLOY_BF16 || ((uintptr_t)gm->src.data & 1)) return NULL;
+        if (gm->src.dtype != idt || ((uintptr_t)gm->src.data & 1)) return NULL;
         *km = (gk_model){.x = gm->src.data, .w = gm->w, .s = gm->s, .check = !gm->checked};
         switch (gm->keep) {
         case KEEP_WHOLE:
@@ -857,12 +863,16 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
                 s1 = s1 < n ? s1 : n;
                 for (size_t b0 = s0; d && b0 < s1;) {
                     size_t ob = n, m = s1 - b0 < step ? s1 - b0 : step;
-                    if (kernel) {
+                    if (kernel && gk_takes(&ka, b0, m)) {
                         void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
                         bad |= kernel(&ka, b0, m, dst, &ob);
                         ob = call->sink && ob < m ? b0 + ob : n;
-                    } else {
-                        bad |= gta_block(&g, b0, m, d, out, &ob);
+                    } else { /* (a wide step the kernel left: GTA_BLOCK at a time) */
+                        for (size_t q = 0; q < m; q += GTA_BLOCK) {
+                            size_t oq = n;
+                            bad |= gta_block(&g, b0 + q, m - q < GTA_BLOCK ? m - q : GTA_BLOCK, d, out, &oq);
+                            ob = oq < ob ? oq : ob;
+                        }
                     }
                     if (ob < obad) obad = ob;
                     b0 += m;

@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """test_merge_ref.py — alloy merge against a PyTorch reference of mergekit's methods.
 
-Generates small Qwen2-shaped checkpoints (f32 and bf16, tied and untied
+Generates small Qwen2-shaped checkpoints (f32, bf16 and f16, tied and untied
 embeddings, biases, sharded and single-file inputs), writes a mergekit recipe
 per case, runs `build/alloy merge`, and compares every output tensor with the
-reference in mergekit_ref.py (f32: max |diff| / max |ref| <= 1e-5; bf16: 1e-2).
+reference in mergekit_ref.py (f32: max |diff| / max |ref| <= 1e-5; bf16: 1e-2;
+f16: 2e-3).
 DARE (dare_*) is compared with the formula applied to alloy's documented keep-mask
 (mergekit_ref.alloy_dare_mask); della* is checked structurally by mergekit_ref.check_random.
 Usage: test_merge_ref.py ALLOY_BIN
@@ -144,7 +145,7 @@ def check_method(case, method, dirs, mparams, gparams, use_base=True, base_in_mo
     got = st.load_dir(out)
     base_t = st.load_dir(base_dir)
     ins = [st.load_dir(d) for d in fts]
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3}.get(dtype, 1e-2)
     worst, worst_name = 0.0, ""
     if set(got) != set(base_t):
         return record(case, False, "tensor names differ: %s" % sorted(set(got) ^ set(base_t))[:4])
@@ -237,6 +238,20 @@ def main():
         check_method("dare_ties-" + tag, "dare_ties", fam, w3d, None, dtype=dt, seed=11)
         check_method("slerp-" + tag, "slerp", fam, [{}], {"t": 0.3}, dtype=dt, n_models=1)
         check_method("sce-" + tag, "sce", fam, [{}, {}, {}], {"select_topk": 0.3}, dtype=dt)
+    # f16 checkpoints: the 16-bit scan and the kernel's f16 loop where the
+    # CPU has them (whole vectors of 32; the rest, small biases, the generic
+    # blocks), small tensors and streamed rank cuts.
+    for tag, shape in (("f16", None), ("big-f16", big)):
+        fam = make_family(tag, torch.float16, tied=True, seed=9, shape=shape)
+        dt = torch.float16
+        check_method("ties-" + tag, "ties", fam, w3d, None, dtype=dt)
+        check_method("ties-nonorm-" + tag, "ties", fam, w3d, {"normalize": False, "lambda": 1.5}, dtype=dt)
+        check_method("ties-rescale-" + tag, "ties", fam, w3d, {"rescale": True}, dtype=dt)
+        check_method("breadcrumbs_ties-" + tag, "breadcrumbs_ties", fam, [dict(d, gamma=0.05) for d in w3d], None,
+                     dtype=dt)
+        check_method("task_arithmetic-" + tag, "task_arithmetic", fam, w3, {"lambda": 0.8}, dtype=dt)
+        check_method("dare_ties-" + tag, "dare_ties", fam, w3d, None, dtype=dt, seed=13)
+        check_method("dare_linear-" + tag, "dare_linear", fam, w3d, None, dtype=dt, seed=13)
     n_fail = sum(1 for _, ok in results if not ok)
     print("merge reference: %d passed, %d failed" % (len(results) - n_fail, n_fail))
     shutil.rmtree(TMP, ignore_errors=True)

@@ -293,20 +293,23 @@ static int cmp_float(const void *pa, const void *pb) {
     return (a > b) - (a < b);
 }
 
-/* rank_cut_scan_bf16 (magnitudes made from bf16 inputs inside the scan)
- * leaves exactly what rank_cut_scan of the same magnitudes leaves: counts,
- * the pieces and the magnitudes kept in each; blocks with tails, zero deltas (a band from zero
- * too), band ends that tie; and it flags a NaN or infinite input. */
-static void test_scan_bf16(void **state) {
-    (void)state;
+/* rank_cut_scan_half (magnitudes made from bf16 or f16 inputs inside the
+ * scan) leaves exactly what rank_cut_scan of the same magnitudes leaves:
+ * counts, the pieces and the magnitudes kept in each; blocks with tails,
+ * zero deltas (a band from zero too), band ends that tie; and it flags a
+ * NaN or infinite input. */
+static float half_f(uint16_t h, bool f16) { return f16 ? f16_to_f32(h) : bf16_to_f32(h); }
+static uint16_t to_half(float v, bool f16) { return f16 ? f32_to_f16(v) : f32_to_bf16(v); }
+
+static void scan_half_case(bool f16) {
     size_t n = 100003;
     uint16_t *x = malloc(n * 2), *b = malloc(n * 2);
     float *a = malloc(n * sizeof *a);
     assert_true(x && b && a);
     for (size_t e = 0; e < n; e++) {
-        b[e] = f32_to_bf16((float)(0.02 * gauss(7, e)));
-        x[e] = unit(8, e) < 0.2 ? b[e] : f32_to_bf16(bf16_to_f32(b[e]) + (float)(0.002 * gauss(9, e)));
-        a[e] = fabsf(bf16_to_f32(x[e]) - bf16_to_f32(b[e]));
+        b[e] = to_half((float)(0.02 * gauss(7, e)), f16);
+        x[e] = unit(8, e) < 0.2 ? b[e] : to_half(half_f(b[e], f16) + (float)(0.002 * gauss(9, e)), f16);
+        a[e] = fabsf(half_f(x[e], f16) - half_f(b[e], f16));
     }
     size_t ns = rank_cut_sample_size(n), runs = ns / RC_RUN;
     float *sample = malloc(ns * sizeof *sample), *tmp = malloc(2 * ns * sizeof *tmp);
@@ -326,7 +329,7 @@ static void test_scan_bf16(void **state) {
             for (size_t b0 = lo; b0 < hi; b0 += 1000, blocks++) { /* 1000: tails in every block */
                 size_t m = hi - b0 < 1000 ? hi - b0 : 1000;
                 bool nf = false;
-                rank_cut_scan_bf16(&c2, &acc2, ch, x + b0, b + b0, m, (ch & 1) != 0, &nf);
+                rank_cut_scan_half(&c2, &acc2, ch, x + b0, b + b0, m, f16, (ch & 1) != 0, &nf);
                 rank_cut_scan(&c1, &acc1, ch, a + b0, m);
                 assert_false(nf);
             }
@@ -364,23 +367,23 @@ static void test_scan_bf16(void **state) {
         if (ri == 0) { /* a NaN input, then infinity, inside a block */
             bool nf = false;
             uint16_t keep = x[500];
-            x[500] = 0x7fc1;
-            rank_cut_scan_bf16(&c2, &acc2, 0, x + 480, b + 480, 40, false, &nf);
+            x[500] = f16 ? 0x7e01 : 0x7fc1;
+            rank_cut_scan_half(&c2, &acc2, 0, x + 480, b + 480, 40, f16, false, &nf);
             assert_true(nf);
             nf = false;
-            x[500] = 0xff80;
-            rank_cut_scan_bf16(&c2, &acc2, 0, x + 497, b + 497, 5, false, &nf);
+            x[500] = f16 ? 0xfc00 : 0xff80;
+            rank_cut_scan_half(&c2, &acc2, 0, x + 497, b + 497, 5, f16, false, &nf);
             assert_true(nf);
             x[500] = keep;
             /* in the base: the caller's unless check_base (vector body, tail) */
             keep = b[500];
-            b[500] = 0x7f80;
+            b[500] = f16 ? 0x7c00 : 0x7f80;
             for (int tail = 0; tail < 2; tail++) {
                 size_t at = tail ? 497 : 480, len = tail ? 5 : 40;
                 nf = false;
-                rank_cut_scan_bf16(&c2, &acc2, 0, x + at, b + at, len, false, &nf);
+                rank_cut_scan_half(&c2, &acc2, 0, x + at, b + at, len, f16, false, &nf);
                 assert_false(nf);
-                rank_cut_scan_bf16(&c2, &acc2, 0, x + at, b + at, len, true, &nf);
+                rank_cut_scan_half(&c2, &acc2, 0, x + at, b + at, len, f16, true, &nf);
                 assert_true(nf);
             }
             b[500] = keep;
@@ -393,6 +396,16 @@ static void test_scan_bf16(void **state) {
     free(x);
     free(b);
     free(a);
+}
+
+static void test_scan_bf16(void **state) {
+    (void)state;
+    scan_half_case(false);
+}
+
+static void test_scan_f16(void **state) {
+    (void)state;
+    scan_half_case(true);
 }
 
 /* rank_cut_plan's band, from the sample in its own order, is the one its
@@ -431,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_two_values), cmocka_unit_test(test_common_and_rest), cmocka_unit_test(test_band_miss),
         cmocka_unit_test(test_plan_band), cmocka_unit_test(test_small), cmocka_unit_test(test_sample_size),
         cmocka_unit_test(test_scan_bf16),
+        cmocka_unit_test(test_scan_f16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
