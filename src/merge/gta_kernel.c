@@ -70,6 +70,12 @@ static inline __mmask32 gk_nonfinite32(__m512i w, __mmask32 tm) {
     return _mm512_mask_cmpeq_epi16_mask(tm, _mm512_and_si512(w, ex), ex);
 }
 
+/* Lanes of tm whose f16 value is NaN or infinity (exponent all ones). */
+static inline __mmask32 gk_nonfinite32_f16(__m512i w, __mmask32 tm) {
+    const __m512i ex = _mm512_set1_epi16(0x7c00);
+    return _mm512_mask_cmpeq_epi16_mask(tm, _mm512_and_si512(w, ex), ex);
+}
+
 /* The even and the odd bits of w (bit l of each: bit 2 l, resp. 2 l + 1). */
 static inline void gk_unzip(uint32_t w, __mmask16 *ev, __mmask16 *od) {
 #if defined(__BMI2__)
@@ -191,18 +197,19 @@ static inline bool gk_lean_fits(const gk_args *a, int k, int kind, size_t m) {
     return true;
 }
 
-/* The results of the f16 lean loop, the first 16 elements (lo) and the
- * last 16 (hi) of the 32 from j, rounded to f16 in hardware as dtype.c's
- * writer does (nearest even; a NaN, which fails the merge, as it comes)
- * into element j of dst; *first as gk_store32's. */
-static inline __attribute__((always_inline)) void gk_store32_f16(__m512 lo, __m512 hi, void *dst, size_t j,
-                                                                 size_t *first, size_t m) {
-    __mmask16 nfl = gk_nonfinite(_mm512_castps_si512(lo), 0xffff), nfh = gk_nonfinite(_mm512_castps_si512(hi), 0xffff);
+/* Results of the 32 elements from j taken as f16 loops take them, the
+ * first 16 (lo) and the last 16 (hi; lanes tm of the 32), rounded to f16
+ * in hardware as dtype.c's writer does (nearest even; a NaN, which fails
+ * the merge, as it comes) into element j of dst; *first as gk_store32's. */
+static inline __attribute__((always_inline)) void gk_store32_f16(__m512 lo, __m512 hi, __mmask32 tm, void *dst,
+                                                                 size_t j, size_t *first, size_t m) {
+    __mmask16 nfl = gk_nonfinite(_mm512_castps_si512(lo), (__mmask16)tm);
+    __mmask16 nfh = gk_nonfinite(_mm512_castps_si512(hi), (__mmask16)(tm >> 16));
     if ((nfl | nfh) && *first == m)
         *first = j + (nfl ? (size_t)__builtin_ctz((unsigned)nfl) : 16 + (size_t)__builtin_ctz((unsigned)nfh));
     const int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, rn)), _mm512_cvtps_ph(hi, rn), 1);
-    _mm512_storeu_si512((void *)((uint16_t *)dst + j), r);
+    _mm512_mask_storeu_epi16((uint16_t *)dst + j, tm, r);
 }
 
 /* task_arithmetic.c's merge of a block, 32 elements at a time (the even
@@ -383,7 +390,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         for (int i = 0; i < k; i++)
             if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_RANDOM) hw[i] = _mm512_add_epi32(hw[i], phi32);
         if (f16)
-            gk_store32_f16(o[0], o[1], dst, j, &first, m);
+            gk_store32_f16(o[0], o[1], tm, dst, j, &first, m);
         else
             gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
     }
@@ -553,8 +560,8 @@ bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size
  * o = 0 + w_0 x_0 + w_1 x_1 + ... (each product rounded, then added, in
  * model order), then o / wsum. */
 static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t *const *x, const float *w, int k,
-                                                                 bool normalize, float wsum, bool out_bf16, size_t b0,
-                                                                 size_t m, void *dst, size_t *obad) {
+                                                                 bool normalize, float wsum, bool f16, bool out_bf16,
+                                                                 size_t b0, size_t m, void *dst, size_t *obad) {
     const uint16_t *streams[GK_MAX_MODELS];
     for (int i = 0; i < k; i++) streams[i] = x[i] + b0;
     __mmask32 bad = 0;
@@ -568,16 +575,25 @@ static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t 
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             __m512i xw = gk_load32(x[i] + e, tm);
-            bad |= gk_nonfinite32(xw, tm);
             __m512 wi = _mm512_set1_ps(w[i]);
-            oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 0))));
-            oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 1))));
+            if (f16) { /* the first 16 (oe) and the last 16 (oo) */
+                bad |= gk_nonfinite32_f16(xw, tm);
+                oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, gk_half_f16(xw, 0)));
+                oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, gk_half_f16(xw, 1)));
+            } else {
+                bad |= gk_nonfinite32(xw, tm);
+                oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 0))));
+                oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 1))));
+            }
         }
         if (normalize) {
             oe = _mm512_div_ps(oe, _mm512_set1_ps(wsum));
             oo = _mm512_div_ps(oo, _mm512_set1_ps(wsum));
         }
-        gk_store32(oe, oo, te, to, tm, out_bf16, dst, j, &first, m);
+        if (f16)
+            gk_store32_f16(oe, oo, tm, dst, j, &first, m);
+        else
+            gk_store32(oe, oo, te, to, tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -585,11 +601,12 @@ static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t 
 
 #define GK_LINEAR(K)                                                                                                   \
     case K:                                                                                                            \
-        return out_bf16 ? gk_linear_body(x, w, K, normalize, wsum, true, b0, m, dst, obad)                             \
-                        : gk_linear_body(x, w, K, normalize, wsum, false, b0, m, dst, obad);
+        if (f16) return gk_linear_body(x, w, K, normalize, wsum, true, true, b0, m, dst, obad);                        \
+        return out_bf16 ? gk_linear_body(x, w, K, normalize, wsum, false, true, b0, m, dst, obad)                      \
+                        : gk_linear_body(x, w, K, normalize, wsum, false, false, b0, m, dst, obad);
 
-bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
-               size_t m, void *dst, size_t *obad) {
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool f16, bool out_bf16,
+               size_t b0, size_t m, void *dst, size_t *obad) {
     switch (k) {
         GK_LINEAR(1)
         GK_LINEAR(2)
@@ -720,9 +737,9 @@ bool gk_takes(const gk_args *a, size_t b0, size_t m) {
     return false; /* never called: gk_select gives no kernel */
 }
 
-bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
-               size_t m, void *dst, size_t *obad) {
-    (void)x, (void)w, (void)k, (void)normalize, (void)wsum, (void)out_bf16, (void)b0, (void)dst;
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool f16, bool out_bf16,
+               size_t b0, size_t m, void *dst, size_t *obad) {
+    (void)x, (void)w, (void)k, (void)normalize, (void)wsum, (void)f16, (void)out_bf16, (void)b0, (void)dst;
     *obad = m;
     return true; /* never called: GTA_KERNEL is 0 */
 }

@@ -97,10 +97,11 @@ bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size
  * inputs x[i] (the tensors from element 0, 2-byte aligned): 0 + w_0 x_0 +
  * w_1 x_1 + ... in that order, divided by wsum with normalize, into dst
  * (element b0's place) in bf16 or f32, the same float operations as
- * linear.c's generic block. Returns true when an input is NaN or
- * infinite; *obad as gk_block_fn's. Only where GTA_KERNEL is 1. */
-bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool out_bf16, size_t b0,
-               size_t m, void *dst, size_t *obad);
+ * linear.c's generic block. With f16: the inputs and the output in IEEE
+ * half (out_bf16 ignored). Returns true when an input is NaN or infinite;
+ * *obad as gk_block_fn's. Only where GTA_KERNEL is 1. */
+bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, float wsum, bool f16, bool out_bf16,
+               size_t b0, size_t m, void *dst, size_t *obad);
 
 /* slerp.c's first pass over elements [b0, b0 + m) of two bf16 tensors x0,
  * x1 (from element 0, 2-byte aligned): p = x0, q = x1 widened to double,

@@ -43,27 +43,30 @@ static void linear_block(const void *ctx, size_t lo, const float *const *in, siz
 typedef struct lin_kernel {
     const lin_ctx *c;
     const uint16_t *const *x;
-    bool out_bf16;
+    bool f16, out_bf16;
 } lin_kernel;
 
 static bool lin_kernel_block(const void *p, size_t b0, size_t m, void *dst, size_t *ob) {
     const lin_kernel *q = p;
-    return gk_linear(q->x, q->c->w, q->c->k, q->c->normalize, q->c->wsum, q->out_bf16, b0, m, dst, ob);
+    return gk_linear(q->x, q->c->w, q->c->k, q->c->normalize, q->c->wsum, q->f16, q->out_bf16, b0, m, dst, ob);
 }
 
 /* The merge as gta_kernel.c's loop: bf16 inputs, at most GK_MAX_MODELS of
- * them, results in bf16 or f32; 1 when it does not apply. */
+ * them, results in bf16 or f32; or f16 inputs, results in f16; 1 when it
+ * does not apply. */
 static int linear_kernel(const merge_call *call, float *out, const lin_ctx *c, alloy_err *err) {
     if (!GTA_KERNEL || c->k < 1 || c->k > GK_MAX_MODELS) return 1;
     alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
-    if (odt != ALLOY_BF16 && odt != ALLOY_F32) return 1;
+    alloy_dtype idt = merge_input(call, 0).dtype;
+    bool f16 = idt == ALLOY_F16 && odt == ALLOY_F16;
+    if (!f16 && (idt != ALLOY_BF16 || (odt != ALLOY_BF16 && odt != ALLOY_F32))) return 1;
     const uint16_t *x[GK_MAX_MODELS];
     for (int i = 0; i < c->k; i++) {
         merge_src in = merge_input(call, i);
-        if (in.dtype != ALLOY_BF16 || ((uintptr_t)in.data & 1)) return 1;
+        if (in.dtype != idt || ((uintptr_t)in.data & 1)) return 1;
         x[i] = in.data;
     }
-    lin_kernel q = {c, x, odt == ALLOY_BF16};
+    lin_kernel q = {c, x, f16, odt == ALLOY_BF16};
     return merge_stream_blocks(call, out, "linear", lin_kernel_block, &q, err);
 }
 

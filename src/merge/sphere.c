@@ -132,7 +132,7 @@ typedef struct msl_kernel_args {
 static bool msl_kernel_block(const void *p, size_t b0, size_t m, void *dst, size_t *ob) {
     const msl_kernel_args *q = p;
     if (q->fn) return q->fn(q->a, b0, m, dst, ob);
-    return gk_linear(q->x, q->c, q->a->k, false, 1.0f, q->a->out_bf16, b0, m, dst, ob);
+    return gk_linear(q->x, q->c, q->a->k, false, 1.0f, false, q->a->out_bf16, b0, m, dst, ob);
 }
 
 /* The output pass through the fused loops (gta_kernel.h) where every input
