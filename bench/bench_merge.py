@@ -2,7 +2,8 @@
 """bench_merge.py — merge throughput and memory on a Qwen2-0.5B-shaped model.
 
 For linear, ties and dare_ties over a base + 3 bf16 variants (slerp of the
-base with one variant, and ties over the same four in f16: ties@f16): wall time, peak
+base with one variant, and linear, ties and dare_ties over the same four in
+f16: METHOD@f16): wall time, peak
 RSS (of the alloy process alone, from wait4), and the ratio to the I/O floor
 (stream_floor: reading every input byte once and writing the output through
 the same path), measured in the same run. Each is the best of ROUNDS (5) runs,
@@ -32,7 +33,7 @@ import time
 BUILD, BENCH = sys.argv[1], sys.argv[2]
 THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
 METHODS = (sys.argv[sys.argv.index("--methods") + 1].split(",") if "--methods" in sys.argv
-           else ["linear", "ties", "dare_ties", "slerp", "ties@f16"])
+           else ["linear", "ties", "dare_ties", "slerp", "linear@f16", "ties@f16", "dare_ties@f16"])
 ROUNDS = 5
 ALLOY = os.path.join(BUILD, "alloy")
 FLOOR = os.path.join(BUILD, "bench", "stream_floor")
