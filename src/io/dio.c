@@ -181,6 +181,17 @@ void dio_pool_free(dio_pool *p) {
     free(p);
 }
 
+/* The file made size bytes long with its blocks allocated (unwritten)
+ * where the filesystem can: a direct write into a hole allocates, which
+ * ext4 does under the inode's exclusive lock held until the write
+ * completes, so the writer threads would take turns on the device; into
+ * allocated blocks they write side by side under the shared lock. Else
+ * (no fallocate here) only the size is set. 0, or -1 with errno. */
+static int presize(int fd, uint64_t size) {
+    if (size && !fallocate(fd, 0, 0, (off_t)size)) return 0;
+    return ftruncate(fd, (off_t)size);
+}
+
 dio_file *dio_open(dio_pool *p, const char *path, uint64_t size, alloy_err *err) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -191,7 +202,7 @@ dio_file *dio_open(dio_pool *p, const char *path, uint64_t size, alloy_err *err)
     }
     dio_file *f = calloc(1, sizeof *f);
     if (f) f->path = strdup(path);
-    if (!f || !f->path || ftruncate(fd, (off_t)size)) {
+    if (!f || !f->path || presize(fd, size)) {
         int e = f && f->path ? errno : ENOMEM;
         alloy_fail(err, "%s: cannot create: %s", path, strerror(e));
         if (f) free(f->path);

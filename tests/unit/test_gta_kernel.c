@@ -6,8 +6,9 @@
  * threshold decided by index, block lengths that leave a tail, zero and
  * negative-zero deltas; then NaN inputs (reported only where checked) and
  * a result that overflows (its index reported); DARE's first pass (sums in
- * their lane order, mask bits); linear's loop against its formula. Without
- * AVX-512 the kernel must say that it is not there. */
+ * their lane order, mask bits); linear's loop against its formula; the f16
+ * loops (task arithmetic's lean one, which blocks it takes, linear's).
+ * Without AVX-512 the kernel must say that it is not there. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,17 +28,20 @@
 
 static float bf(uint16_t h) { return bf16_to_f32(h); }
 
+/* A 16-bit input of a: bf16, or IEEE half with in_f16. */
+static float in16(const gk_args *a, uint16_t h) { return a->in_f16 ? f16_to_f32(h) : bf16_to_f32(h); }
+
 /* The formula of gk_body, one element at a time in the same order. */
 static void ref_block(const gk_args *a, size_t b0, size_t m, void *dst, size_t *obad, bool *bad) {
     *obad = m;
     *bad = false;
     for (size_t j = 0; j < m; j++) {
         size_t e = b0 + j;
-        float b = bf(a->base[e]), d[GK_MAX_MODELS];
+        float b = in16(a, a->base[e]), d[GK_MAX_MODELS];
         if (a->check_base && !isfinite(b)) *bad = true;
         for (int i = 0; i < a->k; i++) {
             const gk_model *g = &a->m[i];
-            float x = bf(g->x[e]);
+            float x = in16(a, g->x[e]);
             if (g->check && !isfinite(x)) *bad = true;
             float v = x - b, t = (v * g->s) * g->w, av = fabsf(v);
             uint32_t ix = (uint32_t)e;
@@ -74,7 +78,7 @@ static void ref_block(const gk_args *a, size_t b0, size_t m, void *dst, size_t *
         float o = b + (a->normalize ? mx * (1.0f / dv) : mx) * a->lambda;
         if (!isfinite(o) && *obad == m) *obad = j;
         if (a->out_bf16)
-            ((uint16_t *)dst)[j] = f32_to_bf16(o);
+            ((uint16_t *)dst)[j] = a->in_f16 ? f32_to_f16(o) : f32_to_bf16(o);
         else
             ((float *)dst)[j] = o;
     }
@@ -85,23 +89,29 @@ static uint16_t to_bf(float f) { return f32_to_bf16(f); }
 typedef struct inputs {
     uint16_t base[N], x[GK_MAX_MODELS][N];
     uint8_t bits[GK_MAX_MODELS][N / 8];
+    bool f16; /* the values in IEEE half rather than bf16 */
 } inputs;
 
 /* Base ~ U(-0.02, 0.02); deltas on a coarse grid (so magnitudes tie), a
- * tenth of them zero; the model's value is bf16(base + delta). */
-static void fill(inputs *in, uint64_t seed) {
+ * tenth of them zero; the model's value is bf16(base + delta), or with f16
+ * the same in IEEE half. */
+static void fill_as(inputs *in, uint64_t seed, bool f16) {
+    in->f16 = f16;
     for (size_t e = 0; e < N; e++) {
         float b = (float)(rng_uniform(seed, 100, e) - 0.5) * 0.04f;
-        in->base[e] = to_bf(b);
+        in->base[e] = f16 ? f32_to_f16(b) : to_bf(b);
+        float bv = f16 ? f16_to_f32(in->base[e]) : bf(in->base[e]);
         for (int i = 0; i < GK_MAX_MODELS; i++) {
             double u = rng_uniform(seed, (uint64_t)i, e);
             float dlt = u < 0.1 ? 0.0f : (float)((int)(u * 64.0) - 32) * 0x1p-12f;
-            in->x[i][e] = u < 0.1 ? in->base[e] : to_bf(bf(in->base[e]) + dlt);
+            in->x[i][e] = u < 0.1 ? in->base[e] : f16 ? f32_to_f16(bv + dlt) : to_bf(bv + dlt);
         }
     }
     for (int i = 0; i < GK_MAX_MODELS; i++)
         for (size_t t = 0; t < N / 8; t++) in->bits[i][t] = (uint8_t)(rng_mix64(seed * 7 + (uint64_t)i * N + t) >> 56);
 }
+
+static void fill(inputs *in, uint64_t seed) { fill_as(in, seed, false); }
 
 /* Inputs from fill(seed), or the test skipped where there is no kernel. */
 static inputs *kernel_inputs(uint64_t seed) {
@@ -113,7 +123,10 @@ static inputs *kernel_inputs(uint64_t seed) {
 }
 
 /* A threshold that some magnitudes equal: the magnitude of a chosen element. */
-static float some_magnitude(const inputs *in, int i, size_t e) { return fabsf(bf(in->x[i][e]) - bf(in->base[e])); }
+static float some_magnitude(const inputs *in, int i, size_t e) {
+    return in->f16 ? fabsf(f16_to_f32(in->x[i][e]) - f16_to_f32(in->base[e]))
+                   : fabsf(bf(in->x[i][e]) - bf(in->base[e]));
+}
 
 static void setup_args(gk_args *a, const inputs *in, int k, int variant, uint64_t seed) {
     *a = (gk_args){.k = k, .consensus = variant & 4, .normalize = variant & 2, .out_bf16 = variant & 1,
@@ -201,6 +214,31 @@ static void test_matches_formula(void **state) {
     free(in);
 }
 
+/* One block of gk_linear against o = 0 + w_0 x_0 + ... (/ wsum), bit for
+ * bit: inputs bf16, or with f16 IEEE half (and the output too); nothing
+ * written past the block. */
+static void linear_case(const uint16_t *const *x, const float *w, int k, bool norm, bool f16, bool obf, size_t b0,
+                        size_t m) {
+    float wsum = 0.0f;
+    for (int i = 0; i < k; i++) wsum += w[i];
+    uint32_t got[1024], want[1024];
+    memset(got, 0xab, sizeof got);
+    memcpy(want, got, sizeof want);
+    size_t ob;
+    assert_false(gk_linear(x, w, k, norm, wsum, f16, obf, b0, m, got, &ob));
+    assert_int_equal(ob, m);
+    for (size_t j = 0; j < m; j++) {
+        float o = 0.0f;
+        for (int i = 0; i < k; i++) o += w[i] * (f16 ? f16_to_f32(x[i][b0 + j]) : bf(x[i][b0 + j]));
+        if (norm) o /= wsum;
+        if (f16 || obf)
+            ((uint16_t *)want)[j] = f16 ? f32_to_f16(o) : f32_to_bf16(o);
+        else
+            ((float *)want)[j] = o;
+    }
+    assert_memory_equal(got, want, sizeof got);
+}
+
 /* gk_linear against linear.c's formula, o = 0 + w_0 x_0 + ... (/ wsum),
  * bit for bit: 1 to 4 models, normalize on and off, bf16 and f32 output,
  * tails; a NaN input reported, a result that overflows located. */
@@ -215,25 +253,7 @@ static void test_linear(void **state) {
         for (int norm = 0; norm < 2; norm++)
             for (int obf = 0; obf < 2; obf++)
                 for (size_t t = 0; t < 4; t++) {
-                    size_t b0 = at[t], m = lens[t];
-                    float wsum = 0.0f;
-                    for (int i = 0; i < k; i++) wsum += w[i];
-                    uint32_t got[1024], want[1024];
-                    memset(got, 0xab, sizeof got);
-                    memcpy(want, got, sizeof want);
-                    size_t ob;
-                    assert_false(gk_linear(x, w, k, norm, wsum, obf, b0, m, got, &ob));
-                    assert_int_equal(ob, m);
-                    for (size_t j = 0; j < m; j++) {
-                        float o = 0.0f;
-                        for (int i = 0; i < k; i++) o += w[i] * bf(x[i][b0 + j]);
-                        if (norm) o /= wsum;
-                        if (obf)
-                            ((uint16_t *)want)[j] = f32_to_bf16(o);
-                        else
-                            ((float *)want)[j] = o;
-                    }
-                    assert_memory_equal(got, want, sizeof got); /* nothing written past the block either */
+                    linear_case(x, w, k, norm, false, obf, at[t], lens[t]);
                     runs++;
                 }
     assert_int_equal(runs, GK_MAX_MODELS * 2 * 2 * 4);
@@ -241,16 +261,16 @@ static void test_linear(void **state) {
     uint16_t out[1024];
     size_t ob;
     in->x[2][3000 + 5] = 0x7fc0;
-    assert_true(gk_linear(x, w, 3, false, 0.6f, true, 3000, 100, out, &ob));
-    assert_false(gk_linear(x, w, 3, false, 0.6f, true, 3006, 100, out, &ob));
-    assert_false(gk_linear(x, w, 2, false, 0.8f, true, 3000, 100, out, &ob)); /* model 2 not in the merge */
+    assert_true(gk_linear(x, w, 3, false, 0.6f, false, true, 3000, 100, out, &ob));
+    assert_false(gk_linear(x, w, 3, false, 0.6f, false, true, 3006, 100, out, &ob));
+    assert_false(gk_linear(x, w, 2, false, 0.8f, false, true, 3000, 100, out, &ob)); /* model 2 not in the merge */
     /* finite inputs whose weighted sum overflows: the first such element */
     in->x[0][5000 + 21] = to_bf(3.0e38f);
     in->x[1][5000 + 21] = to_bf(3.0e38f);
     in->x[0][5000 + 40] = to_bf(3.0e38f);
     in->x[1][5000 + 40] = to_bf(3.0e38f);
     static const float big[2] = {1.0f, 1.0f};
-    assert_false(gk_linear(x, big, 2, false, 2.0f, false, 5000, 64, out, &ob));
+    assert_false(gk_linear(x, big, 2, false, 2.0f, false, false, 5000, 64, out, &ob));
     assert_int_equal(ob, 21);
     /* bf16 results at the edges of the rounding, each in its own vector
      * among ordinary ones: a denormal (kept, not flushed to zero, as
@@ -261,17 +281,110 @@ static void test_linear(void **state) {
     for (size_t t = 0; t < sizeof edge / sizeof edge[0]; t++) in->x[3][6000 + 16 * t + 3] = to_bf(edge[t]);
     const uint16_t *x3[1] = {in->x[3]};
     uint16_t want[96];
-    assert_false(gk_linear(x3, w1, 1, false, 0.5f, true, 6000, 96, out, &ob));
+    assert_false(gk_linear(x3, w1, 1, false, 0.5f, false, true, 6000, 96, out, &ob));
     for (size_t j = 0; j < 96; j++) want[j] = f32_to_bf16(0.0f + 0.5f * bf(in->x[3][6000 + j]));
     assert_memory_equal(out, want, sizeof want);
     assert_int_equal(want[3] & 0x7f80, 0);       /* 0.75e-38: a denormal */
     assert_int_not_equal(want[3] & 0x7f, 0);
     static const float w2[1] = {1.002f}; /* 3.3895e38 (the largest bf16) * 1.002: past the last rounding midpoint */
-    assert_false(gk_linear(x3, w2, 1, false, 1.0f, true, 6000, 96, out, &ob));
+    assert_false(gk_linear(x3, w2, 1, false, 1.0f, false, true, 6000, 96, out, &ob));
     assert_int_equal(ob, 96);
     for (size_t j = 0; j < 96; j++) want[j] = f32_to_bf16(0.0f + 1.002f * bf(in->x[3][6000 + j]));
     assert_memory_equal(out, want, sizeof want);
     assert_int_equal(want[16 * 2 + 3], 0x7f80); /* rounded to infinity */
+    free(in);
+}
+
+/* The f16 loops against the same formulas, bit for bit, the values read
+ * and rounded as IEEE half. The task-arithmetic kernel takes (gk_takes) and
+ * merges the blocks its lean loop fits: whole vectors of 32, no input to
+ * test, the rescale in every model or none as the keep kind says, each
+ * rule one threshold over the block; the rest it leaves (tails, a block
+ * holding a tie range, a model to test, a rescale that does not fit, an
+ * f32 output). */
+static void test_f16(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) {
+        skip();
+        return;
+    }
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill_as(in, 5, true);
+    gk_args a;
+    int taken = 0, left = 0, fits = 0;
+    for (int k = 1; k <= GK_MAX_MODELS; k++)
+        for (int variant = 1; variant < 8; variant += 2) /* f16 out */
+            for (uint64_t seed = 0; seed < 5; seed++) {
+                setup_args(&a, in, k, variant, seed);
+                a.in_f16 = true;
+                for (int i = 0; i < k; i++) { /* DARE's masks rescale, the others do not */
+                    bool dare = a.m[i].keep == GK_RANDOM || a.m[i].keep == GK_BITS;
+                    a.m[i].s = dare ? (a.m[i].s == 1.0f ? 1.5f : a.m[i].s) : 1.0f;
+                }
+                gk_block_fn fn = gk_select(&a);
+                assert_non_null(fn);
+                for (size_t b0 = 0; b0 + 1024 <= N; b0 += 1024)
+                    for (size_t m = 32; m <= 1024; m *= 32) {
+                        if (!gk_takes(&a, b0, m)) {
+                            left++;
+                            continue;
+                        }
+                        compare(&a, fn, b0, m);
+                        taken++;
+                    }
+                assert_false(gk_takes(&a, 5120, 1000)); /* a tail */
+                assert_false(gk_takes(&a, 5120, 48));
+                if (!gk_takes(&a, 5120, 1024)) continue; /* (mixed kinds with DARE's: none fits) */
+                fits++;
+                a.m[k - 1].check = true; /* an input to test */
+                assert_false(gk_takes(&a, 5120, 1024));
+                a.m[k - 1].check = false;
+                float s = a.m[0].s; /* a rescale the kind does not have, or the lack of one */
+                a.m[0].s = s == 1.0f ? 1.5f : 1.0f;
+                assert_false(gk_takes(&a, 5120, 1024));
+                a.m[0].s = s;
+                a.out_bf16 = false; /* f32 out */
+                assert_false(gk_takes(&a, 5120, 1024));
+            }
+    assert_true(taken > 200 && left > 200 && fits > 15);
+    /* whole-vector blocks past every tie range: taken whatever the kinds */
+    setup_args(&a, in, 3, 5, 2);
+    a.in_f16 = true;
+    for (int i = 0; i < 3; i++) a.m[i].keep = GK_TOP, a.m[i].s = 1.0f;
+    assert_true(gk_takes(&a, 6144, 1024));
+    /* a result past the largest f16 (finite in f32): infinity, not an
+     * error; a NaN one located, as the bf16 store does */
+    for (int i = 0; i < 3; i++) a.m[i].keep = GK_WHOLE;
+    a.consensus = a.normalize = false;
+    gk_block_fn fn = gk_select(&a);
+    a.m[0].w = 3e6f;
+    in->x[0][7000 + 21] = f32_to_f16(1.0f), in->base[7000 + 21] = f32_to_f16(-1.0f);
+    assert_true(gk_takes(&a, 6976, 64));
+    compare(&a, fn, 6976, 64);
+    uint16_t out[64];
+    size_t ob;
+    fn(&a, 6976, 64, out, &ob);
+    assert_int_equal(out[21 + 24] & 0x7fff, 0x7c00);
+    assert_int_equal(ob, 64);
+    a.m[0].w = 3e38f, a.m[1].w = -3e38f;
+    in->x[1][7000 + 21] = f32_to_f16(1.0f);
+    fn(&a, 6976, 64, out, &ob);
+    assert_int_equal(ob, 21 + 24);
+    /* linear's f16 loop: 1 to 4 models, tails, subnormal results; a NaN
+     * input reported */
+    const uint16_t *x[GK_MAX_MODELS] = {in->x[0], in->x[1], in->x[2], in->x[3]};
+    static const float w[GK_MAX_MODELS] = {0.5f, 0.3f, -0.2f, 0.45f};
+    static const size_t at[] = {0, 1024, 4000, 8191}, lens[] = {1024, 1000, 17, 1};
+    in->x[0][1024 + 5] = f32_to_f16(1e-6f); /* one model: 0.5e-6 out, an f16 subnormal */
+    uint16_t sub = f32_to_f16(0.0f + 0.5f * f16_to_f32(in->x[0][1024 + 5]));
+    assert_true((sub & 0x7c00) == 0 && sub != 0);
+    for (int k = 1; k <= GK_MAX_MODELS; k++)
+        for (int norm = 0; norm < 2; norm++)
+            for (size_t t = 0; t < 4; t++) linear_case(x, w, k, norm, true, true, at[t], lens[t]);
+    in->x[2][3000 + 5] = 0x7e00;
+    assert_true(gk_linear(x, w, 3, false, 0.6f, true, true, 3000, 100, out, &ob));
+    assert_false(gk_linear(x, w, 2, false, 0.8f, true, true, 3000, 100, out, &ob));
     free(in);
 }
 
@@ -480,6 +593,7 @@ int main(void) {
         cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_slerp),
         cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_f16),
         cmocka_unit_test(test_dare_survey),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
