@@ -31,7 +31,7 @@
 #define DIO_BLOCK ((uint64_t)4096)      /* the alignment of offsets, lengths and memory */
 #define DIO_SLOT ((size_t)2 << 20)      /* bytes per queued write at most */
 #define DIO_SLOTS 16                    /* slots in the ring: DIO_SLOTS x DIO_SLOT bytes in flight */
-#define DIO_WRITERS 2                   /* writer threads: writes in flight at once */
+#define DIO_WRITERS 4                   /* writer threads: writes in flight at once */
 
 typedef struct dio_pool dio_pool;
 typedef struct dio_file dio_file;
