@@ -482,9 +482,13 @@ static inline uint32_t gk_zip(__mmask16 ke, __mmask16 ko) {
 static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *const *xs, int k,
                                                                const uint16_t *base, size_t b0, size_t m,
                                                                const uint64_t *rng_key, const uint32_t *thr,
-                                                               uint8_t *const *bits, float *before, float *after) {
-    const __m512i iota2 = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i phi1 = _mm512_set1_epi32((int32_t)0x9e3779b9u);
+                                                               uint8_t *const *bits, bool f16, float *before,
+                                                               float *after) {
+    /* lane l of the first half: element 2 l (bf16) or l (f16); of the second: one more, or 16 more */
+    const __m512i iota2 = f16 ? _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+                              : _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i phig = _mm512_set1_epi32((int32_t)0x9e3779b9u);
+    const __m512i phi1 = _mm512_set1_epi32((int32_t)((f16 ? 16u : 1u) * 0x9e3779b9u));
     const __m512i phi32 = _mm512_set1_epi32((int32_t)(32u * 0x9e3779b9u));
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const uint16_t *x[GK_MAX_MODELS], *streams[GK_MAX_MODELS + 1] = {base + b0};
@@ -492,7 +496,7 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
     __m512 sb[GK_MAX_MODELS], sa[GK_MAX_MODELS];
     uint8_t *bp[GK_MAX_MODELS];
     /* index * phi of the even lanes, the same for every model */
-    const __m512i hidx = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2), phi1);
+    const __m512i hidx = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)b0), iota2), phig);
     /* every loop over the models unrolled, or their state stays an array in memory */
 #pragma GCC unroll 4
     for (int i = 0; i < k; i++) {
@@ -509,17 +513,20 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
         __mmask32 tm;
         __mmask16 th[2];
         gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
+        if (f16) th[0] = (__mmask16)tm, th[1] = (__mmask16)(tm >> 16);
         __m512i bw = gk_load32(base + b0 + j, tm);
-        __m512 b[2] = {_mm512_castsi512_ps(gk_half(bw, 0)), _mm512_castsi512_ps(gk_half(bw, 1))};
+        __m512 b[2] = {f16 ? gk_half_f16(bw, 0) : _mm512_castsi512_ps(gk_half(bw, 0)),
+                       f16 ? gk_half_f16(bw, 1) : _mm512_castsi512_ps(gk_half(bw, 1))};
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             __m512i xw = gk_load32(x[i] + j, tm);
-            bad |= gk_nonfinite32(xw, tm);
+            bad |= f16 ? gk_nonfinite32_f16(xw, tm) : gk_nonfinite32(xw, tm);
             __mmask16 keep[2];
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 /* lanes past m: both 0, a magnitude +0 that changes no sum */
-                __m512 a = _mm512_and_ps(_mm512_sub_ps(_mm512_castsi512_ps(gk_half(xw, h)), b[h]), absmask);
+                __m512 xh = f16 ? gk_half_f16(xw, h) : _mm512_castsi512_ps(gk_half(xw, h));
+                __m512 a = _mm512_and_ps(_mm512_sub_ps(xh, b[h]), absmask);
                 __m512i hv = h ? _mm512_add_epi32(hw[i], phi1) : hw[i];
                 keep[h] = _mm512_mask_cmplt_epu32_mask(th[h], gk_hash(hv), vthr[i]);
                 sb[i] = _mm512_add_ps(sb[i], a);
@@ -532,7 +539,8 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
                  * memory, as far as the compiler knows them aliased */
                 size_t nbytes = m - j >= 32 ? 4 : (m - j + 7) / 8;
                 _mm_mask_storeu_epi8(bp[i] + j / 8, (__mmask16)((1u << nbytes) - 1u),
-                                     _mm_cvtsi32_si128((int)gk_zip(keep[0], keep[1])));
+                                     _mm_cvtsi32_si128((int)(f16 ? (uint32_t)keep[0] | (uint32_t)keep[1] << 16
+                                                                 : gk_zip(keep[0], keep[1]))));
             }
         }
     }
@@ -546,14 +554,16 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
 
 /* k a constant of each instance: the models' state stays in registers */
 bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size_t b0, size_t m,
-                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, float *before,
+                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, bool f16, float *before,
                     float *after) {
+#define GK_DARE(K, F) gk_dare_body(xs, K, base, b0, m, rng_key, thr, bits, F, before, after)
     switch (k) {
-    case 1: return gk_dare_body(xs, 1, base, b0, m, rng_key, thr, bits, before, after);
-    case 2: return gk_dare_body(xs, 2, base, b0, m, rng_key, thr, bits, before, after);
-    case 3: return gk_dare_body(xs, 3, base, b0, m, rng_key, thr, bits, before, after);
-    default: return gk_dare_body(xs, GK_MAX_MODELS, base, b0, m, rng_key, thr, bits, before, after);
+    case 1: return f16 ? GK_DARE(1, true) : GK_DARE(1, false);
+    case 2: return f16 ? GK_DARE(2, true) : GK_DARE(2, false);
+    case 3: return f16 ? GK_DARE(3, true) : GK_DARE(3, false);
+    default: return f16 ? GK_DARE(GK_MAX_MODELS, true) : GK_DARE(GK_MAX_MODELS, false);
     }
+#undef GK_DARE
 }
 
 /* linear.c's block, 32 elements at a time (even and odd, as gk_loop):
@@ -720,9 +730,9 @@ gk_block_fn gk_select(const gk_args *a) {
 #else
 
 bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size_t b0, size_t m,
-                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, float *before,
+                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, bool f16, float *before,
                     float *after) {
-    (void)xs, (void)base, (void)b0, (void)m, (void)rng_key, (void)thr, (void)bits;
+    (void)xs, (void)base, (void)b0, (void)m, (void)rng_key, (void)thr, (void)bits, (void)f16;
     for (int i = 0; i < k; i++) before[i] = after[i] = 0.0f;
     return true; /* never called: GTA_KERNEL is 0 */
 }

@@ -84,13 +84,14 @@ bool gk_takes(const gk_args *a, size_t b0, size_t m);
  * random mask (rng_keep32(rng_key[i], e, thr[i])) into before[i] and
  * after[i]. Each sum runs in 16 f32 lanes, the elements taken as the merge
  * loops take them: lane l adds elements 2 l, 2 l + 1, 2 l + 32, 2 l + 33,
- * ... of the block in that order, and the lanes are added up in a fixed
+ * ... of the block in that order (with f16, whose values are IEEE half,
+ * elements l, l + 16, l + 32, ...), and the lanes are added up in a fixed
  * tree. Unless bits or bits[i] is NULL, model i's mask itself as bits (bit
  * e of bits[i], LSB first), which the merge pass then reads instead of
  * drawing it again. Returns true when an x is NaN or infinite. Only where
  * GTA_KERNEL is 1. */
 bool gk_dare_survey(const uint16_t *const *xs, int k, const uint16_t *base, size_t b0, size_t m,
-                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, float *before,
+                    const uint64_t *rng_key, const uint32_t *thr, uint8_t *const *bits, bool f16, float *before,
                     float *after);
 
 /* linear.c's merge of elements [b0, b0 + m) of k (1..GK_MAX_MODELS) bf16

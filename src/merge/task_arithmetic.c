@@ -367,13 +367,14 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     size_t nacc = (size_t)nt * (size_t)k * 2;
     cut_acc *acc = calloc(nacc, sizeof *acc);
     if (!acc) return -1;
-    /* 16-bit floats read in place only where the loops that read them are
-     * vector code (bf16: the scan's and DARE's, f16: the scan's); elsewhere
-     * the blocks are widened first */
-    bool base_bf = (RC_HALF_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && !((uintptr_t)g->base.data & 1);
-    bool base_f16 = RC_HALF_SCAN && g->base.dtype == ALLOY_F16 && !((uintptr_t)g->base.data & 1);
+    /* 16-bit floats (bf16, f16) read in place only where the loops that
+     * read them are vector code (the scan's and DARE's); elsewhere the
+     * blocks are widened first */
+    bool aligned = !((uintptr_t)g->base.data & 1);
+    bool base_bf = (RC_HALF_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_BF16 && aligned;
+    bool base_f16 = (RC_HALF_SCAN || GTA_KERNEL) && g->base.dtype == ALLOY_F16 && aligned;
     bool base_h = base_bf || base_f16;
-    /* DARE on bf16 with the kernel: its sums in the kernel's own loop
+    /* DARE on bf16 or f16 with the kernel: its sums in the kernel's own loop
      * (gk_dare_survey), and its masks as bits at the start of the scratch
      * where they fit in GTA_BITS_MAX bytes, else drawn again in the merge
      * pass */
@@ -381,9 +382,9 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
     size_t stride = (n / 8 + 64) & ~(size_t)63; /* bytes of one model's bits */
     bool as_bits = g->bits_room && (size_t)k * stride <= g->bits_room_bytes && (size_t)k * stride <= GTA_BITS_MAX;
     uint8_t *dare_bits[GK_MAX_MODELS] = {NULL};
-    for (int i = 0; GTA_KERNEL && base_bf && i < k && k <= GK_MAX_MODELS; i++) {
+    for (int i = 0; GTA_KERNEL && base_h && i < k && k <= GK_MAX_MODELS; i++) {
         const gta_model *gm = &g->m[i];
-        dare_fused[i] = rescale && gm->random && gm->masked && gm->ncuts <= 0 && gm->src.dtype == ALLOY_BF16 &&
+        dare_fused[i] = rescale && gm->random && gm->masked && gm->ncuts <= 0 && gm->src.dtype == g->base.dtype &&
                        !((uintptr_t)gm->src.data & 1);
         if (dare_fused[i] && as_bits) dare_bits[i] = g->bits_room + (size_t)i * stride;
     }
@@ -427,7 +428,7 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                 }
                 if (nfused) {
                     float before[GK_MAX_MODELS], after[GK_MAX_MODELS];
-                    bad |= gk_dare_survey(fx, nfused, g->base.data, b0, m, fkey, fthr, fbits, before, after);
+                    bad |= gk_dare_survey(fx, nfused, g->base.data, b0, m, fkey, fthr, fbits, base_f16, before, after);
                     for (int q = 0; q < nfused; q++) {
                         double *pi = part + (c * (size_t)k + (size_t)fidx[q]) * 2;
                         pi[0] += before[q];

@@ -484,10 +484,11 @@ static void test_nonfinite(void **state) {
 /* gk_dare_survey: the mask bits are rng_keep32's, and each model's two
  * sums are those of GK_LANES lanes with the elements of each 32 taken even
  * ones first (lane l: elements 2 l, 2 l + 1, 2 l + 32, 2 l + 33, ... of the
- * block, in that order) added by halves (l[i] + l[i + w] for w = GK_LANES /
- * 2, ..., 1); tails included. The magnitudes here spread over many
- * exponents, so sums in another order would round differently. Three
- * models at once give each the sums and bits it has alone. */
+ * block, in that order; f16: l, l + 16, l + 32, ...) added by halves (l[i]
+ * + l[i + w] for w = GK_LANES / 2, ..., 1); tails included. The magnitudes
+ * here spread over many exponents, so sums in another order would round
+ * differently. Three models at once give each the sums and bits it has
+ * alone. */
 static float lanes_sum(float *lane, int lanes) {
     for (int w = lanes / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) lane[i] = lane[i] + lane[i + w];
@@ -496,12 +497,7 @@ static float lanes_sum(float *lane, int lanes) {
 
 #define DS_K 3
 
-static void test_dare_survey(void **state) {
-    (void)state;
-    if (!GTA_KERNEL) {
-        skip();
-        return;
-    }
+static void dare_survey_case(bool f16) {
     uint16_t *x[DS_K], *base = malloc(N * sizeof *base);
     assert_non_null(base);
     for (int i = 0; i < DS_K; i++) assert_non_null(x[i] = malloc(N * sizeof *x[i]));
@@ -509,8 +505,12 @@ static void test_dare_survey(void **state) {
         double u1 = rng_uniform(31, 0, e) + 1e-12, u2 = rng_uniform(31, 1, e);
         double g = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
         /* the difference of a bf16 near 1 and a small one has many significant bits */
-        base[e] = to_bf((float)(1e-4 * g));
-        for (int i = 0; i < DS_K; i++) x[i][e] = to_bf((float)(1.0 + (i + 1) * rng_uniform(31, 2 + (uint64_t)i, e)));
+        float bv = (float)(1e-4 * g);
+        base[e] = f16 ? f32_to_f16(bv) : to_bf(bv);
+        for (int i = 0; i < DS_K; i++) {
+            float xv = (float)(1.0 + (i + 1) * rng_uniform(31, 2 + (uint64_t)i, e));
+            x[i][e] = f16 ? f32_to_f16(xv) : to_bf(xv);
+        }
     }
     const uint16_t *xs[DS_K] = {x[0], x[1], x[2]};
     uint64_t key[DS_K];
@@ -528,11 +528,12 @@ static void test_dare_survey(void **state) {
             float lb[GK_LANES] = {0}, la[GK_LANES] = {0}, ob[GK_LANES] = {0};
             for (size_t j = 0; j < m; j++) {
                 size_t e = b0 + j;
-                float a = fabsf(bf(x[i][e]) - bf(base[e]));
+                float a = f16 ? fabsf(f16_to_f32(x[i][e]) - f16_to_f32(base[e])) : fabsf(bf(x[i][e]) - bf(base[e]));
                 bool keep = rng_keep32(key[i], e, thr[i]);
-                lb[j % (2 * GK_LANES) / 2] += a;
-                ob[j % GK_LANES] += a; /* the elements in plain order */
-                if (keep) la[j % (2 * GK_LANES) / 2] += a;
+                size_t lane = f16 ? j % GK_LANES : j % (2 * GK_LANES) / 2, other = f16 ? j % (2 * GK_LANES) / 2 : j % GK_LANES;
+                lb[lane] += a;
+                ob[other] += a; /* the other layout's order */
+                if (keep) la[lane] += a;
                 if (j % 8 == 0) want_bits[i][e / 8] = 0;
                 want_bits[i][e / 8] |= (uint8_t)(keep << (e % 8));
             }
@@ -541,7 +542,7 @@ static void test_dare_survey(void **state) {
         }
         float before[DS_K], after[DS_K];
         uint8_t *bp[DS_K] = {bits[0], bits[1], bits[2]};
-        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, bp, before, after));
+        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, bp, f16, before, after));
         for (int i = 0; i < DS_K; i++) {
             if (!(before[i] == wb[i] && after[i] == wa[i]))
                 fail_msg("m %zu model %d: %.9g %.9g, want %.9g %.9g", m, i, (double)before[i], (double)after[i],
@@ -554,13 +555,13 @@ static void test_dare_survey(void **state) {
          * the same sums, nothing stored */
         for (int i = 0; i < DS_K; i++) {
             float nb, na;
-            assert_false(gk_dare_survey(&xs[i], 1, base, b0, m, &key[i], &thr[i], NULL, &nb, &na));
+            assert_false(gk_dare_survey(&xs[i], 1, base, b0, m, &key[i], &thr[i], NULL, f16, &nb, &na));
             assert_true(nb == before[i] && na == after[i]);
         }
         uint8_t *some[DS_K] = {NULL, bits[1], NULL};
         memset(bits, 0xee, sizeof bits);
         float sb[DS_K], sa[DS_K];
-        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, some, sb, sa));
+        assert_false(gk_dare_survey(xs, DS_K, base, b0, m, key, thr, some, f16, sb, sa));
         assert_memory_equal(bits[1], want_bits[1], sizeof bits[1]);
         assert_int_equal(bits[0][b0 / 8], 0xee);
         assert_int_equal(bits[2][b0 / 8], 0xee);
@@ -570,21 +571,31 @@ static void test_dare_survey(void **state) {
         uint64_t key4[4] = {key[0], key[1], key[2], key[0]};
         uint32_t thr4[4] = {thr[0], thr[1], thr[2], thr[0]};
         float b4[4], a4[4];
-        assert_false(gk_dare_survey(xs4, 2, base, b0, m, key4, thr4, NULL, b4, a4));
+        assert_false(gk_dare_survey(xs4, 2, base, b0, m, key4, thr4, NULL, f16, b4, a4));
         for (int i = 0; i < 2; i++) assert_true(b4[i] == before[i] && a4[i] == after[i]);
-        assert_false(gk_dare_survey(xs4, 4, base, b0, m, key4, thr4, NULL, b4, a4));
+        assert_false(gk_dare_survey(xs4, 4, base, b0, m, key4, thr4, NULL, f16, b4, a4));
         for (int i = 0; i < 4; i++) assert_true(b4[i] == before[i % DS_K] && a4[i] == after[i % DS_K]);
     }
     assert_true(other_order_differs > 0); /* the plain order would have summed to another value */
     /* a NaN in any model's block is reported; the blocks around it are not */
     float before[DS_K], after[DS_K];
-    x[2][3000] = 0xffc0;
-    assert_true(gk_dare_survey(xs, DS_K, base, 2992, 16, key, thr, NULL, before, after));
-    assert_true(gk_dare_survey(&xs[2], 1, base, 2992, 40, &key[2], &thr[2], NULL, before, after));
-    assert_false(gk_dare_survey(xs, DS_K, base, 3008, 16, key, thr, NULL, before, after));
-    assert_false(gk_dare_survey(xs, 2, base, 2992, 16, key, thr, NULL, before, after));
+    x[2][3000] = f16 ? 0xfe00 : 0xffc0;
+    assert_true(gk_dare_survey(xs, DS_K, base, 2992, 16, key, thr, NULL, f16, before, after));
+    assert_true(gk_dare_survey(&xs[2], 1, base, 2992, 40, &key[2], &thr[2], NULL, f16, before, after));
+    assert_false(gk_dare_survey(xs, DS_K, base, 3008, 16, key, thr, NULL, f16, before, after));
+    assert_false(gk_dare_survey(xs, 2, base, 2992, 16, key, thr, NULL, f16, before, after));
     for (int i = 0; i < DS_K; i++) free(x[i]);
     free(base);
+}
+
+static void test_dare_survey(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) {
+        skip();
+        return;
+    }
+    dare_survey_case(false);
+    dare_survey_case(true);
 }
 
 int main(void) {
