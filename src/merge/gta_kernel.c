@@ -197,6 +197,15 @@ static inline bool gk_lean_fits(const gk_args *a, int k, int kind, size_t m) {
     return true;
 }
 
+/* Its form that tests every input for NaN (task_arithmetic, whose merge
+ * is the only pass): whole vectors, every model kept whole, no rescale. */
+static inline bool gk_tested_fits(const gk_args *a, int k, int kind, size_t m) {
+    if (m % 32 || kind != GK_WHOLE || !a->check_base) return false;
+    for (int i = 0; i < k; i++)
+        if (!a->m[i].check || a->m[i].s != 1.0f) return false;
+    return true;
+}
+
 /* Results of the 32 elements from j taken as f16 loops take them, the
  * first 16 (lo) and the last 16 (hi; lanes tm of the 32), rounded to f16
  * in hardware as dtype.c's writer does (nearest even; a NaN, which fails
@@ -231,7 +240,8 @@ static inline __attribute__((always_inline)) void gk_store32_f16(__m512 lo, __m5
  * and reading them through a cost a load and a test per model per vector. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
-                                                          bool out_bf16, int kind, bool uniform, bool lean, bool f16,
+                                                          bool out_bf16, int kind, bool uniform, bool lean,
+                                                          bool tested, bool f16,
                                                           const float *lb, const float *ub, size_t b0, size_t m,
                                                           void *dst, size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
@@ -252,7 +262,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
     }
     const __m512 rtab = _mm512_loadu_ps(rt), rall = _mm512_set1_ps(1.0f / a->div_all);
     const uint16_t *const base = a->base;
-    const bool check_base = !lean && a->check_base;
+    const bool check_base = lean ? tested : a->check_base;
     const uint16_t *xs[GK_MAX_MODELS];
     __m512 wv[GK_MAX_MODELS], sv[GK_MAX_MODELS];
     bool rescaled[GK_MAX_MODELS], check[GK_MAX_MODELS];
@@ -268,7 +278,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         wv[i] = _mm512_set1_ps(g->w);
         sv[i] = _mm512_set1_ps(g->s);
         rescaled[i] = lean ? gk_lean_rescaled(kind) : g->s != 1.0f;
-        check[i] = !lean && g->check;
+        check[i] = lean ? tested : g->check;
         keep_rt[i] = g->keep;
         rule[i] = g->rule;
         lbv[i] = _mm512_set1_ps(uniform ? lb[i] : 0.0f);
@@ -299,12 +309,12 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
             gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
         }
         __m512i bw = gk_load32(base + e, tm), xw[GK_MAX_MODELS];
-        if (check_base) bad |= gk_nonfinite32(bw, tm);
+        if (check_base) bad |= f16 ? gk_nonfinite32_f16(bw, tm) : gk_nonfinite32(bw, tm);
         __mmask16 kb[GK_MAX_MODELS][2] = {{0}}; /* GK_BITS: the even and the odd bits */
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             xw[i] = gk_load32(xs[i] + e, tm);
-            if (check[i]) bad |= gk_nonfinite32(xw[i], tm);
+            if (check[i]) bad |= f16 ? gk_nonfinite32_f16(xw[i], tm) : gk_nonfinite32(xw[i], tm);
             if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_BITS) {
                 /* e is a multiple of 8 here (b0 is, j is of 32); only the
                  * bytes of elements in the block are read */
@@ -434,7 +444,8 @@ bool gk_takes(const gk_args *a, size_t b0, size_t m) {
     int kind = (int)a->m[0].keep;
     for (int i = 1; i < a->k; i++)
         if ((int)a->m[i].keep != kind) kind = GK_KINDS;
-    return a->out_bf16 && gk_lean_fits(a, a->k, kind, m) && gk_uniform_rules(a, a->k, b0, m, lb, ub);
+    return a->out_bf16 && (gk_lean_fits(a, a->k, kind, m) || gk_tested_fits(a, a->k, kind, m)) &&
+           gk_uniform_rules(a, a->k, b0, m, lb, ub);
 }
 
 /* gk_loop over the block, with each rule's thresholds hoisted where the
@@ -445,14 +456,23 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
                                                           size_t *obad) {
     float lb[GK_MAX_MODELS] = {0}, ub[GK_MAX_MODELS] = {0};
     bool uniform = kind == GK_TOP || kind == GK_RULE || kind == GK_KINDS ? gk_uniform_rules(a, k, b0, m, lb, ub) : true;
-    /* f16 inputs: the lean loop alone, f16 out (gk_takes says which blocks) */
-    if (out_bf16 && a->in_f16)
-        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, true, lb, ub, b0, m, dst, obad);
+    /* the lean loops (the tested one only where every model is kept whole);
+     * f16 inputs: those alone, f16 out (gk_takes says which blocks) */
+    bool tested = kind == GK_WHOLE && gk_tested_fits(a, k, kind, m);
+    if (out_bf16 && a->in_f16) {
+        if (kind == GK_WHOLE && tested)
+            return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, true, true, lb, ub, b0, m, dst,
+                           obad);
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, false, true, lb, ub, b0, m, dst, obad);
+    }
+    if (kind == GK_WHOLE && tested)
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, true, false, lb, ub, b0, m, dst, obad);
     if (uniform && gk_lean_fits(a, k, kind, m))
-        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, false, lb, ub, b0, m, dst, obad);
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, false, false, lb, ub, b0, m, dst, obad);
     if (uniform)
-        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, false, false, lb, ub, b0, m, dst, obad);
-    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, false, false, lb, ub, b0, m, dst, obad);
+        return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, false, false, false, lb, ub, b0, m, dst,
+                       obad);
+    return gk_loop(a, k, consensus, normalize, out_bf16, kind, false, false, false, false, lb, ub, b0, m, dst, obad);
 }
 
 /* The pattern of 32 mask bits, element order, from the keep masks of the

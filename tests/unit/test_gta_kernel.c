@@ -353,6 +353,28 @@ static void test_f16(void **state) {
     a.in_f16 = true;
     for (int i = 0; i < 3; i++) a.m[i].keep = GK_TOP, a.m[i].s = 1.0f;
     assert_true(gk_takes(&a, 6144, 1024));
+    /* every model whole, every input to test (task_arithmetic): taken by
+     * the loop that tests them; a NaN in the base or a model reported */
+    for (int variant = 1; variant < 8; variant += 2) {
+        setup_args(&a, in, 3, variant, 4);
+        a.in_f16 = a.check_base = true;
+        for (int i = 0; i < 3; i++) a.m[i].keep = GK_WHOLE, a.m[i].s = 1.0f, a.m[i].check = true;
+        gk_block_fn fn = gk_select(&a);
+        assert_true(gk_takes(&a, 6144, 1024) && gk_takes(&a, 0, 64) && !gk_takes(&a, 0, 40));
+        compare(&a, fn, 6144, 1024);
+        uint16_t keep = in->base[6144 + 7];
+        in->base[6144 + 7] = 0x7e00;
+        compare(&a, fn, 6144, 1024);
+        in->base[6144 + 7] = keep;
+        keep = in->x[2][6144 + 40];
+        in->x[2][6144 + 40] = 0xfc00;
+        compare(&a, fn, 6144, 1024);
+        uint16_t out1[1024];
+        size_t ob1;
+        assert_true(fn(&a, 6144, 1024, out1, &ob1));
+        assert_false(fn(&a, 6144 + 64, 960, out1, &ob1));
+        in->x[2][6144 + 40] = keep;
+    }
     /* a result past the largest f16 (finite in f32): infinity, not an
      * error; a NaN one located, as the bf16 store does */
     for (int i = 0; i < 3; i++) a.m[i].keep = GK_WHOLE;
