@@ -31,6 +31,12 @@ static inline __m512i gk_widen(const uint16_t *p, __mmask16 tm) {
     return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tm, p)), 16);
 }
 
+/* 16 f16 values from p (lanes outside tm: 0), converted exactly to f32
+ * (as bit patterns, like gk_widen's). */
+static inline __m512i gk_widen_f16(const uint16_t *p, __mmask16 tm) {
+    return _mm512_castps_si512(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tm, p)));
+}
+
 /* The merge loops take 32 elements at a time in one 512-bit load, as two
  * vectors of f32 patterns without a shuffle: the even elements (each
  * 32-bit lane's low half shifted up) and the odd ones (its high half, the
@@ -648,17 +654,19 @@ bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, 
 }
 
 /* slerp.c's first pass over elements [b0, b0 + m), 16 at a time: each
- * bf16 value widened to f32 and then to double, the products p p, q q, p q
+ * bf16 (or f16) value widened to f32 and then to double, the products p p, q q, p q
  * each rounded and then added (no fused multiply-add) into lane j % 8 of
  * sums[0..8), [8..16), [16..24) in element order; lanes past m add +0, which
  * changes no sum (one never is -0: it starts from +0). */
-bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums) {
+static inline __attribute__((always_inline)) bool gk_slerp_sums_body(const uint16_t *x0, const uint16_t *x1, size_t b0,
+                                                                     size_t m, bool f16, double *sums) {
     __m512d a = _mm512_loadu_pd(sums), b = _mm512_loadu_pd(sums + 8), d = _mm512_loadu_pd(sums + 16);
     const uint16_t *streams[2] = {x0 + b0, x1 + b0};
     __mmask16 bad = 0;
     for (size_t j = 0; j < m; j += 16) {
         __mmask16 tm = gk_step(m, j, streams, 2);
-        __m512i pu = gk_widen(x0 + b0 + j, tm), qu = gk_widen(x1 + b0 + j, tm);
+        __m512i pu = f16 ? gk_widen_f16(x0 + b0 + j, tm) : gk_widen(x0 + b0 + j, tm);
+        __m512i qu = f16 ? gk_widen_f16(x1 + b0 + j, tm) : gk_widen(x1 + b0 + j, tm);
         bad |= gk_nonfinite(pu, tm) | gk_nonfinite(qu, tm);
         __m512 p = _mm512_castsi512_ps(pu), q = _mm512_castsi512_ps(qu);
         __m512d p0 = _mm512_cvtps_pd(_mm512_castps512_ps256(p)), q0 = _mm512_cvtps_pd(_mm512_castps512_ps256(q));
@@ -677,10 +685,15 @@ bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, 
     return bad != 0;
 }
 
+bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, bool f16, double *sums) {
+    return f16 ? gk_slerp_sums_body(x0, x1, b0, m, true, sums) : gk_slerp_sums_body(x0, x1, b0, m, false, sums);
+}
+
 /* slerp.c's second pass, o = s0 x0 + s1 x1 (each product rounded, then
- * added), 32 elements at a time, into dst in bf16 or f32. */
+ * added), 32 elements at a time, into dst in bf16 or f32 (f16: f16 in and
+ * out). */
 static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x0, const uint16_t *x1, float s0,
-                                                               float s1, bool out_bf16, size_t b0, size_t m,
+                                                               float s1, bool f16, bool out_bf16, size_t b0, size_t m,
                                                                void *dst, size_t *obad) {
     const uint16_t *streams[2] = {x0 + b0, x1 + b0};
     const __m512 c0 = _mm512_set1_ps(s0), c1 = _mm512_set1_ps(s1);
@@ -693,20 +706,26 @@ static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x
         __m512 o[2];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
-            __m512 p = _mm512_castsi512_ps(gk_half(pw, h)), q = _mm512_castsi512_ps(gk_half(qw, h));
+            __m512 p = f16 ? gk_half_f16(pw, h) : _mm512_castsi512_ps(gk_half(pw, h));
+            __m512 q = f16 ? gk_half_f16(qw, h) : _mm512_castsi512_ps(gk_half(qw, h));
             o[h] = _mm512_add_ps(_mm512_mul_ps(c0, p), _mm512_mul_ps(c1, q));
         }
-        gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
+        if (f16)
+            gk_store32_f16(o[0], o[1], tm, dst, j, &first, m);
+        else
+            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
     }
     *obad = first;
 }
 
-void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
-             void *dst, size_t *obad) {
-    if (out_bf16)
-        gk_lerp_body(x0, x1, s0, s1, true, b0, m, dst, obad);
+void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool f16, bool out_bf16, size_t b0,
+             size_t m, void *dst, size_t *obad) {
+    if (f16)
+        gk_lerp_body(x0, x1, s0, s1, true, true, b0, m, dst, obad);
+    else if (out_bf16)
+        gk_lerp_body(x0, x1, s0, s1, false, true, b0, m, dst, obad);
     else
-        gk_lerp_body(x0, x1, s0, s1, false, b0, m, dst, obad);
+        gk_lerp_body(x0, x1, s0, s1, false, false, b0, m, dst, obad);
 }
 
 #define GK_INSTANCE(K, Q, C, N, B)                                                                                     \
@@ -774,14 +793,14 @@ bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, 
     return true; /* never called: GTA_KERNEL is 0 */
 }
 
-bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums) {
-    (void)x0, (void)x1, (void)b0, (void)m, (void)sums;
+bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, bool f16, double *sums) {
+    (void)x0, (void)x1, (void)b0, (void)m, (void)f16, (void)sums;
     return true; /* never called: GTA_KERNEL is 0 */
 }
 
-void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
-             void *dst, size_t *obad) {
-    (void)x0, (void)x1, (void)s0, (void)s1, (void)out_bf16, (void)b0, (void)dst;
+void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool f16, bool out_bf16, size_t b0,
+             size_t m, void *dst, size_t *obad) {
+    (void)x0, (void)x1, (void)s0, (void)s1, (void)f16, (void)out_bf16, (void)b0, (void)dst;
     *obad = m; /* never called: GTA_KERNEL is 0 */
 }
 

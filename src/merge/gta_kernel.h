@@ -105,19 +105,21 @@ bool gk_linear(const uint16_t *const *x, const float *w, int k, bool normalize, 
                size_t b0, size_t m, void *dst, size_t *obad);
 
 /* slerp.c's first pass over elements [b0, b0 + m) of two bf16 tensors x0,
- * x1 (from element 0, 2-byte aligned): p = x0, q = x1 widened to double,
+ * x1 (f16 with f16; from element 0, 2-byte aligned): p = x0, q = x1
+ * widened to double,
  * p p, q q and p q added to lane (e - b0) % 8 of sums[0..8), sums[8..16) and
  * sums[16..24), in element order, each product rounded before it is added
  * (calls on consecutive blocks continue the lanes while m is a multiple of
  * 8). Returns true when an input is NaN or infinite. Only where GTA_KERNEL
  * is 1. */
-bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, double *sums);
+bool gk_slerp_sums(const uint16_t *x0, const uint16_t *x1, size_t b0, size_t m, bool f16, double *sums);
 
 /* slerp.c's second pass over elements [b0, b0 + m): s0 x0 + s1 x1 (each
  * product rounded, then added) into dst (element b0's place) in bf16 or
- * f32; *obad as gk_block_fn's. The inputs are not checked (the first pass
- * was). Only where GTA_KERNEL is 1. */
-void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool out_bf16, size_t b0, size_t m,
+ * f32; with f16, inputs and output in IEEE half (out_bf16 ignored); *obad
+ * as gk_block_fn's. The inputs are not checked (the first pass was). Only
+ * where GTA_KERNEL is 1. */
+void gk_lerp(const uint16_t *x0, const uint16_t *x1, float s0, float s1, bool f16, bool out_bf16, size_t b0, size_t m,
              void *dst, size_t *obad);
 
 #endif

@@ -43,10 +43,11 @@ static double lanes8(double *l) {
     return l[0];
 }
 
-/* Both inputs bf16 in place: the passes are gta_kernel.c's loops. */
-static bool slerp_bf16(merge_src v0, merge_src v1) {
-    return GTA_KERNEL && v0.dtype == ALLOY_BF16 && v1.dtype == ALLOY_BF16 && !((uintptr_t)v0.data & 1) &&
-           !((uintptr_t)v1.data & 1);
+/* Both inputs bf16, or both f16, in place: the passes are gta_kernel.c's
+ * loops. */
+static bool slerp_half(merge_src v0, merge_src v1) {
+    return GTA_KERNEL && (v0.dtype == ALLOY_BF16 || v0.dtype == ALLOY_F16) && v1.dtype == v0.dtype &&
+           !((uintptr_t)v0.data & 1) && !((uintptr_t)v1.data & 1);
 }
 
 /* The norms' squares and the dot product of v0 and v1 in one pass over the
@@ -58,7 +59,7 @@ static bool slerp_bf16(merge_src v0, merge_src v1) {
 static bool slerp_sums(merge_src v0, merge_src v1, size_t n, int nt, double *s00, double *s11, double *s01) {
     size_t nc = vec_nchunks(n);
     double part[VEC_CHUNKS_MAX][3];
-    bool kern = slerp_bf16(v0, v1);
+    bool kern = slerp_half(v0, v1), f16 = v0.dtype == ALLOY_F16;
     int bad = 0;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : bad)
     for (size_t c = 0; c < nc; c++) {
@@ -69,7 +70,7 @@ static bool slerp_sums(merge_src v0, merge_src v1, size_t n, int nt, double *s00
         for (size_t b0 = lo; b0 < hi; b0 += SL_BLOCK) {
             size_t m = hi - b0 < SL_BLOCK ? hi - b0 : SL_BLOCK;
             if (kern) {
-                bad |= gk_slerp_sums(v0.data, v1.data, b0, m, sums);
+                bad |= gk_slerp_sums(v0.data, v1.data, b0, m, f16, sums);
                 continue;
             }
             bad |= merge_load(v0, b0, m, x0);
@@ -110,7 +111,8 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
     int bad = 0;
     size_t obad = n;
     alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
-    if (slerp_bf16(v0, v1) && (odt == ALLOY_BF16 || odt == ALLOY_F32)) {
+    bool f16 = v0.dtype == ALLOY_F16;
+    if (slerp_half(v0, v1) && (f16 ? odt == ALLOY_F16 : odt == ALLOY_BF16 || odt == ALLOY_F32)) {
         size_t nseg = (nb + SL_SEG - 1) / SL_SEG;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : obad)
         for (size_t back = 0; back < nseg; back++) {
@@ -118,7 +120,7 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
             for (size_t bi = sg * SL_SEG; bi < nb && bi < (sg + 1) * SL_SEG; bi++) {
                 size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK, ob = m;
                 void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);
-                gk_lerp(v0.data, v1.data, s0, s1, odt == ALLOY_BF16, b0, m, dst, &ob);
+                gk_lerp(v0.data, v1.data, s0, s1, f16, odt == ALLOY_BF16, b0, m, dst, &ob);
                 /* as merge_store: results are checked on their way to the sink */
                 if (call->sink && ob < m && b0 + ob < obad) obad = b0 + ob;
             }

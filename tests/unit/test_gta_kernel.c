@@ -413,33 +413,38 @@ static void test_f16(void **state) {
 /* gk_slerp_sums against slerp.c's loop (lane e % 8, in order, products
  * rounded before they are added) and gk_lerp against s0 x0 + s1 x1, bit
  * for bit, across blocks and tails; a NaN input reported by the sums. */
-static void test_slerp(void **state) {
-    (void)state;
-    inputs *in = kernel_inputs(13);
+static void slerp_case(bool f16) {
+    inputs *in = malloc(sizeof *in);
+    assert_non_null(in);
+    fill_as(in, 13, f16);
     const uint16_t *x0 = in->base, *x1 = in->x[1];
     static const size_t lens[] = {1024, 1000, 24, 9, 1};
     for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
         double got[24] = {0}, want[24] = {0};
         for (size_t b0 = 64; b0 + lens[t] <= 64 + 3 * 1024; b0 += 1024) { /* three blocks of one chunk */
-            assert_false(gk_slerp_sums(x0, x1, b0, lens[t], got));
+            assert_false(gk_slerp_sums(x0, x1, b0, lens[t], f16, got));
             for (size_t j = 0; j < lens[t]; j++) {
-                double p = bf(x0[b0 + j]), q = bf(x1[b0 + j]);
+                double p = f16 ? f16_to_f32(x0[b0 + j]) : bf(x0[b0 + j]);
+                double q = f16 ? f16_to_f32(x1[b0 + j]) : bf(x1[b0 + j]);
                 want[j % 8] += p * p;
                 want[8 + j % 8] += q * q;
                 want[16 + j % 8] += p * q;
             }
         }
         assert_memory_equal(got, want, sizeof got);
-        for (int obf = 0; obf < 2; obf++) {
+        for (int obf = f16; obf < 2; obf++) { /* f16: f16 out alone */
             uint32_t o[1024], w[1024];
             memset(o, 0xab, sizeof o);
             memcpy(w, o, sizeof w);
             size_t ob;
-            gk_lerp(x0, x1, 0.7f, -0.45f, obf, 200, lens[t], o, &ob);
+            gk_lerp(x0, x1, 0.7f, -0.45f, f16, obf, 200, lens[t], o, &ob);
             assert_int_equal(ob, lens[t]);
             for (size_t j = 0; j < lens[t]; j++) {
-                float v = 0.7f * bf(x0[200 + j]) + -0.45f * bf(x1[200 + j]);
-                if (obf)
+                float v = f16 ? 0.7f * f16_to_f32(x0[200 + j]) + -0.45f * f16_to_f32(x1[200 + j])
+                              : 0.7f * bf(x0[200 + j]) + -0.45f * bf(x1[200 + j]);
+                if (f16)
+                    ((uint16_t *)w)[j] = f32_to_f16(v);
+                else if (obf)
                     ((uint16_t *)w)[j] = f32_to_bf16(v);
                 else
                     ((float *)w)[j] = v;
@@ -448,10 +453,17 @@ static void test_slerp(void **state) {
         }
     }
     double sums[24] = {0};
-    in->x[1][4000 + 7] = 0x7f80; /* +infinity */
-    assert_true(gk_slerp_sums(x0, x1, 4000, 16, sums));
-    assert_false(gk_slerp_sums(x0, x1, 4016, 16, sums)); /* past it */
+    in->x[1][4000 + 7] = f16 ? 0x7c00 : 0x7f80; /* +infinity */
+    assert_true(gk_slerp_sums(x0, x1, 4000, 16, f16, sums));
+    assert_false(gk_slerp_sums(x0, x1, 4016, 16, f16, sums)); /* past it */
     free(in);
+}
+
+static void test_slerp(void **state) {
+    (void)state;
+    if (!GTA_KERNEL) skip();
+    slerp_case(false);
+    slerp_case(true);
 }
 
 static void test_nonfinite(void **state) {
@@ -552,7 +564,8 @@ static void dare_survey_case(bool f16) {
                 size_t e = b0 + j;
                 float a = f16 ? fabsf(f16_to_f32(x[i][e]) - f16_to_f32(base[e])) : fabsf(bf(x[i][e]) - bf(base[e]));
                 bool keep = rng_keep32(key[i], e, thr[i]);
-                size_t lane = f16 ? j % GK_LANES : j % (2 * GK_LANES) / 2, other = f16 ? j % (2 * GK_LANES) / 2 : j % GK_LANES;
+                size_t lane = f16 ? j % GK_LANES : j % (2 * GK_LANES) / 2;
+                size_t other = f16 ? j % (2 * GK_LANES) / 2 : j % GK_LANES;
                 lb[lane] += a;
                 ob[other] += a; /* the other layout's order */
                 if (keep) la[lane] += a;
