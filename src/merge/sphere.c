@@ -132,24 +132,29 @@ typedef struct msl_kernel_args {
 static bool msl_kernel_block(const void *p, size_t b0, size_t m, void *dst, size_t *ob) {
     const msl_kernel_args *q = p;
     if (q->fn) return q->fn(q->a, b0, m, dst, ob);
-    return gk_linear(q->x, q->c, q->a->k, false, 1.0f, false, q->a->out_bf16, b0, m, dst, ob);
+    return gk_linear(q->x, q->c, q->a->k, false, 1.0f, q->a->in_f16, q->a->out_bf16, b0, m, dst, ob);
 }
 
 /* The output pass through the fused loops (gta_kernel.h) where every input
  * is bf16: with a base task_arithmetic's (base + sum_i c_i (x_i - base),
- * no masks), without linear's; 1 when they do not apply. */
+ * no masks), without linear's; without a base also where every input and
+ * the output are f16; 1 when they do not apply. */
 static int msl_kernel(const merge_call *call, const msl_ctx *c, float *out, alloy_err *err) {
     int k = c->k;
     alloy_dtype odt = call->sink ? merge_sink_dtype(call->sink) : ALLOY_F32;
-    if (!GTA_KERNEL || k > GK_MAX_MODELS || (odt != ALLOY_BF16 && odt != ALLOY_F32)) return 1;
+    alloy_dtype idt = merge_input(call, 0).dtype;
+    bool f16 = !c->base && idt == ALLOY_F16 && odt == ALLOY_F16;
+    if (!GTA_KERNEL || k > GK_MAX_MODELS || (!f16 && (idt != ALLOY_BF16 || (odt != ALLOY_BF16 && odt != ALLOY_F32))))
+        return 1;
     const uint16_t *x[GK_MAX_MODELS + 1];
     for (int i = -1; i < k; i++) {
         if (i < 0 && !c->base) continue;
         merge_src in = merge_input(call, i);
-        if (in.dtype != ALLOY_BF16 || ((uintptr_t)in.data & 1)) return 1;
+        if (in.dtype != idt || ((uintptr_t)in.data & 1)) return 1;
         x[i + 1] = in.data;
     }
-    gk_args a = {.k = k, .lambda = 1.0f, .div_all = 1.0f, .base = x[0], .out_bf16 = odt == ALLOY_BF16};
+    gk_args a = {.k = k, .lambda = 1.0f, .div_all = 1.0f, .base = c->base ? x[0] : NULL, .in_f16 = f16,
+                 .out_bf16 = odt != ALLOY_F32};
     for (int i = 0; i < k; i++) a.m[i] = (gk_model){.x = x[i + 1], .w = c->c[i], .s = 1.0f, .keep = GK_WHOLE};
     msl_kernel_args q = {&a, c->base ? gk_select(&a) : NULL, x + 1, c->c};
     if (c->base && !q.fn) return 1;

@@ -239,8 +239,9 @@ def main():
         check_method("slerp-" + tag, "slerp", fam, [{}], {"t": 0.3}, dtype=dt, n_models=1)
         check_method("sce-" + tag, "sce", fam, [{}, {}, {}], {"select_topk": 0.3}, dtype=dt)
     # f16 checkpoints: the 16-bit scan, the kernel's f16 loop (whole vectors
-    # of 32; the rest, small biases, the generic blocks), linear's and
-    # slerp's where the CPU has them; small tensors and streamed rank cuts.
+    # of 32; the rest, small biases, the generic blocks), linear's (also
+    # multislerp's output pass) and slerp's where the CPU has them; small
+    # tensors and streamed rank cuts.
     for tag, shape in (("f16", None), ("big-f16", big)):
         fam = make_family(tag, torch.float16, tied=True, seed=9, shape=shape)
         dt = torch.float16
@@ -255,6 +256,8 @@ def main():
         check_method("linear-" + tag, "linear", fam, w3, None, use_base=False, dtype=dt)
         check_method("linear-nonorm-" + tag, "linear", fam, w3, {"normalize": False}, use_base=False, dtype=dt)
         check_method("slerp-" + tag, "slerp", fam, [{}], {"t": 0.3}, dtype=dt, n_models=1)
+        check_method("multislerp-" + tag, "multislerp", fam, w3, None, dtype=dt, use_base=False)
+        check_method("multislerp-base-" + tag, "multislerp", fam, w3, None, dtype=dt)
     n_fail = sum(1 for _, ok in results if not ok)
     print("merge reference: %d passed, %d failed" % (len(results) - n_fail, n_fail))
     shutil.rmtree(TMP, ignore_errors=True)
