@@ -1,4 +1,4 @@
-/* gta_kernel.c — the fused AVX-512 loops over bf16 inputs: the
+/* gta_kernel.c — the fused AVX-512 loops over bf16 (and f16) inputs: the
  * task-arithmetic family's (its merge pass and DARE's first pass), linear's
  * and slerp's two passes (see gta_kernel.h); without AVX-512 it only says
  * that it has no kernel. */
@@ -243,7 +243,12 @@ static inline __attribute__((always_inline)) void gk_store32_f16(__m512 lo, __m5
  * GK_KINDS: each model's own) are constants of each instance, so the model
  * loop unrolls and the registers hold it all. The models' arguments are
  * copied into locals first: dst may alias *a as far as the compiler knows,
- * and reading them through a cost a load and a test per model per vector. */
+ * and reading them through a cost a load and a test per model per vector.
+ * uniform: each rule one threshold a side over the block (gk_body). lean:
+ * whole vectors only, the rescale as the kind says (gk_lean_fits), and the
+ * inputs either tested already (no tests) or, with tested, all of them
+ * tested here (gk_tested_fits); f16 (lean only): the inputs and the output
+ * IEEE half, the 32 elements taken as the first 16 and the last 16. */
 #define GK_KINDS 5 /* kind: each model's own (a->m[i].keep) */
 static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int k, bool consensus, bool normalize,
                                                           bool out_bf16, int kind, bool uniform, bool lean,

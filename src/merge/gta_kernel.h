@@ -4,7 +4,7 @@
  * task_arithmetic.c computes a block in straight passes over f32 scratch:
  * the base widened, each model's masked weighted delta, then the consensus
  * and the sum, then the store converts to the output dtype. Where the CPU
- * has AVX-512 and every input is bf16, this file does the same arithmetic
+ * has AVX-512 and every input is bf16 (or f16: see gk_takes), this file does the same arithmetic
  * on 16 elements at a time with everything in registers: the inputs are
  * widened, masked, weighted, combined, rounded to the output dtype and
  * stored in one go. The float operations and their order are exactly those
