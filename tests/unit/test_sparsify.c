@@ -87,16 +87,6 @@ static int by_mag(const void *pa, const void *pb) {
     return (a->j > b->j) - (a->j < b->j);
 }
 
-typedef struct test_mag {
-    const float *x, *base;
-} test_mag;
-
-static bool test_mag_fn(const void *p, size_t lo, size_t m, float *a) {
-    const test_mag *c = p;
-    for (size_t j = 0; j < m; j++) a[j] = fabsf(c->x[lo + j] - c->base[lo + j]);
-    return false;
-}
-
 static void della_check(int ndim, const int64_t *shape, size_t n, int kind) {
     float *x = malloc(n * sizeof *x), *base = malloc(n * sizeof *base);
     uint8_t *got = malloc(n), *want = malloc(n);
@@ -136,13 +126,6 @@ static void della_check(int ndim, const int64_t *shape, size_t n, int kind) {
         }
     }
     assert_memory_equal(got, want, n);
-    /* the same mask as bits (streamed magnitudes, rows that begin inside a byte where len % 8 != 0) */
-    uint8_t *bits = calloc(n / 8 + 1, 1);
-    assert_non_null(bits);
-    test_mag tm = {x, base};
-    assert_int_equal(sparsify_della_bits(&a, test_mag_fn, &tm, ndim, shape, n, bits, 2, "t", &err), 0);
-    for (size_t e = 0; e < n; e++) assert_int_equal((bits[e / 8] >> (e % 8)) & 1, want[e]);
-    free(bits);
     free(it), free(x), free(base), free(got), free(want);
 }
 
