@@ -64,23 +64,28 @@ static inline __m512i gk_half(__m512i w, int h) {
     return h ? _mm512_and_si512(w, _mm512_set1_epi32((int32_t)0xffff0000u)) : _mm512_slli_epi32(w, 16);
 }
 
-/* The f16 lean loop (gk_loop) takes its 32 elements as the first 16 and
- * the last 16 of the load, each converted exactly to f32 in hardware. */
-static inline __m512 gk_half_f16(__m512i w, int h) {
-    return _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(w, 1) : _mm512_castsi512_si256(w));
+/* Half h of the 32 values of w as f32 values: bf16, its even (h 0) or odd
+ * (h 1) elements (gk_half); f16, its first 16 (h 0) or last 16 (h 1),
+ * converted exactly in hardware. */
+static inline __m512 gk_value(__m512i w, int h, bool f16) {
+    if (f16) return _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(w, 1) : _mm512_castsi512_si256(w));
+    return _mm512_castsi512_ps(gk_half(w, h));
 }
 
-/* Lanes of tm whose bf16 value is NaN or infinity (exponent all ones). */
-static inline __mmask32 gk_nonfinite32(__m512i w, __mmask32 tm) {
-    const __m512i ex = _mm512_set1_epi16(0x7f80);
+/* Lanes of tm whose bf16 (or f16) value is NaN or infinity (exponent all ones). */
+static inline __mmask32 gk_nonfinite32(__m512i w, __mmask32 tm, bool f16) {
+    const __m512i ex = _mm512_set1_epi16(f16 ? 0x7c00 : 0x7f80);
     return _mm512_mask_cmpeq_epi16_mask(tm, _mm512_and_si512(w, ex), ex);
 }
 
-/* Lanes of tm whose f16 value is NaN or infinity (exponent all ones). */
-static inline __mmask32 gk_nonfinite32_f16(__m512i w, __mmask32 tm) {
-    const __m512i ex = _mm512_set1_epi16(0x7c00);
-    return _mm512_mask_cmpeq_epi16_mask(tm, _mm512_and_si512(w, ex), ex);
+/* The element of lane l of a half, counted from the 32's first: 2 l and,
+ * in the second half, one more for bf16 (even and odd elements); l and 16
+ * more for f16 (first and last 16). */
+static inline __m512i gk_lane_elems(bool f16) {
+    return f16 ? _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+               : _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
 }
+static inline uint32_t gk_second_half(bool f16) { return f16 ? 16u : 1u; }
 
 /* The even and the odd bits of w (bit l of each: bit 2 l, resp. 2 l + 1). */
 static inline void gk_unzip(uint32_t w, __mmask16 *ev, __mmask16 *od) {
@@ -256,11 +261,8 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
                                                           const float *lb, const float *ub, size_t b0, size_t m,
                                                           void *dst, size_t *obad) {
     const __m512 zero = _mm512_setzero_ps(), lambda = _mm512_set1_ps(a->lambda);
-    /* element of lane 0 of the second half and of lane l of the first: 1
-     * and 2 l for bf16 (the odd and the even elements), 16 and l for f16 */
-    const __m512i iota2 = f16 ? _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
-                              : _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const size_t second = f16 ? 16 : 1;
+    const __m512i iota2 = gk_lane_elems(f16);
+    const size_t second = gk_second_half(f16);
     const __m512i phi1 = _mm512_set1_epi32((int32_t)(uint32_t)(second * 0x9e3779b9u));
     const __m512i phi32 = _mm512_set1_epi32((int32_t)(32u * 0x9e3779b9u));
     /* 1 / div: of each agreement pattern with consensus, else of div_all */
@@ -320,12 +322,12 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
             gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
         }
         __m512i bw = gk_load32(base + e, tm), xw[GK_MAX_MODELS];
-        if (check_base) bad |= f16 ? gk_nonfinite32_f16(bw, tm) : gk_nonfinite32(bw, tm);
+        if (check_base) bad |= gk_nonfinite32(bw, tm, f16);
         __mmask16 kb[GK_MAX_MODELS][2] = {{0}}; /* GK_BITS: the even and the odd bits */
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             xw[i] = gk_load32(xs[i] + e, tm);
-            if (check[i]) bad |= f16 ? gk_nonfinite32_f16(xw[i], tm) : gk_nonfinite32(xw[i], tm);
+            if (check[i]) bad |= gk_nonfinite32(xw[i], tm, f16);
             if ((kind == GK_KINDS ? keep_rt[i] : (gk_keep)kind) == GK_BITS) {
                 /* e is a multiple of 8 here (b0 is, j is of 32); only the
                  * bytes of elements in the block are read */
@@ -344,12 +346,12 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(uint32_t)(e + (h ? second : 0))), iota2);
-            __m512 b = f16 ? gk_half_f16(bw, h) : _mm512_castsi512_ps(gk_half(bw, h));
+            __m512 b = gk_value(bw, h, f16);
             __m512 t[GK_MAX_MODELS]; /* w_i * s_i * (x_i - base); d_i is t_i where keep[i] */
             __mmask16 keep[GK_MAX_MODELS];
 #pragma GCC unroll 4
             for (int i = 0; i < k; i++) {
-                __m512 v = _mm512_sub_ps(f16 ? gk_half_f16(xw[i], h) : _mm512_castsi512_ps(gk_half(xw[i], h)), b);
+                __m512 v = _mm512_sub_ps(gk_value(xw[i], h, f16), b);
                 /* (v * s) * w; v * 1 is v, so without a rescale one multiply */
                 __m512 vs = rescaled[i] ? _mm512_mul_ps(v, sv[i]) : v;
                 t[i] = _mm512_mul_ps(vs, wv[i]);
@@ -449,12 +451,18 @@ static bool gk_uniform_rules(const gk_args *a, int k, size_t b0, size_t m, float
     return true;
 }
 
-bool gk_takes(const gk_args *a, size_t b0, size_t m) {
-    if (!a->in_f16) return true;
-    float lb[GK_MAX_MODELS], ub[GK_MAX_MODELS];
+/* The way every model keeps its elements, or GK_KINDS where they differ. */
+static int gk_kind(const gk_args *a) {
     int kind = (int)a->m[0].keep;
     for (int i = 1; i < a->k; i++)
         if ((int)a->m[i].keep != kind) kind = GK_KINDS;
+    return kind;
+}
+
+bool gk_takes(const gk_args *a, size_t b0, size_t m) {
+    if (!a->in_f16) return true;
+    float lb[GK_MAX_MODELS], ub[GK_MAX_MODELS];
+    int kind = gk_kind(a);
     return a->out_bf16 && (gk_lean_fits(a, a->k, kind, m) || gk_tested_fits(a, a->k, kind, m)) &&
            gk_uniform_rules(a, a->k, b0, m, lb, ub);
 }
@@ -469,7 +477,7 @@ static inline __attribute__((always_inline)) bool gk_body(const gk_args *a, int 
     bool uniform = kind == GK_TOP || kind == GK_RULE || kind == GK_KINDS ? gk_uniform_rules(a, k, b0, m, lb, ub) : true;
     /* the lean loops (the tested one only where every model is kept whole);
      * f16 inputs: those alone, f16 out (gk_takes says which blocks) */
-    bool tested = kind == GK_WHOLE && gk_tested_fits(a, k, kind, m);
+    bool tested = gk_tested_fits(a, k, kind, m);
     if (out_bf16 && a->in_f16) {
         if (kind == GK_WHOLE && tested)
             return gk_loop(a, k, consensus, normalize, out_bf16, kind, true, true, true, true, lb, ub, b0, m, dst,
@@ -515,11 +523,9 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
                                                                const uint64_t *rng_key, const uint32_t *thr,
                                                                uint8_t *const *bits, bool f16, float *before,
                                                                float *after) {
-    /* lane l of the first half: element 2 l (bf16) or l (f16); of the second: one more, or 16 more */
-    const __m512i iota2 = f16 ? _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
-                              : _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i iota2 = gk_lane_elems(f16);
     const __m512i phig = _mm512_set1_epi32((int32_t)0x9e3779b9u);
-    const __m512i phi1 = _mm512_set1_epi32((int32_t)((f16 ? 16u : 1u) * 0x9e3779b9u));
+    const __m512i phi1 = _mm512_set1_epi32((int32_t)(gk_second_half(f16) * 0x9e3779b9u));
     const __m512i phi32 = _mm512_set1_epi32((int32_t)(32u * 0x9e3779b9u));
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const uint16_t *x[GK_MAX_MODELS], *streams[GK_MAX_MODELS + 1] = {base + b0};
@@ -546,18 +552,16 @@ static inline __attribute__((always_inline)) bool gk_dare_body(const uint16_t *c
         gk_step32(m, j, streams, k + 1, &tm, &th[0], &th[1]);
         if (f16) th[0] = (__mmask16)tm, th[1] = (__mmask16)(tm >> 16);
         __m512i bw = gk_load32(base + b0 + j, tm);
-        __m512 b[2] = {f16 ? gk_half_f16(bw, 0) : _mm512_castsi512_ps(gk_half(bw, 0)),
-                       f16 ? gk_half_f16(bw, 1) : _mm512_castsi512_ps(gk_half(bw, 1))};
+        __m512 b[2] = {gk_value(bw, 0, f16), gk_value(bw, 1, f16)};
 #pragma GCC unroll 4
         for (int i = 0; i < k; i++) {
             __m512i xw = gk_load32(x[i] + j, tm);
-            bad |= f16 ? gk_nonfinite32_f16(xw, tm) : gk_nonfinite32(xw, tm);
+            bad |= gk_nonfinite32(xw, tm, f16);
             __mmask16 keep[2];
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 /* lanes past m: both 0, a magnitude +0 that changes no sum */
-                __m512 xh = f16 ? gk_half_f16(xw, h) : _mm512_castsi512_ps(gk_half(xw, h));
-                __m512 a = _mm512_and_ps(_mm512_sub_ps(xh, b[h]), absmask);
+                __m512 a = _mm512_and_ps(_mm512_sub_ps(gk_value(xw, h, f16), b[h]), absmask);
                 __m512i hv = h ? _mm512_add_epi32(hw[i], phi1) : hw[i];
                 keep[h] = _mm512_mask_cmplt_epu32_mask(th[h], gk_hash(hv), vthr[i]);
                 sb[i] = _mm512_add_ps(sb[i], a);
@@ -617,15 +621,9 @@ static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t 
         for (int i = 0; i < k; i++) {
             __m512i xw = gk_load32(x[i] + e, tm);
             __m512 wi = _mm512_set1_ps(w[i]);
-            if (f16) { /* the first 16 (oe) and the last 16 (oo) */
-                bad |= gk_nonfinite32_f16(xw, tm);
-                oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, gk_half_f16(xw, 0)));
-                oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, gk_half_f16(xw, 1)));
-            } else {
-                bad |= gk_nonfinite32(xw, tm);
-                oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 0))));
-                oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, _mm512_castsi512_ps(gk_half(xw, 1))));
-            }
+            bad |= gk_nonfinite32(xw, tm, f16);
+            oe = _mm512_add_ps(oe, _mm512_mul_ps(wi, gk_value(xw, 0, f16))); /* (f16: the first 16, oo the last) */
+            oo = _mm512_add_ps(oo, _mm512_mul_ps(wi, gk_value(xw, 1, f16)));
         }
         if (normalize) {
             oe = _mm512_div_ps(oe, _mm512_set1_ps(wsum));
@@ -711,8 +709,7 @@ static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x
         __m512 o[2];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
-            __m512 p = f16 ? gk_half_f16(pw, h) : _mm512_castsi512_ps(gk_half(pw, h));
-            __m512 q = f16 ? gk_half_f16(qw, h) : _mm512_castsi512_ps(gk_half(qw, h));
+            __m512 p = gk_value(pw, h, f16), q = gk_value(qw, h, f16);
             o[h] = _mm512_add_ps(_mm512_mul_ps(c0, p), _mm512_mul_ps(c1, q));
         }
         if (f16)
@@ -765,10 +762,7 @@ static const gk_block_fn gk_table[GK_KINDS + 1][GK_MAX_MODELS][8] = {
 
 gk_block_fn gk_select(const gk_args *a) {
     if (a->k < 1 || a->k > GK_MAX_MODELS) return NULL;
-    int kind = (int)a->m[0].keep;
-    for (int i = 1; i < a->k; i++)
-        if ((int)a->m[i].keep != kind) kind = GK_KINDS;
-    return gk_table[kind][a->k - 1][(a->consensus ? 4 : 0) | (a->normalize ? 2 : 0) | (a->out_bf16 ? 1 : 0)];
+    return gk_table[gk_kind(a)][a->k - 1][(a->consensus ? 4 : 0) | (a->normalize ? 2 : 0) | (a->out_bf16 ? 1 : 0)];
 }
 
 #else
