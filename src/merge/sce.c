@@ -200,13 +200,121 @@ static void sce_out_block(const void *p, size_t lo, const float *const *in, size
     }
 }
 
+/* The weights' sums made in the selection's pass (sce_select_stream),
+ * which saves the pass of sce_sq_chunk: per chunk of the cut, the squares
+ * of what lies above the band (selected whatever the cut: the cut lies
+ * inside the band) and the elements inside it (index, variance, deltas),
+ * whose share is added once the cut is known. Where it cannot be made (a
+ * chunk's waiting elements overflow, the cut outside the band), the
+ * weights' own pass runs as before. */
+typedef struct sce_wait {
+    double *sum;       /* [nchunks][K] */
+    uint32_t **idx;    /* [nchunks][cap] */
+    float **val;       /* [nchunks][cap * (K + 1)]: variance, then the K deltas */
+    size_t *n, cap;    /* [nchunks]; n[ch] past cap: chunk ch overflowed */
+    uint8_t *keep;     /* the selection as bytes (c->keep) */
+} sce_wait;
+
+static void sce_wait_free(sce_wait *w, size_t nc) {
+    for (size_t ch = 0; w->idx && ch < nc; ch++) free(w->idx[ch]);
+    for (size_t ch = 0; w->val && ch < nc; ch++) free(w->val[ch]);
+    free(w->idx), free(w->val), free(w->sum), free(w->n);
+}
+
+/* Room for nc chunks of the K models, cap waiting elements each; false when out of memory. */
+static bool sce_wait_init(sce_wait *w, size_t nc, int K, size_t cap) {
+    w->sum = calloc(nc * (size_t)K + 1, sizeof *w->sum);
+    w->idx = calloc(nc, sizeof *w->idx);
+    w->val = calloc(nc, sizeof *w->val);
+    w->n = calloc(nc, sizeof *w->n);
+    w->cap = cap;
+    bool ok = w->sum && w->idx && w->val && w->n;
+    for (size_t ch = 0; ok && ch < nc; ch++) {
+        w->idx[ch] = malloc(cap * sizeof **w->idx);
+        w->val[ch] = malloc(cap * (size_t)(K + 1) * sizeof **w->val);
+        ok = w->idx[ch] && w->val[ch];
+    }
+    return ok;
+}
+
+/* One block (elements [b0, b0 + m) of chunk ch, inputs in, variances a) of
+ * the selection's pass into w: above the band [lo, hi] selected (its keep
+ * bytes set, its squares added, in sce_sq_chunk's form), inside it waiting,
+ * the rest not selected. */
+static void sce_wait_block(sce_wait *w, int K, size_t ch, const float *const *in, const float *a, size_t b0, size_t m,
+                           float lo, float hi) {
+    if (w->n[ch] > w->cap) return; /* overflowed: the weights' own pass will run */
+    uint8_t *restrict keep = w->keep + b0;
+    const float *restrict b = in[K];
+#pragma omp simd
+    for (size_t e = 0; e < m; e++) keep[e] = a[e] > hi;
+    double sq[SCE_BLOCK];
+    for (int i = 0; i < K; i++) {
+        const float *restrict x = in[i];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) {
+            double d = x[e] - b[e];
+            sq[e] = keep[e] ? d * d : 0.0;
+        }
+        w->sum[ch * (size_t)K + (size_t)i] += vec_sum8(sq, m);
+    }
+    /* the few inside (a few percent) picked out of a byte map, eight bytes at a time */
+    uint8_t inside[SCE_BLOCK + 8] = {0};
+#pragma omp simd
+    for (size_t e = 0; e < m; e++) inside[e] = (a[e] != 0.0f) & (a[e] >= lo) & (a[e] <= hi);
+    size_t n = w->n[ch];
+    for (size_t e8 = 0; e8 < m && n <= w->cap; e8 += 8) {
+        uint64_t word;
+        memcpy(&word, inside + e8, 8);
+        for (; word; word &= word - 1) {
+            size_t e = e8 + (size_t)__builtin_ctzll(word) / 8;
+            if (n == w->cap) {
+                n = w->cap + 1;
+                break;
+            }
+            w->idx[ch][n] = (uint32_t)(b0 + e);
+            float *v = w->val[ch] + n * (size_t)(K + 1);
+            v[0] = a[e];
+            for (int i = 0; i < K; i++) v[1 + i] = in[i][e] - b[e];
+            n++;
+        }
+    }
+    w->n[ch] = n;
+}
+
+/* The waiting elements selected by rule r: their keep bytes set and their
+ * squares added, chunk by chunk in element order; the weights' sums of
+ * the K models into acc. False (nothing done) where a chunk overflowed. */
+static bool sce_wait_finish(sce_wait *w, int K, size_t nc, const keep_rule *r, double *acc) {
+    for (size_t ch = 0; ch < nc; ch++)
+        if (w->n[ch] > w->cap) return false;
+    for (int i = 0; i < K; i++) acc[i] = 0.0;
+    for (size_t ch = 0; ch < nc; ch++) {
+        double *sum = w->sum + ch * (size_t)K;
+        for (size_t q = 0; q < w->n[ch]; q++) {
+            const float *v = w->val[ch] + q * (size_t)(K + 1);
+            uint32_t e = w->idx[ch][q];
+            if (!keep_rule_test(r, v[0], e)) continue;
+            w->keep[e] = 1;
+            for (int i = 0; i < K; i++) sum[i] += (double)v[1 + i] * (double)v[1 + i];
+        }
+        for (int i = 0; i < K; i++) acc[i] += sum[i];
+    }
+    return true;
+}
+
+/* Whether a sampled variance lies inside the band of cut c (nonzero: the scan keeps no zeros). */
+static inline bool sample_in_band(const rank_cut *c, float v) { return v != 0.0f && v >= c->blo && v <= c->bhi; }
+
 /* The selection by a streaming rank cut (rankcut.h): a sample places the
  * band, one pass counts and histograms the variances and the nonzero ones,
  * and the cut is the one of rank n - int(topk * #nonzero) in ascending
  * (variance, -index) order. Returns 1 when selected so (c->rule), 0 when
  * the exact path must run (small tensor, missed band, no memory),
- * MERGE_NONFINITE_INPUT on a non-finite input. */
-static int sce_select_stream(sce_ctx *c, double topk, int nt) {
+ * MERGE_NONFINITE_INPUT on a non-finite input. With keep (n bytes), the
+ * weights' sums are made in the same pass where they can be (sce_wait):
+ * then *weighed, the sums in wacc[0..K) and the selection in keep. */
+static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, double *wacc, bool *weighed) {
     const merge_call *call = c->call;
     size_t n = call->n, ns = rank_cut_sample_size(n);
     if (!ns) return 0;
@@ -232,14 +340,24 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
     rank_cut cut;
     bool planned = rank_cut_plan(&cut, n, kk_hat < n ? n - kk_hat : 0, true, sample, ns, tmp, NULL);
     free(tmp);
-    free(sample);
     size_t nc = rank_cut_nchunks(n), nz = 0;
     cut_acc *acc = calloc((size_t)nt, sizeof *acc);
     if (!planned || !acc) {
         rank_cut_free(&cut);
         free(acc);
+        free(sample);
         return 0;
     }
+    /* the waiting elements: a quarter more than the sample's share inside the band, and a block */
+    sce_wait wt = {.keep = keep};
+    bool waiting = false;
+    if (keep) {
+        size_t in_band = 0;
+        for (size_t q = 0; q < ns; q++) in_band += sample_in_band(&cut, sample[q]);
+        size_t cap = (size_t)((double)in_band / (double)ns * 1.25 * (double)((n + nc - 1) / nc)) + SCE_BLOCK;
+        waiting = sce_wait_init(&wt, nc, K, cap);
+    }
+    free(sample);
 #pragma omp parallel num_threads(nt) reduction(| : bad) reduction(+ : nz)
     {
         float a[SCE_BLOCK];
@@ -255,6 +373,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
                 bad |= sce_load(c, b0, m, in);
                 sce_var_block_f((const float *const *)in, K, m, a);
                 nz += rank_cut_scan(&cut, &acc[omp_get_thread_num()], ch, a, m);
+                if (waiting) sce_wait_block(&wt, K, ch, (const float *const *)in, a, b0, m, cut.blo, cut.bhi);
             }
         }
         sce_free_buffers(in);
@@ -272,8 +391,12 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt) {
             c->rule = keep_rule_between(&cut, NULL);
             c->sel = SEL_RULE;
             rc = 1;
+            /* the cut inside the band: what lay outside it was selected rightly */
+            if (waiting && c->rule.L >= cut.blo && c->rule.L <= cut.bhi)
+                *weighed = sce_wait_finish(&wt, K, nc, &c->rule, wacc);
         }
     }
+    sce_wait_free(&wt, nc);
     rank_cut_free(&cut);
     free(acc);
     return rc;
@@ -324,8 +447,8 @@ static int sce_select_exact(sce_ctx *c, double topk, uint8_t *sel, int nt, alloy
  * (>= 0 -> +1), c_i = [sign(tau_i) == g].
  * out = base + sum_i w_i c_i tau_i / max(sum_i w_i c_i, 1e-6) where
  * selected, else base. Source: mergekit sce_merge / sce_mask / sce_weight.
- * Streams its inputs: the selection (a sample and a pass, rankcut.h), the
- * weights (a pass), the result (a pass). */
+ * Streams its inputs: the selection (a sample and a pass, rankcut.h) with
+ * the weights (sce_wait; else a pass of their own), the result (a pass). */
 static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
     int K = call->k, nt = vec_threads(call->threads);
     size_t n = call->n;
@@ -344,29 +467,35 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
     sce_ctx c = {.call = call, .K = K, .sel = SEL_ALL, .w = w};
     double topk = call->gparam[P_SELECT_TOPK];
     int rc = 0;
+    bool weighed = false; /* the weights' sums made by the selection's pass */
     if (K == 0) {
         c.sel = SEL_NONE;
     } else if (topk <= 0.0) {
         c.sel = SEL_NONE;
     } else if (topk < 1.0) {
-        rc = sce_select_stream(&c, topk, nt);
+        /* a rule's selection is kept as bytes (when there is room), so the
+         * output pass need not compute the variances again; in the
+         * executor's scratch when it has room (no fresh pages per tensor) */
+        own_mask = call->work_bytes < n + 1;
+        uint8_t *sel = own_mask ? mem_big_alloc(n + 1) : call->work;
+        rc = sce_select_stream(&c, topk, nt, sel, acc, &weighed);
         if (rc == 1) {
             rc = 0;
-        } else if (rc == 0) {
+            mask = sel;
+        } else {
+            if (own_mask) free(sel);
+            own_mask = true;
+        }
+        if (rc == 0 && c.sel != SEL_RULE && c.sel != SEL_NONE) {
             mask = calloc(n + 1, 1);
             rc = mask ? sce_select_exact(&c, topk, mask, nt, err)
                       : alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
         }
     }
     if (!rc && K > 0) {
-        /* a rule's selection is kept as bytes by this pass (when there is
-         * room), so the output pass need not compute the variances again */
-        if (c.sel == SEL_RULE) { /* in the executor's scratch when it has room (no fresh pages per tensor) */
-            own_mask = call->work_bytes < n + 1;
-            if ((mask = own_mask ? mem_big_alloc(n + 1) : call->work)) c.keep = mask;
-        }
-        rc = merge_stream_reduce(call, K, sce_sq_chunk, &c, acc, err);
-        if (c.keep) c.sel = SEL_MASK, c.mask = c.keep, c.keep = NULL;
+        if (c.sel == SEL_RULE && !weighed && mask) c.keep = mask;
+        if (!weighed) rc = merge_stream_reduce(call, K, sce_sq_chunk, &c, acc, err);
+        if (weighed || c.keep) c.sel = SEL_MASK, c.mask = mask, c.keep = NULL;
         double wsum = 0.0;
         for (int i = 0; i < K && !rc; i++) {
             w[i] = (float)(acc[i] / (double)n);

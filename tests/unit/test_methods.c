@@ -481,6 +481,92 @@ static void test_sce(void **state) {
     expect_near(out, base, 3, 0);
 }
 
+/* sce's formula evaluated here over n elements (the variance in double as
+ * sce.c makes it; the selection by sorting): the expected output. */
+static double sce_want_var(const float *const *x, const float *base, int K, size_t e) {
+    double m = 0.0, v = 0.0;
+    for (int i = 0; i < K; i++) m += (double)(x[i][e] - base[e]);
+    m *= 1.0 / K;
+    for (int i = 0; i < K; i++) v += ((double)(x[i][e] - base[e]) - m) * ((double)(x[i][e] - base[e]) - m);
+    return (float)(v * (1.0 / K));
+}
+
+static const float *sce_sort_var; /* for qsort: the variances */
+static int cmp_var_desc(const void *pa, const void *pb) {
+    size_t a = *(const size_t *)pa, b = *(const size_t *)pb;
+    float va = sce_sort_var[a], vb = sce_sort_var[b];
+    if (va != vb) return va > vb ? -1 : 1;
+    return a < b ? -1 : a > b; /* ties: the lower index first */
+}
+
+static void sce_want(const float *const *x, const float *base, int K, size_t n, double topk, float *want) {
+    float *var = malloc(n * sizeof *var);
+    size_t *order = malloc(n * sizeof *order), nz = 0;
+    uint8_t *sel = calloc(n, 1);
+    for (size_t e = 0; e < n; e++) var[e] = (float)sce_want_var(x, base, K, e), nz += var[e] != 0.0f, order[e] = e;
+    sce_sort_var = var;
+    qsort(order, n, sizeof *order, cmp_var_desc);
+    size_t kk = (size_t)((double)nz * topk);
+    for (size_t r = 0; r < kk; r++) sel[order[r]] = 1;
+    double w[MAXK], ws = 0.0;
+    for (int i = 0; i < K; i++) {
+        w[i] = 0.0;
+        for (size_t e = 0; e < n; e++) {
+            double d = x[i][e] - base[e];
+            w[i] += sel[e] ? d * d : 0.0;
+        }
+        w[i] = (float)(w[i] / (double)n);
+        ws += w[i];
+    }
+    for (int i = 0; i < K; i++) w[i] = (float)(w[i] / ws);
+    for (size_t e = 0; e < n; e++) {
+        float sum = 0.0f, num = 0.0f, den = 0.0f;
+        for (int i = 0; i < K; i++) sum += x[i][e] - base[e];
+        for (int i = 0; i < K; i++) {
+            float d = x[i][e] - base[e];
+            if (sum >= 0.0f ? d > 0.0f : d < 0.0f) num += (float)w[i] * d, den += (float)w[i];
+        }
+        want[e] = sel[e] ? base[e] + num / (den > 1e-6f ? den : 1e-6f) : base[e];
+    }
+    free(var), free(order), free(sel);
+}
+
+/* sce on tensors large enough for the streaming selection (a sample, a
+ * pass, rankcut.h), whose pass also makes the weights' sums: with the
+ * variances spread at random over the tensor (the weights from the pass),
+ * and rising with the index (the elements inside the band crowd into one
+ * chunk, overflow its room, and the weights' own pass runs), both against
+ * the formula. */
+static void test_sce_stream(void **state) {
+    (void)state;
+    enum { N = 1 << 20, K = 3 };
+    const float c[K] = {-0.3f, 0.1f, 0.4f};
+    float *base = malloc(N * 4), *xs[K], *out = malloc(N * 4), *want = malloc(N * 4);
+    const float *x[K];
+    for (int i = 0; i < K; i++) xs[i] = malloc(N * 4), x[i] = xs[i];
+    for (int rising = 0; rising < 2; rising++) {
+        for (size_t e = 0; e < N; e++) {
+            base[e] = (float)rng_uniform(5, 0, e) - 0.5f;
+            for (int i = 0; i < K; i++) {
+                float d = rising ? (float)e / N * c[i] /* the variance rises with e */
+                                 : (float)rng_uniform(5, 9, e) * ((float)rng_uniform(5, 1 + (uint64_t)i, e) - 0.5f);
+                xs[i][e] = e % 11 == 0 ? base[e] : base[e] + d;
+            }
+        }
+        tcall t;
+        alloy_err err;
+        tc_init(&t, "sce", base, x, K, N);
+        tc_set(&t, "select_topk", -1, 0.3);
+        assert_int_equal(tc_run(&t, out, &err), 0);
+        sce_want(x, base, K, N, 0.3, want);
+        for (size_t e = 0; e < N; e++)
+            if (fabsf(out[e] - want[e]) > 1e-6f * (1.0f + fabsf(want[e])))
+                fail_msg("rising=%d e=%zu: %.9g, want %.9g", rising, e, out[e], want[e]);
+    }
+    for (int i = 0; i < K; i++) free(xs[i]);
+    free(base), free(out), free(want);
+}
+
 /* TIES and task arithmetic over 1..6 models against the documented
  * formula evaluated here in the same order (the merge unrolls up to four
  * models in one vector loop and takes one pass per model beyond): exact. */
@@ -533,7 +619,7 @@ int main(void) {
         cmocka_unit_test(test_task_arithmetic), cmocka_unit_test(test_ties),
         cmocka_unit_test(test_magnitude_keeps_k), cmocka_unit_test(test_breadcrumbs),
         cmocka_unit_test(test_dare),           cmocka_unit_test(test_della),
-        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_sce),
+        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_sce), cmocka_unit_test(test_sce_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
