@@ -209,32 +209,28 @@ static void sce_out_block(const void *p, size_t lo, const float *const *in, size
  * weights' own pass runs as before. */
 typedef struct sce_wait {
     double *sum;       /* [nchunks][K] */
-    uint32_t **idx;    /* [nchunks][cap] */
-    float **val;       /* [nchunks][cap * (K + 1)]: variance, then the K deltas */
+    uint32_t *idx;     /* [nchunks][cap] */
+    float *val;        /* [nchunks][cap][K + 1]: variance, then the K deltas */
     size_t *n, cap;    /* [nchunks]; n[ch] past cap: chunk ch overflowed */
+    void *own;         /* idx and val, when not in the caller's memory */
     uint8_t *keep;     /* the selection as bytes (c->keep) */
 } sce_wait;
 
-static void sce_wait_free(sce_wait *w, size_t nc) {
-    for (size_t ch = 0; w->idx && ch < nc; ch++) free(w->idx[ch]);
-    for (size_t ch = 0; w->val && ch < nc; ch++) free(w->val[ch]);
-    free(w->idx), free(w->val), free(w->sum), free(w->n);
-}
+static void sce_wait_free(sce_wait *w) { free(w->own), free(w->sum), free(w->n); }
 
-/* Room for nc chunks of the K models, cap waiting elements each; false when out of memory. */
-static bool sce_wait_init(sce_wait *w, size_t nc, int K, size_t cap) {
+/* Room for nc chunks of the K models, cap waiting elements each: in room
+ * (room_bytes, 64-byte aligned; the executor's scratch, whose pages stay
+ * warm from tensor to tensor) where it fits, else from the heap; false
+ * when out of memory. */
+static bool sce_wait_init(sce_wait *w, size_t nc, int K, size_t cap, char *room, size_t room_bytes) {
     w->sum = calloc(nc * (size_t)K + 1, sizeof *w->sum);
-    w->idx = calloc(nc, sizeof *w->idx);
-    w->val = calloc(nc, sizeof *w->val);
     w->n = calloc(nc, sizeof *w->n);
     w->cap = cap;
-    bool ok = w->sum && w->idx && w->val && w->n;
-    for (size_t ch = 0; ok && ch < nc; ch++) {
-        w->idx[ch] = malloc(cap * sizeof **w->idx);
-        w->val[ch] = malloc(cap * (size_t)(K + 1) * sizeof **w->val);
-        ok = w->idx[ch] && w->val[ch];
-    }
-    return ok;
+    size_t ib = (nc * cap * sizeof *w->idx + 63) & ~(size_t)63;
+    size_t bytes = ib + nc * cap * (size_t)(K + 1) * sizeof *w->val;
+    char *p = room && bytes <= room_bytes ? room : (w->own = mem_big_alloc(bytes));
+    if (p) w->idx = (uint32_t *)(void *)p, w->val = (float *)(void *)(p + ib);
+    return w->sum && w->n && p;
 }
 
 /* One block (elements [b0, b0 + m) of chunk ch, inputs in, variances a) of
@@ -272,8 +268,8 @@ static void sce_wait_block(sce_wait *w, int K, size_t ch, const float *const *in
                 n = w->cap + 1;
                 break;
             }
-            w->idx[ch][n] = (uint32_t)(b0 + e);
-            float *v = w->val[ch] + n * (size_t)(K + 1);
+            w->idx[ch * w->cap + n] = (uint32_t)(b0 + e);
+            float *v = w->val + (ch * w->cap + n) * (size_t)(K + 1);
             v[0] = a[e];
             for (int i = 0; i < K; i++) v[1 + i] = in[i][e] - b[e];
             n++;
@@ -283,23 +279,26 @@ static void sce_wait_block(sce_wait *w, int K, size_t ch, const float *const *in
 }
 
 /* The waiting elements selected by rule r: their keep bytes set and their
- * squares added, chunk by chunk in element order; the weights' sums of
- * the K models into acc. False (nothing done) where a chunk overflowed. */
-static bool sce_wait_finish(sce_wait *w, int K, size_t nc, const keep_rule *r, double *acc) {
+ * squares added, each chunk's in element order (the chunks on nt
+ * threads); the weights' sums of the K models into acc, the chunks in
+ * order. False (nothing done) where a chunk overflowed. */
+static bool sce_wait_finish(sce_wait *w, int K, size_t nc, const keep_rule *r, double *acc, int nt) {
     for (size_t ch = 0; ch < nc; ch++)
         if (w->n[ch] > w->cap) return false;
-    for (int i = 0; i < K; i++) acc[i] = 0.0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (size_t ch = 0; ch < nc; ch++) {
         double *sum = w->sum + ch * (size_t)K;
         for (size_t q = 0; q < w->n[ch]; q++) {
-            const float *v = w->val[ch] + q * (size_t)(K + 1);
-            uint32_t e = w->idx[ch][q];
+            const float *v = w->val + (ch * w->cap + q) * (size_t)(K + 1);
+            uint32_t e = w->idx[ch * w->cap + q];
             if (!keep_rule_test(r, v[0], e)) continue;
             w->keep[e] = 1;
             for (int i = 0; i < K; i++) sum[i] += (double)v[1 + i] * (double)v[1 + i];
         }
-        for (int i = 0; i < K; i++) acc[i] += sum[i];
     }
+    for (int i = 0; i < K; i++) acc[i] = 0.0;
+    for (size_t ch = 0; ch < nc; ch++)
+        for (int i = 0; i < K; i++) acc[i] += w->sum[ch * (size_t)K + (size_t)i];
     return true;
 }
 
@@ -312,9 +311,11 @@ static inline bool sample_in_band(const rank_cut *c, float v) { return v != 0.0f
  * (variance, -index) order. Returns 1 when selected so (c->rule), 0 when
  * the exact path must run (small tensor, missed band, no memory),
  * MERGE_NONFINITE_INPUT on a non-finite input. With keep (n bytes), the
- * weights' sums are made in the same pass where they can be (sce_wait):
- * then *weighed, the sums in wacc[0..K) and the selection in keep. */
-static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, double *wacc, bool *weighed) {
+ * weights' sums are made in the same pass where they can be (sce_wait,
+ * in room where it fits): then *weighed, the sums in wacc[0..K) and the
+ * selection in keep. */
+static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, char *room, size_t room_bytes, double *wacc,
+                             bool *weighed) {
     const merge_call *call = c->call;
     size_t n = call->n, ns = rank_cut_sample_size(n);
     if (!ns) return 0;
@@ -355,7 +356,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, dou
         size_t in_band = 0;
         for (size_t q = 0; q < ns; q++) in_band += sample_in_band(&cut, sample[q]);
         size_t cap = (size_t)((double)in_band / (double)ns * 1.25 * (double)((n + nc - 1) / nc)) + SCE_BLOCK;
-        waiting = sce_wait_init(&wt, nc, K, cap);
+        waiting = sce_wait_init(&wt, nc, K, cap, room, room_bytes);
     }
     free(sample);
 #pragma omp parallel num_threads(nt) reduction(| : bad) reduction(+ : nz)
@@ -393,10 +394,10 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, dou
             rc = 1;
             /* the cut inside the band: what lay outside it was selected rightly */
             if (waiting && c->rule.L >= cut.blo && c->rule.L <= cut.bhi)
-                *weighed = sce_wait_finish(&wt, K, nc, &c->rule, wacc);
+                *weighed = sce_wait_finish(&wt, K, nc, &c->rule, wacc, nt);
         }
     }
-    sce_wait_free(&wt, nc);
+    sce_wait_free(&wt);
     rank_cut_free(&cut);
     free(acc);
     return rc;
@@ -478,7 +479,9 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
          * executor's scratch when it has room (no fresh pages per tensor) */
         own_mask = call->work_bytes < n + 1;
         uint8_t *sel = own_mask ? mem_big_alloc(n + 1) : call->work;
-        rc = sce_select_stream(&c, topk, nt, sel, acc, &weighed);
+        size_t at = (n + 1 + 63) & ~(size_t)63; /* the waiting elements' room after it */
+        char *room = own_mask || call->work_bytes <= at ? NULL : (char *)call->work + at;
+        rc = sce_select_stream(&c, topk, nt, sel, room, room ? call->work_bytes - at : 0, acc, &weighed);
         if (rc == 1) {
             rc = 0;
             mask = sel;
