@@ -235,10 +235,14 @@ const merge_method merge_multislerp = {"multislerp", BASE_OPTIONAL, 1, 0, multis
 
 enum { KA_MAX_ITER, KA_TOL };
 
-/* The inputs are streamed in every pass; the iterate u and the tangent T
- * are the only tensor-sized buffers (f32). */
+/* The inputs are streamed in every pass; the iterate is the only
+ * tensor-sized buffer (f32), stored unnormalised as u_s with its scale iu:
+ * every pass takes u = u_s * iu element by element (the value the stored,
+ * normalised iterate had when each pass renormalised it in place). The
+ * tangent is never stored: the pass that needs its norm and the one that
+ * steps along it both make it element by element from the inputs. */
 #define KA_BLOCK 1024
-enum { KA_NORMS, KA_INIT, KA_DOTS, KA_TANGENT };
+enum { KA_NORMS, KA_INIT, KA_DOTS, KA_TANGENT, KA_STEP };
 
 typedef struct ka_ctx {
     const merge_call *call;
@@ -248,23 +252,41 @@ typedef struct ka_ctx {
     float a;            /* 1 / nv */
     bool first;         /* KA_INIT: u = x_idx[0] * in0 instead */
     float in0;
-    float *u, *T;
+    float *u;           /* u_s */
+    float iu;           /* u = u_s * iu */
+    float cu, cT;       /* KA_STEP: u_s = cu u + cT T */
     const float *coef;  /* a_i theta_i / sin theta_i / |x_i|, 0 when skipped */
     const float *dotu;  /* a_i theta_i / sin theta_i * dot_i */
 } ka_ctx;
 
+/* The tangent at m elements: T = sum_j coef_j x_j - dotu_j u (in model
+ * order, from 0), u = u_s * iu. */
+static inline void ka_tangent(const ka_ctx *c, const float *buf, const float *restrict us, size_t m,
+                              float *restrict T) {
+    float iu = c->iu;
+    for (size_t e = 0; e < m; e++) T[e] = 0.0f;
+    for (int j = 0; j < c->nv; j++) {
+        const float *restrict x = buf + (size_t)j * KA_BLOCK;
+        float cj = c->coef[j], dj = c->dotu[j];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) T[e] += cj * x[e] - dj * (us[e] * iu);
+    }
+}
+
 /* vec_reduce chunk of one pass: KA_NORMS acc[i] = |x_i|^2 (every model),
- * KA_INIT u = sum_j a x_j / |x_j| (no sums), KA_DOTS acc[j] = u . x_idx[j],
- * KA_TANGENT T = sum_j coef_j x_j - dotu_j u stored and acc[0] = |T|^2.
+ * KA_INIT u_s = sum_j a x_j / |x_j| (or x_idx[0] in0) and acc[0] = |u_s|^2,
+ * KA_DOTS acc[j] = u . x_idx[j], KA_TANGENT acc[0] = |T|^2, KA_STEP u_s =
+ * cu u + cT T stored, acc[0] = |u_s|^2 and acc[1 + j] = u_s . x_idx[j].
  * The slot after the sums counts non-finite inputs, the next one
  * allocation failures. */
 static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     const ka_ctx *c = p;
     int K = c->K, nv = c->nv;
     int nin = c->pass == KA_NORMS ? K : nv;
-    int na = c->pass == KA_NORMS ? K : c->pass == KA_DOTS ? nv : c->pass == KA_TANGENT ? 1 : 0;
+    int na = c->pass == KA_NORMS ? K : c->pass == KA_DOTS ? nv : c->pass == KA_STEP ? nv + 1 : 1;
     float *buf = malloc((size_t)nin * KA_BLOCK * sizeof *buf);
     double sq[KA_BLOCK];
+    float T[KA_BLOCK];
     if (!buf) {
         acc[na + 1] += 1.0;
         return;
@@ -277,7 +299,7 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
         if (bad) acc[na] += 1.0;
         /* per element in model order, as passes over the block; sums in
          * vec_sum8's lanes */
-        float *restrict u = c->u + b0;
+        float *restrict u = c->u + b0, iu = c->iu;
         if (c->pass == KA_NORMS) {
             for (int i = 0; i < K; i++) {
                 const float *restrict x = buf + (size_t)i * KA_BLOCK;
@@ -285,36 +307,48 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
                 for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * x[e];
                 acc[i] += vec_sum8(sq, m);
             }
-        } else if (c->pass == KA_INIT && c->first) {
-            for (size_t e = 0; e < m; e++) u[e] = buf[e] * c->in0;
         } else if (c->pass == KA_INIT) {
-            for (size_t e = 0; e < m; e++) u[e] = 0.0f;
-            for (int j = 0; j < nv; j++) {
-                const float *restrict x = buf + (size_t)j * KA_BLOCK;
-                double nj = c->norm[c->idx[j]];
-                float a = c->a;
+            if (c->first) {
+                for (size_t e = 0; e < m; e++) u[e] = buf[e] * c->in0;
+            } else {
+                for (size_t e = 0; e < m; e++) u[e] = 0.0f;
+                for (int j = 0; j < nv; j++) {
+                    const float *restrict x = buf + (size_t)j * KA_BLOCK;
+                    double nj = c->norm[c->idx[j]];
+                    float a = c->a;
 #pragma omp simd
-                for (size_t e = 0; e < m; e++) u[e] += a * (float)(x[e] / nj);
+                    for (size_t e = 0; e < m; e++) u[e] += a * (float)(x[e] / nj);
+                }
             }
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * u[e];
+            acc[0] += vec_sum8(sq, m);
         } else if (c->pass == KA_DOTS) {
             for (int j = 0; j < nv; j++) {
                 const float *restrict x = buf + (size_t)j * KA_BLOCK;
 #pragma omp simd
-                for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * x[e];
+                for (size_t e = 0; e < m; e++) sq[e] = (double)(u[e] * iu) * x[e];
                 acc[j] += vec_sum8(sq, m);
             }
-        } else {
-            float *restrict T = c->T + b0;
-            for (size_t e = 0; e < m; e++) T[e] = 0.0f;
-            for (int j = 0; j < nv; j++) {
-                const float *restrict x = buf + (size_t)j * KA_BLOCK;
-                float cj = c->coef[j], dj = c->dotu[j];
-#pragma omp simd
-                for (size_t e = 0; e < m; e++) T[e] += cj * x[e] - dj * u[e];
-            }
+        } else if (c->pass == KA_TANGENT) {
+            ka_tangent(c, buf, u, m, T);
 #pragma omp simd
             for (size_t e = 0; e < m; e++) sq[e] = (double)T[e] * T[e];
             acc[0] += vec_sum8(sq, m);
+        } else {
+            ka_tangent(c, buf, u, m, T);
+            float cu = c->cu, cT = c->cT;
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) u[e] = cu * (u[e] * iu) + cT * T[e];
+#pragma omp simd
+            for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * u[e];
+            acc[0] += vec_sum8(sq, m);
+            for (int j = 0; j < nv; j++) {
+                const float *restrict x = buf + (size_t)j * KA_BLOCK;
+#pragma omp simd
+                for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * x[e];
+                acc[1 + j] += vec_sum8(sq, m);
+            }
         }
     }
     free(buf);
@@ -329,7 +363,7 @@ static int ka_pass(ka_ctx *c, int pass, double *acc, int na, alloy_err *err) {
 static void ka_scale_block(const void *p, size_t lo, const float *const *in, size_t m, float *restrict o) {
     (void)in;
     const ka_ctx *c = p;
-    for (size_t e = 0; e < m; e++) o[e] = c->a * c->u[lo + e];
+    for (size_t e = 0; e < m; e++) o[e] = c->a * (c->u[lo + e] * c->iu);
 }
 
 /* Equal weights a = 1/K. u_i = x_i / |x_i|; models with |x_i| <= tol drop out
@@ -339,29 +373,31 @@ static void ka_scale_block(const void *p, size_t lo, const float *const *in, siz
  * a_i theta_i / sin(theta_i) (u_i - (u . u_i) u); stop when |T| < tol; else
  * u = cos|T| u + sin|T| T/|T|, renormalised. out = (sum_i |x_i| / K) u.
  * Source: mergekit karcher_merge_tensors (Riemannian / Karcher mean).
- * Streams its inputs: a pass for the norms, one for the start, two per
- * iteration (the dots; the tangent). */
+ * Streams its inputs: a pass for the norms, one for the start and one for
+ * its dots, then two per iteration: the tangent's norm, and the step
+ * along it, which also makes the next iteration's dots (u_s . x_i, divided
+ * by |u_s|: the dots of the renormalised iterate up to rounding). */
 static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
-    int K = call->k, nt = vec_threads(call->threads);
+    int K = call->k;
     size_t n = call->n;
     int max_iter = (int)call->gparam[KA_MAX_ITER];
     double tol = call->gparam[KA_TOL];
     static const int first[] = {0};
     if (K == 1) return merge_stream_elementwise(call, out, "karcher", 1, first, msl_copy_block, NULL, err);
-    double *norm = malloc(sizeof(double) * (size_t)K), *acc = malloc(sizeof(double) * (size_t)(K + 2));
+    double *norm = malloc(sizeof(double) * (size_t)K), *acc = malloc(sizeof(double) * (size_t)(K + 3));
     int *idx = malloc(sizeof(int) * (size_t)K);
     float *coef = malloc(sizeof(float) * 2 * (size_t)K);
-    /* u and T in the executor's scratch when it has room: a buffer
-     * allocated per tensor is faulted in afresh for every tensor */
-    bool own = call->work_bytes < sizeof(float) * 2 * n + 1;
-    float *u = own ? mem_big_alloc(sizeof(float) * 2 * n + 1) : call->work;
+    /* u in the executor's scratch when it has room: a buffer allocated per
+     * tensor is faulted in afresh for every tensor */
+    bool own = call->work_bytes < sizeof(float) * n + 1;
+    float *u = own ? mem_big_alloc(sizeof(float) * n + 1) : call->work;
     if (!norm || !acc || !idx || !coef || !u) {
         free(norm), free(acc), free(idx), free(coef);
         if (own) free(u);
         return alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);
     }
-    float *T = u + n, *dotu = coef + K;
-    ka_ctx c = {call, K, 0, 0, idx, norm, 0.0f, false, 0.0f, u, T, coef, dotu};
+    float *dotu = coef + K;
+    ka_ctx c = {.call = call, .K = K, .idx = idx, .norm = norm, .u = u, .iu = 1.0f, .coef = coef, .dotu = dotu};
     int rc = ka_pass(&c, KA_NORMS, acc, K, err);
     double s = 0.0;
     int nv = 0;
@@ -372,26 +408,25 @@ static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
     }
     c.nv = nv;
     c.a = nv ? 1.0f / (float)nv : 0.0f;
-    if (!rc && nv > 0) rc = ka_pass(&c, KA_INIT, acc, 0, err);
+    if (!rc && nv > 0) rc = ka_pass(&c, KA_INIT, acc, 1, err);
     if (!rc && nv > 0) {
-        double nu = sqrt(vec_dot_sub(u, u, NULL, n, nt));
+        double nu = sqrt(acc[0]);
         if (nu < tol) { /* u = x_first / |x_first|: a pass of that model */
             c.nv = 1;
             c.first = true;
             c.in0 = (float)(1.0 / norm[idx[0]]);
-            rc = ka_pass(&c, KA_INIT, acc, 0, err);
+            rc = ka_pass(&c, KA_INIT, acc, 1, err);
             c.nv = nv;
             c.first = false;
         } else {
-            float inu = (float)(1.0 / nu);
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (size_t e = 0; e < n; e++) u[e] *= inu;
+            c.iu = (float)(1.0 / nu);
         }
     }
+    double *dots = acc; /* the iterate's dots with the models in play */
+    if (!rc && nv > 0) rc = ka_pass(&c, KA_DOTS, acc, nv, err);
     for (int it = 0; it < max_iter && !rc && nv > 0; it++) {
-        rc = ka_pass(&c, KA_DOTS, acc, nv, err);
-        for (int j = 0; j < nv && !rc; j++) {
-            double d = acc[j] / norm[idx[j]];
+        for (int j = 0; j < nv; j++) {
+            double d = dots[j] / norm[idx[j]];
             d = d < -1.0 ? -1.0 : (d > 1.0 ? 1.0 : d);
             double th = acos(d);
             if (th < tol) {
@@ -402,19 +437,16 @@ static int karcher_merge(const merge_call *call, float *out, alloy_err *err) {
             coef[j] = (float)(f / norm[idx[j]]);
             dotu[j] = (float)(f * d);
         }
-        if (!rc) rc = ka_pass(&c, KA_TANGENT, acc, 1, err);
+        rc = ka_pass(&c, KA_TANGENT, acc, 1, err);
         if (rc) break;
         double nT = sqrt(acc[0]);
         if (nT < tol) break;
-        float cu = (float)cos(nT), cT = (float)(sin(nT) / nT);
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t e = 0; e < n; e++) u[e] = cu * u[e] + cT * T[e];
-        double un = sqrt(vec_dot_sub(u, u, NULL, n, nt));
-        if (un > tol) {
-            float iu = (float)(1.0 / un);
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (size_t e = 0; e < n; e++) u[e] *= iu;
-        }
+        c.cu = (float)cos(nT), c.cT = (float)(sin(nT) / nT);
+        rc = ka_pass(&c, KA_STEP, acc, nv + 1, err);
+        if (rc) break;
+        double un = sqrt(acc[0]), dun = un > tol ? un : 1.0;
+        c.iu = un > tol ? (float)(1.0 / un) : 1.0f;
+        for (int j = 0; j < nv; j++) acc[j] = acc[1 + j] / dun;
     }
     if (!rc) {
         if (nv == 0) memset(u, 0, n * sizeof *u);
