@@ -465,6 +465,54 @@ static void test_model_stock(void **state) {
     expect_near(out, (float[]){(float)(t0 * 2 + (1 - t0)), (float)(t0 * 1.5 + (1 - t0)), 1, 1}, 4, 1e-6);
 }
 
+/* model_stock over 2..6 models (the Gram sums' unrolled forms up to four
+ * models, the general one past) on 3001 elements (a tail past the eight
+ * lanes), whole and filter-wise, against its formula evaluated here in
+ * double: t = N c / (1 + (N - 1) c), c the mean pairwise cosine of the
+ * offsets x_i - base, out = t mean(x) + (1 - t) base. */
+static void test_model_stock_counts(void **state) {
+    (void)state;
+    enum { R = 7, C = 3001 / 7 + 1, N = R * C, KMAX = 6 };
+    float *base = malloc(N * 4), *xs[KMAX], *out = malloc(N * 4);
+    const float *x[KMAX];
+    for (int i = 0; i < KMAX; i++) xs[i] = malloc(N * 4), x[i] = xs[i];
+    for (size_t e = 0; e < N; e++) {
+        base[e] = (float)rng_uniform(7, 0, e) - 0.5f;
+        for (int i = 0; i < KMAX; i++) /* correlated offsets: a shared part and each model's own */
+            xs[i][e] = base[e] + 0.05f * ((float)rng_uniform(7, 99, e) - 0.5f) + 0.03f * ((float)rng_uniform(7, 1 + (uint64_t)i, e) - 0.5f);
+    }
+    for (int k = 2; k <= KMAX; k++) {
+        for (int fw = 0; fw < 2; fw++) {
+            tcall t;
+            alloy_err err;
+            tc_init(&t, "model_stock", base, x, k, N);
+            if (fw) tc_shape2(&t, R, C), tc_set(&t, "filter_wise", -1, 1.0);
+            assert_int_equal(tc_run(&t, out, &err), 0);
+            size_t rows = fw ? R : 1, len = fw ? C : N;
+            for (size_t r = 0; r < rows; r++) {
+                double g[KMAX][KMAX] = {{0}};
+                for (size_t e = r * len; e < (r + 1) * len; e++)
+                    for (int i = 0; i < k; i++)
+                        for (int j = 0; j < k; j++)
+                            g[i][j] += ((double)x[i][e] - base[e]) * ((double)x[j][e] - base[e]);
+                double c = 0.0;
+                for (int i = 0; i < k; i++)
+                    for (int j = i + 1; j < k; j++) c += g[i][j] / (sqrt(g[i][i]) * sqrt(g[j][j]));
+                c /= k * (k - 1) / 2;
+                double tt = k * c / (1.0 + (k - 1) * c);
+                for (size_t e = r * len; e < (r + 1) * len; e++) {
+                    double mean = 0.0;
+                    for (int i = 0; i < k; i++) mean += x[i][e];
+                    double want = tt * (mean / k) + (1.0 - tt) * base[e];
+                    if (fabs(out[e] - want) > 1e-6) fail_msg("k=%d fw=%d e=%zu: %.9g, want %.9g", k, fw, e, out[e], want);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < KMAX; i++) free(xs[i]);
+    free(base), free(out);
+}
+
 static void test_sce(void **state) {
     (void)state;
     float base[] = {0, 0, 0}, a[] = {1, -1, 0.1f}, b[] = {1, 1, 0.1f}, out[3];
@@ -619,7 +667,7 @@ int main(void) {
         cmocka_unit_test(test_task_arithmetic), cmocka_unit_test(test_ties),
         cmocka_unit_test(test_magnitude_keeps_k), cmocka_unit_test(test_breadcrumbs),
         cmocka_unit_test(test_dare),           cmocka_unit_test(test_della),
-        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_sce), cmocka_unit_test(test_sce_stream),
+        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_model_stock_counts), cmocka_unit_test(test_sce), cmocka_unit_test(test_sce_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
