@@ -444,6 +444,52 @@ static inline __mmask16 band16_pos(__m512i u, __m512i vlo, __m512i vhi, __m512i 
     return _mm512_mask_cmple_epu32_mask((__mmask16)~below, u, vhi);
 }
 
+/* The deltas x - base of 32 16-bit values each, as two vectors of f32
+ * (exact): bf16, the even and the odd elements (each 32-bit lane's low
+ * half shifted up, its high half masked); f16, the first 16 and the last
+ * 16, converted in hardware. */
+static inline void half_deltas32(__m512i xw, __m512i bw, bool f16, __m512 *v0, __m512 *v1) {
+    if (f16) {
+        *v0 = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(xw)), _mm512_cvtph_ps(_mm512_castsi512_si256(bw)));
+        *v1 = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(xw, 1)),
+                            _mm512_cvtph_ps(_mm512_extracti64x4_epi64(bw, 1)));
+    } else {
+        const __m512i himask = _mm512_set1_epi32((int32_t)0xffff0000u);
+        *v0 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
+        *v1 = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
+                            _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
+    }
+}
+
+/* The 32 elements from x and base: their lines SCAN_AHEAD bytes on asked
+ * for (a line of each stream per 64 bytes scanned: the requests spread
+ * over the loop rather than come in a burst per block, which waits for the
+ * memory with nothing to compute), *bad ORed with the lanes whose x (with
+ * check_base, or base) is NaN or infinite, the deltas as half_deltas32's. */
+static inline __attribute__((always_inline)) void half_step32(const uint16_t *x, const uint16_t *base, bool f16,
+                                                              bool check_base, __mmask32 *bad, __m512 *v0, __m512 *v1) {
+    const __m512i exp16 = _mm512_set1_epi16(f16 ? 0x7c00 : 0x7f80);
+    _mm_prefetch((const char *)x + SCAN_AHEAD, _MM_HINT_T0);
+    if (check_base) _mm_prefetch((const char *)base + SCAN_AHEAD, _MM_HINT_T0);
+    __m512i xw = _mm512_loadu_si512((const void *)x), bw = _mm512_loadu_si512((const void *)base);
+    *bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
+    if (check_base) *bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(bw, exp16), exp16);
+    half_deltas32(xw, bw, f16, v0, v1);
+}
+
+/* The magnitudes of a tail (len < 32) of 16-bit inputs into mag, as f32;
+ * true when an x (or, with check_base, a base value) is NaN or infinite. */
+static bool tail_mags(const uint16_t *x, const uint16_t *base, size_t len, bool f16, bool check_base, float *mag) {
+    unsigned bad = 0;
+    uint16_t ex = f16 ? 0x7c00u : 0x7f80u;
+    for (size_t t = 0; t < len; t++) {
+        mag[t] = fabsf(half_value(x[t], f16) - half_value(base[t], f16));
+        bad |= (x[t] & ex) == ex;
+        bad |= check_base && (base[t] & ex) == ex;
+    }
+    return bad != 0;
+}
+
 /* scan_block of the magnitudes |x - base| of bf16 inputs, made in
  * registers 32 at a time: a 32-bit lane holds two bf16 values, and the
  * low one shifted up and the high one masked are both exact f32 (the even
@@ -462,30 +508,12 @@ static inline __attribute__((always_inline)) size_t scan_block_16(const uint16_t
                                                                   bool f16, bool check_base, bool lo_pos) {
     __m512i vlo = _mm512_set1_epi32((int32_t)lo), vhi = _mm512_set1_epi32((int32_t)hi);
     __m512i cb = _mm512_setzero_si512();
-    const __m512i exp16 = _mm512_set1_epi16(f16 ? 0x7c00 : 0x7f80), himask = _mm512_set1_epi32((int32_t)0xffff0000u);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     __mmask32 bad = 0;
     size_t j = 0, cnt = 0;
     for (; j + 32 <= len; j += 32) {
-        /* a line of each stream SCAN_AHEAD bytes on per 64 bytes scanned:
-         * the requests spread over the loop rather than come in a burst
-         * per block, which waits for the memory with nothing to compute */
-        _mm_prefetch((const char *)(x + j) + SCAN_AHEAD, _MM_HINT_T0);
-        if (check_base) _mm_prefetch((const char *)(base + j) + SCAN_AHEAD, _MM_HINT_T0);
-        __m512i xw = _mm512_loadu_si512((const void *)(x + j)), bw = _mm512_loadu_si512((const void *)(base + j));
-        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(xw, exp16), exp16);
-        if (check_base) bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(bw, exp16), exp16);
         __m512 ve, vo;
-        if (f16) { /* the first 16 and the last 16, each exact in f32 */
-            ve = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(xw)), _mm512_cvtph_ps(_mm512_castsi512_si256(bw)));
-            vo = _mm512_sub_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(xw, 1)),
-                               _mm512_cvtph_ps(_mm512_extracti64x4_epi64(bw, 1)));
-        } else {
-            ve = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(xw, 16)),
-                               _mm512_castsi512_ps(_mm512_slli_epi32(bw, 16)));
-            vo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(xw, himask)),
-                               _mm512_castsi512_ps(_mm512_and_si512(bw, himask)));
-        }
+        half_step32(x + j, base + j, f16, check_base, &bad, &ve, &vo);
         __m512i ue = _mm512_castps_si512(_mm512_and_ps(ve, absmask));
         __m512i uo = _mm512_castps_si512(_mm512_and_ps(vo, absmask));
         __mmask16 ie, io;
@@ -507,14 +535,7 @@ static inline __attribute__((always_inline)) size_t scan_block_16(const uint16_t
     sc->zero = lo_pos ? 0 : lanes - (uint32_t)cnt; /* counted only where lo = 0 */
     if (j < len) { /* the tail, as f32 magnitudes */
         float mag[32];
-        unsigned tbad = 0;
-        uint16_t ex = f16 ? 0x7c00u : 0x7f80u;
-        for (size_t t = j; t < len; t++) {
-            mag[t - j] = fabsf(half_value(x[t], f16) - half_value(base[t], f16));
-            tbad |= (x[t] & ex) == ex;
-            tbad |= check_base && (base[t] & ex) == ex;
-        }
-        bad |= tbad != 0;
+        bad |= tail_mags(x + j, base + j, len - j, f16, check_base, mag);
         scan_counts tc;
         cnt += scan_block(mag, len - j, lo, hi, &tc, in + cnt);
         sc->lt += tc.lt, sc->zero += tc.zero;
@@ -523,6 +544,96 @@ static inline __attribute__((always_inline)) size_t scan_block_16(const uint16_t
     return cnt;
 }
 #endif
+
+#if RC_AVX512BW
+/* scan_block_16 for two cuts of the same magnitudes at once (breadcrumbs'
+ * lower and upper cuts): each magnitude made once and tested against both
+ * bands. Both kinds of band in one form: below = u < max(lo, 1) counts
+ * those below a band above zero, or the zeros of one from zero (the count
+ * each kind of band keeps), and the inside is what is neither below nor
+ * above hi. */
+static inline __attribute__((always_inline)) void scan_block_16x2(const uint16_t *x, const uint16_t *base, size_t len,
+                                                                  const uint32_t *lo, const uint32_t *hi,
+                                                                  scan_counts *sc, float *const *in, size_t *kept,
+                                                                  bool *nonfinite, bool f16, bool check_base) {
+    __m512i vlo[2], vhi[2], cb[2];
+    size_t cnt[2] = {0, 0};
+#pragma GCC unroll 2
+    for (int q = 0; q < 2; q++) {
+        vlo[q] = _mm512_set1_epi32((int32_t)(lo[q] ? lo[q] : 1u));
+        vhi[q] = _mm512_set1_epi32((int32_t)hi[q]);
+        cb[q] = _mm512_setzero_si512();
+    }
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512i one = _mm512_set1_epi32(1);
+    __mmask32 bad = 0;
+    size_t j = 0;
+    for (; j + 32 <= len; j += 32) {
+        __m512 v[2];
+        half_step32(x + j, base + j, f16, check_base, &bad, &v[0], &v[1]);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i u = _mm512_castps_si512(_mm512_and_ps(v[h], absmask));
+#pragma GCC unroll 2
+            for (int q = 0; q < 2; q++) {
+                __mmask16 below = _mm512_cmplt_epu32_mask(u, vlo[q]);
+                cb[q] = _mm512_mask_add_epi32(cb[q], below, cb[q], one);
+                __mmask16 inside = _mm512_mask_cmple_epu32_mask((__mmask16)~below, u, vhi[q]);
+                /* in + cnt + 16 <= in + j + 32 <= in + len + 16: cnt <= j + 16 h */
+                _mm512_storeu_si512((void *)(in[q] + cnt[q]), _mm512_maskz_compress_epi32(inside, u));
+                cnt[q] += (size_t)__builtin_popcount((unsigned)inside);
+            }
+        }
+    }
+    for (int q = 0; q < 2; q++) {
+        uint32_t c = (uint32_t)_mm512_reduce_add_epi32(cb[q]);
+        sc[q].lt = lo[q] ? c : 0;
+        sc[q].zero = lo[q] ? 0 : c;
+    }
+    if (j < len) { /* the tail, as f32 magnitudes */
+        float mag[32];
+        bad |= tail_mags(x + j, base + j, len - j, f16, check_base, mag);
+        for (int q = 0; q < 2; q++) {
+            scan_counts tc;
+            cnt[q] += scan_block(mag, len - j, lo[q], hi[q], &tc, in[q] + cnt[q]);
+            sc[q].lt += tc.lt, sc[q].zero += tc.zero;
+        }
+    }
+    *nonfinite |= bad != 0;
+    kept[0] = cnt[0], kept[1] = cnt[1];
+}
+#endif
+
+void rank_cut_scan_half2(rank_cut *c0, rank_cut *c1, cut_acc *acc0, cut_acc *acc1, size_t chunk, const uint16_t *x,
+                         const uint16_t *base, size_t m, bool f16, bool check_base, bool *nonfinite) {
+#if RC_AVX512BW
+    rank_cut *c[2] = {c0, c1};
+    cut_acc *acc[2] = {acc0, acc1};
+    uint32_t lo[2] = {fbits(c0->blo), fbits(c1->blo)}, hi[2] = {fbits(c0->bhi), fbits(c1->bhi)};
+    size_t below[2] = {0, 0}, zeros[2] = {0, 0};
+    float spare[2][RC_BLOCK + KEEP_SLACK]; /* for a chunk that keeps nothing */
+    for (size_t j0 = 0; j0 < m; j0 += RC_BLOCK) {
+        size_t len = m - j0 < RC_BLOCK ? m - j0 : RC_BLOCK;
+        float *in[2] = {piece_begin(c0, chunk, len, spare[0]), piece_begin(c1, chunk, len, spare[1])};
+        scan_counts sc[2];
+        size_t kept[2];
+        if (f16)
+            check_base ? scan_block_16x2(x + j0, base + j0, len, lo, hi, sc, in, kept, nonfinite, true, true)
+                       : scan_block_16x2(x + j0, base + j0, len, lo, hi, sc, in, kept, nonfinite, true, false);
+        else
+            check_base ? scan_block_16x2(x + j0, base + j0, len, lo, hi, sc, in, kept, nonfinite, false, true)
+                       : scan_block_16x2(x + j0, base + j0, len, lo, hi, sc, in, kept, nonfinite, false, false);
+        for (int q = 0; q < 2; q++) {
+            piece_end(c[q], chunk, kept[q]);
+            count_block(lo[q] > 0, &sc[q], &below[q], &zeros[q]);
+        }
+    }
+    for (int q = 0; q < 2; q++) acc[q]->below += below[q], acc[q]->zeros += zeros[q];
+#else
+    rank_cut_scan_half(c0, acc0, chunk, x, base, m, f16, check_base, nonfinite);
+    rank_cut_scan_half(c1, acc1, chunk, x, base, m, f16, false, nonfinite);
+#endif
+}
 
 void rank_cut_scan_half(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
                         bool f16, bool check_base, bool *nonfinite) {

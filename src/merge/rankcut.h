@@ -144,6 +144,12 @@ size_t rank_cut_scan(rank_cut *c, cut_acc *acc, size_t chunk, const float *a, si
 void rank_cut_scan_half(rank_cut *c, cut_acc *acc, size_t chunk, const uint16_t *x, const uint16_t *base, size_t m,
                         bool f16, bool check_base, bool *nonfinite);
 
+/* rank_cut_scan_half for two cuts of the same magnitudes (c0 into acc0,
+ * c1 into acc1; breadcrumbs' lower and upper cuts), each magnitude made
+ * once; what each cut keeps and counts is what two calls would leave. */
+void rank_cut_scan_half2(rank_cut *c0, rank_cut *c1, cut_acc *acc0, cut_acc *acc1, size_t chunk, const uint16_t *x,
+                         const uint16_t *base, size_t m, bool f16, bool check_base, bool *nonfinite);
+
 /* Combine the accumulators and find the
  * cut, re-reading magnitudes through f where needed. Returns 1 when found
  * (c->zero, v, idx set), 0 when the band missed or memory ran out (take the

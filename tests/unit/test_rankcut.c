@@ -301,6 +301,35 @@ static int cmp_float(const void *pa, const void *pb) {
 static float half_f(uint16_t h, bool f16) { return f16 ? f16_to_f32(h) : bf16_to_f32(h); }
 static uint16_t to_half(float v, bool f16) { return f16 ? f32_to_f16(v) : f32_to_bf16(v); }
 
+/* Cuts c1 and c2 (the same plan) left the same pieces, each keeping the
+ * same magnitudes (in another order: the bf16 scan keeps even and odd
+ * elements apart), which are what lies inside the band, nonzero, of the
+ * magnitudes a; returns how many were kept. */
+static size_t same_scan(rank_cut *c1, rank_cut *c2, const float *a, size_t n) {
+    size_t inside = 0;
+    for (size_t ch = 0; ch < c1->nchunks; ch++) {
+        const rc_chunk *h1 = &c1->ch[ch], *h2 = &c2->ch[ch];
+        assert_false(h1->over || h2->over);
+        assert_int_equal(h1->nv, h2->nv);
+        assert_int_equal(h1->npc, h2->npc);
+        for (size_t p = 0; p < h1->npc; p++) {
+            assert_int_equal(h1->pc[p].e0, h2->pc[p].e0);
+            assert_int_equal(h1->pc[p].len, h2->pc[p].len);
+            assert_int_equal(h1->pc[p].v0, h2->pc[p].v0);
+            size_t v1 = p + 1 < h1->npc ? h1->pc[p + 1].v0 : h1->nv;
+            qsort(h1->v + h1->pc[p].v0, v1 - h1->pc[p].v0, sizeof(float), cmp_float);
+            qsort(h2->v + h2->pc[p].v0, v1 - h2->pc[p].v0, sizeof(float), cmp_float);
+        }
+        if (h1->nv) assert_memory_equal(h1->v, h2->v, h1->nv * sizeof(float));
+        size_t lo, hi, want = 0;
+        rank_cut_chunk(n, ch, &lo, &hi);
+        for (size_t e = lo; e < hi; e++) want += a[e] > 0.0f && a[e] >= c1->blo && a[e] <= c1->bhi;
+        assert_int_equal(h1->nv, want);
+        inside += h1->nv;
+    }
+    return inside;
+}
+
 static void scan_half_case(bool f16) {
     size_t n = 100003;
     uint16_t *x = malloc(n * 2), *b = malloc(n * 2);
@@ -318,10 +347,15 @@ static void scan_half_case(bool f16) {
         memcpy(sample + r * RC_RUN, a + rank_cut_sample_run(n, runs, r, 5), RC_RUN * sizeof *sample);
     size_t ranks[] = {n / 3, n / 2, n - n / 10, n / 20};
     for (size_t ri = 0; ri < 4; ri++) {
-        rank_cut c1, c2;
+        /* c3, c4: both cuts of one rank_cut_scan_half2, against c1 and c5 */
+        size_t r2 = ranks[(ri + 1) % 4];
+        rank_cut c1, c2, c3, c4, c5;
         assert_true(rank_cut_plan(&c1, n, ranks[ri], true, sample, ns, tmp, NULL));
         assert_true(rank_cut_plan(&c2, n, ranks[ri], true, sample, ns, tmp, NULL));
-        cut_acc acc1 = {0}, acc2 = {0};
+        assert_true(rank_cut_plan(&c3, n, ranks[ri], true, sample, ns, tmp, NULL));
+        assert_true(rank_cut_plan(&c4, n, r2, false, sample, ns, tmp, NULL));
+        assert_true(rank_cut_plan(&c5, n, r2, false, sample, ns, tmp, NULL));
+        cut_acc acc1 = {0}, acc2 = {0}, acc3 = {0}, acc4 = {0}, acc5 = {0};
         size_t blocks = 0;
         for (size_t ch = 0; ch < rank_cut_nchunks(n); ch++) {
             size_t lo, hi;
@@ -330,7 +364,9 @@ static void scan_half_case(bool f16) {
                 size_t m = hi - b0 < 1000 ? hi - b0 : 1000;
                 bool nf = false;
                 rank_cut_scan_half(&c2, &acc2, ch, x + b0, b + b0, m, f16, (ch & 1) != 0, &nf);
+                rank_cut_scan_half2(&c3, &c4, &acc3, &acc4, ch, x + b0, b + b0, m, f16, (ch & 1) != 0, &nf);
                 rank_cut_scan(&c1, &acc1, ch, a + b0, m);
+                rank_cut_scan(&c5, &acc5, ch, a + b0, m);
                 assert_false(nf);
             }
         }
@@ -339,30 +375,13 @@ static void scan_half_case(bool f16) {
         assert_int_equal(acc1.zeros, acc2.zeros);
         if (ri < 3) assert_true(acc1.below > 0 && acc1.zeros == 0);
         else assert_true(c1.blo == 0.0f && acc1.below == 0 && acc1.zeros > 0); /* a fifth of the deltas are 0 */
-        /* the same pieces, each keeping the same magnitudes (in another
-         * order: the bf16 scan keeps even and odd elements apart) */
-        size_t inside = 0;
-        for (size_t ch = 0; ch < c1.nchunks; ch++) {
-            const rc_chunk *h1 = &c1.ch[ch], *h2 = &c2.ch[ch];
-            assert_false(h1->over || h2->over);
-            assert_int_equal(h1->nv, h2->nv);
-            assert_int_equal(h1->npc, h2->npc);
-            for (size_t p = 0; p < h1->npc; p++) {
-                assert_int_equal(h1->pc[p].e0, h2->pc[p].e0);
-                assert_int_equal(h1->pc[p].len, h2->pc[p].len);
-                assert_int_equal(h1->pc[p].v0, h2->pc[p].v0);
-                size_t v1 = p + 1 < h1->npc ? h1->pc[p + 1].v0 : h1->nv;
-                qsort(h1->v + h1->pc[p].v0, v1 - h1->pc[p].v0, sizeof(float), cmp_float);
-                qsort(h2->v + h2->pc[p].v0, v1 - h2->pc[p].v0, sizeof(float), cmp_float);
-            }
-            if (h1->nv) assert_memory_equal(h1->v, h2->v, h1->nv * sizeof(float));
-            /* what is kept is what lies inside the band, nonzero */
-            size_t lo, hi, want = 0;
-            rank_cut_chunk(n, ch, &lo, &hi);
-            for (size_t e = lo; e < hi; e++) want += a[e] > 0.0f && a[e] >= c1.blo && a[e] <= c1.bhi;
-            assert_int_equal(h1->nv, want);
-            inside += h1->nv;
-        }
+        size_t inside = same_scan(&c1, &c2, a, n);
+        assert_int_equal(acc3.below, acc1.below);
+        assert_int_equal(acc3.zeros, acc1.zeros);
+        assert_int_equal(acc4.below, acc5.below);
+        assert_int_equal(acc4.zeros, acc5.zeros);
+        assert_int_equal(same_scan(&c1, &c3, a, n), inside);
+        same_scan(&c5, &c4, a, n);
         assert_true(ri == 3 || inside > 0); /* the band from zero may be [0, 0] */
         if (ri == 0) { /* a NaN input, then infinity, inside a block */
             bool nf = false;
@@ -374,6 +393,12 @@ static void scan_half_case(bool f16) {
             x[500] = f16 ? 0xfc00 : 0xff80;
             rank_cut_scan_half(&c2, &acc2, 0, x + 497, b + 497, 5, f16, false, &nf);
             assert_true(nf);
+            for (int tail = 0; tail < 2; tail++) { /* the two-cut scan too: vector body, tail */
+                nf = false;
+                rank_cut_scan_half2(&c3, &c4, &acc3, &acc4, 0, x + (tail ? 497 : 480), b + (tail ? 497 : 480),
+                                    tail ? 5 : 40, f16, false, &nf);
+                assert_true(nf);
+            }
             x[500] = keep;
             /* in the base: the caller's unless check_base (vector body, tail) */
             keep = b[500];
@@ -390,6 +415,9 @@ static void scan_half_case(bool f16) {
         }
         rank_cut_free(&c1);
         rank_cut_free(&c2);
+        rank_cut_free(&c3);
+        rank_cut_free(&c4);
+        rank_cut_free(&c5);
     }
     free(sample);
     free(tmp);
