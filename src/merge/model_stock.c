@@ -50,66 +50,26 @@ typedef struct ms_ctx {
  * N + 1 rows in[0] = base, in[1 + i] = x_i, m elements: per block of
  * MS_BLOCK in eight double lanes (lane l: elements l, l + 8, ... in
  * order), the lanes added pairwise, the blocks in order. */
-/* One block's Gram entries for N (a constant of each instance, at most
- * MS_DELTAS) models: each delta made once, every pair's products summed in
- * its own eight lanes in registers, exactly as vec_sum8 sums them (lane l:
- * elements l, l + 8, ... in order, then the lanes pairwise). */
-#define MS_DELTAS 4
-static inline __attribute__((always_inline)) void gram_block(int N, float *const *in, size_t s0, size_t mm,
-                                                             double *g) {
-    const float *restrict b = in[0] + s0;
-    vec_v8d acc[MS_DELTAS * (MS_DELTAS + 1) / 2];
-    int np = N * (N + 1) / 2;
-#pragma GCC unroll 10
-    for (int q = 0; q < np; q++) acc[q] = (vec_v8d){0, 0, 0, 0, 0, 0, 0, 0};
-    size_t e = 0;
-    for (; e + 8 <= mm; e += 8) {
-        vec_v8d d[MS_DELTAS];
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++) {
-            const float *restrict x = in[1 + i] + s0 + e;
-            for (int l = 0; l < 8; l++) d[i][l] = (double)x[l] - b[e + l];
-        }
-        int q = 0;
-#pragma GCC unroll 4
-        for (int i = 0; i < N; i++)
-#pragma GCC unroll 4
-            for (int j = i; j < N; j++) acc[q++] += d[i] * d[j];
-    }
-    for (size_t l = 0; e + l < mm; l++) {
-        int q = 0;
-        for (int i = 0; i < N; i++)
-            for (int j = i; j < N; j++, q++)
-                acc[q][l] += ((double)in[1 + i][s0 + e + l] - b[e + l]) * ((double)in[1 + j][s0 + e + l] - b[e + l]);
-    }
-    int q = 0;
-    for (int i = 0; i < N; i++)
-        for (int j = i; j < N; j++, q++) {
-            vec_v8d a = acc[q];
-            g[i * N + j] += ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-        }
-}
-
 static void gram_add(int N, float *const *in, size_t m, double *g) {
     const float *b = in[0];
+    const float *x[64];
+    double pair[64 * 65 / 2];
     for (size_t s0 = 0; s0 < m; s0 += MS_BLOCK) {
         size_t mm = m - s0 < MS_BLOCK ? m - s0 : MS_BLOCK;
-        switch (N) {
-        case 1: gram_block(1, in, s0, mm, g); continue;
-        case 2: gram_block(2, in, s0, mm, g); continue;
-        case 3: gram_block(3, in, s0, mm, g); continue;
-        case 4: gram_block(4, in, s0, mm, g); continue;
-        default: break;
+        if (N > 64) { /* (more models than the stack arrays: each pair by itself) */
+            for (int i = 0; i < N; i++)
+                for (int j = i; j < N; j++) {
+                    const float *xy[2] = {in[1 + i] + s0, in[1 + j] + s0};
+                    double pp[3];
+                    vec_gram_block(2, xy, b + s0, mm, pp);
+                    g[i * N + j] += pp[1];
+                }
+            continue;
         }
-        const float *restrict bb = b + s0;
-        for (int i = 0; i < N; i++)
-            for (int j = i; j < N; j++) {
-                const float *restrict xi = in[1 + i] + s0, *restrict xj = in[1 + j] + s0;
-                double prod[MS_BLOCK];
-#pragma omp simd
-                for (size_t e = 0; e < mm; e++) prod[e] = ((double)xi[e] - bb[e]) * ((double)xj[e] - bb[e]);
-                g[i * N + j] += vec_sum8(prod, mm);
-            }
+        for (int i = 0; i < N; i++) x[i] = in[1 + i] + s0;
+        vec_gram_block(N, x, b + s0, mm, pair);
+        for (int i = 0, q = 0; i < N; i++)
+            for (int j = i; j < N; j++, q++) g[i * N + j] += pair[q];
     }
 }
 

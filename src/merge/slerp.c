@@ -191,25 +191,14 @@ static bool nu_load(const nu_ctx *c, size_t lo, size_t m, float *const *in) {
 static void nu_sums(const float *const *in, bool base, size_t m, double *s) {
     const float *b = base ? in[2] : NULL;
     enum { PIECE = 1024 };
-    double p00[PIECE], p11[PIECE], p01[PIECE];
-    /* the products per piece, then each sum in vec_sum8's lanes */
+    /* per piece, each sum in vec_sum8's lanes (vec_gram_block: the pairs
+     * (0, 0), (0, 1), (1, 1)) */
     for (size_t s0 = 0; s0 < m; s0 += PIECE) {
         size_t mm = m - s0 < PIECE ? m - s0 : PIECE;
-        const float *restrict x0 = in[0] + s0, *restrict x1 = in[1] + s0, *restrict bb = b ? b + s0 : NULL;
-        if (bb) {
-#pragma omp simd
-            for (size_t e = 0; e < mm; e++) {
-                double a = (double)x0[e] - bb[e], c = (double)x1[e] - bb[e];
-                p00[e] = a * a, p11[e] = c * c, p01[e] = a * c;
-            }
-        } else {
-#pragma omp simd
-            for (size_t e = 0; e < mm; e++) {
-                double a = x0[e], c = x1[e];
-                p00[e] = a * a, p11[e] = c * c, p01[e] = a * c;
-            }
-        }
-        s[0] += vec_sum8(p00, mm), s[1] += vec_sum8(p11, mm), s[2] += vec_sum8(p01, mm);
+        const float *x[2] = {in[0] + s0, in[1] + s0};
+        double p[3];
+        vec_gram_block(2, x, b ? b + s0 : NULL, mm, p);
+        s[0] += p[0], s[1] += p[2], s[2] += p[1];
     }
 }
 

@@ -61,7 +61,7 @@ static void msl_gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     int k = c->k, np = k * (k + 1) / 2;
     float *buf = malloc((size_t)(k + 1) * MSL_BLOCK * sizeof *buf);
     float **in = malloc((size_t)(k + 1) * sizeof *in);
-    double *sq = malloc(MSL_BLOCK * sizeof *sq);
+    double *sq = malloc((size_t)np * sizeof *sq); /* one block's pair sums */
     if (!buf || !in || !sq) {
         acc[np + 1] += 1.0;
         free(buf), free(in), free(sq);
@@ -79,13 +79,8 @@ static void msl_gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
                 for (size_t e = 0; e < m; e++) x[e] -= b[e];
             }
         }
-        for (int i = 0, q = 0; i < k; i++)
-            for (int j = i; j < k; j++, q++) {
-                const float *restrict x = in[i], *restrict y = in[j];
-#pragma omp simd
-                for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * y[e];
-                acc[q] += vec_sum8(sq, m);
-            }
+        vec_gram_block(k, (const float *const *)in, NULL, m, sq);
+        for (int q = 0; q < np; q++) acc[q] += sq[q];
     }
     free(sq);
     free(in);

@@ -49,6 +49,16 @@ static inline double vec_sum8(const double *a, size_t m) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
+/* The pair sums of N rows over m elements: out[q] = sum_e d_i[e] d_j[e]
+ * for the pairs i <= j in row order (q = 0 is (0, 0), then (0, 1), ...),
+ * d_i = (double)x_i - (double)b (b NULL: (double)x_i), each summed as
+ * vec_sum8 sums its array (lane l: elements l, l + 8, ... in order, the
+ * lanes then pairwise), so the same bits as the products stored and
+ * vec_sum8'd; up to VEC_GRAM_REG rows each delta made once and every sum
+ * kept in registers. */
+#define VEC_GRAM_REG 4
+void vec_gram_block(int N, const float *const *x, const float *b, size_t m, double *out);
+
 /* Number of chunks vec_reduce uses for n elements, and the bounds of chunk i;
  * for passes that need per-chunk prefix counts. */
 size_t vec_nchunks(size_t n);

@@ -13,6 +13,7 @@
 
 #include "merge/method.h"
 #include "merge/sparsify.h"
+#include "merge/vec.h"
 #include "util/rng.h"
 
 #define MAXK 8
@@ -529,6 +530,40 @@ static void test_sce(void **state) {
     expect_near(out, base, 3, 0);
 }
 
+/* vec_gram_block (model_stock's, multislerp's and nuslerp's pair sums)
+ * against each pair's products stored and summed by vec_sum8: the same
+ * bits, for 1..6 rows (in registers up to four), with and without a base,
+ * over lengths with and without a tail past the eight lanes. */
+static void test_gram_block(void **state) {
+    (void)state;
+    enum { M = 1024, NMAX = 6 };
+    float *x[NMAX], *b = malloc(M * 4);
+    double *prod = malloc(M * sizeof *prod), out[NMAX * (NMAX + 1) / 2];
+    for (int i = 0; i < NMAX; i++) {
+        x[i] = malloc(M * 4);
+        for (size_t e = 0; e < M; e++) x[i][e] = (float)rng_uniform(11, 1 + (uint64_t)i, e) - 0.5f;
+    }
+    for (size_t e = 0; e < M; e++) b[e] = (float)rng_uniform(11, 0, e) - 0.5f;
+    const size_t lens[] = {1, 7, 8, 9, 1000, 1024};
+    for (int N = 1; N <= NMAX; N++)
+        for (int hb = 0; hb < 2; hb++)
+            for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+                size_t m = lens[li];
+                vec_gram_block(N, (const float *const *)x, hb ? b : NULL, m, out);
+                for (int i = 0, q = 0; i < N; i++)
+                    for (int j = i; j < N; j++, q++) {
+                        for (size_t e = 0; e < m; e++) {
+                            double bi = hb ? (double)b[e] : 0.0;
+                            prod[e] = ((double)x[i][e] - bi) * ((double)x[j][e] - bi);
+                        }
+                        double want = vec_sum8(prod, m);
+                        if (out[q] != want) fail_msg("N=%d base=%d m=%zu pair %d,%d: %.17g, want %.17g", N, hb, m, i, j, out[q], want);
+                    }
+            }
+    for (int i = 0; i < NMAX; i++) free(x[i]);
+    free(b), free(prod);
+}
+
 /* sce's formula evaluated here over n elements (the variance in double as
  * sce.c makes it; the selection by sorting): the expected output. */
 static double sce_want_var(const float *const *x, const float *base, int K, size_t e) {
@@ -667,7 +702,7 @@ int main(void) {
         cmocka_unit_test(test_task_arithmetic), cmocka_unit_test(test_ties),
         cmocka_unit_test(test_magnitude_keeps_k), cmocka_unit_test(test_breadcrumbs),
         cmocka_unit_test(test_dare),           cmocka_unit_test(test_della),
-        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_model_stock_counts), cmocka_unit_test(test_sce), cmocka_unit_test(test_sce_stream),
+        cmocka_unit_test(test_model_stock),    cmocka_unit_test(test_model_stock_counts), cmocka_unit_test(test_gram_block), cmocka_unit_test(test_sce), cmocka_unit_test(test_sce_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
