@@ -280,7 +280,6 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     int nin = c->pass == KA_NORMS ? K : nv;
     int na = c->pass == KA_NORMS ? K : c->pass == KA_DOTS ? nv : c->pass == KA_STEP ? nv + 1 : 1;
     float *buf = malloc((size_t)nin * KA_BLOCK * sizeof *buf);
-    double sq[KA_BLOCK];
     float T[KA_BLOCK];
     if (!buf) {
         acc[na + 1] += 1.0;
@@ -297,10 +296,8 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
         float *restrict u = c->u + b0, iu = c->iu;
         if (c->pass == KA_NORMS) {
             for (int i = 0; i < K; i++) {
-                const float *restrict x = buf + (size_t)i * KA_BLOCK;
-#pragma omp simd
-                for (size_t e = 0; e < m; e++) sq[e] = (double)x[e] * x[e];
-                acc[i] += vec_sum8(sq, m);
+                const float *x = buf + (size_t)i * KA_BLOCK;
+                acc[i] += vec_dot8f(x, x, m);
             }
         } else if (c->pass == KA_INIT) {
             if (c->first) {
@@ -315,35 +312,21 @@ static void ka_chunk(const void *p, size_t lo, size_t hi, double *acc) {
                     for (size_t e = 0; e < m; e++) u[e] += a * (float)(x[e] / nj);
                 }
             }
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * u[e];
-            acc[0] += vec_sum8(sq, m);
+            acc[0] += vec_dot8f(u, u, m);
         } else if (c->pass == KA_DOTS) {
-            for (int j = 0; j < nv; j++) {
-                const float *restrict x = buf + (size_t)j * KA_BLOCK;
 #pragma omp simd
-                for (size_t e = 0; e < m; e++) sq[e] = (double)(u[e] * iu) * x[e];
-                acc[j] += vec_sum8(sq, m);
-            }
+            for (size_t e = 0; e < m; e++) T[e] = u[e] * iu; /* the iterate */
+            for (int j = 0; j < nv; j++) acc[j] += vec_dot8f(T, buf + (size_t)j * KA_BLOCK, m);
         } else if (c->pass == KA_TANGENT) {
             ka_tangent(c, buf, u, m, T);
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) sq[e] = (double)T[e] * T[e];
-            acc[0] += vec_sum8(sq, m);
+            acc[0] += vec_dot8f(T, T, m);
         } else {
             ka_tangent(c, buf, u, m, T);
             float cu = c->cu, cT = c->cT;
 #pragma omp simd
             for (size_t e = 0; e < m; e++) u[e] = cu * (u[e] * iu) + cT * T[e];
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * u[e];
-            acc[0] += vec_sum8(sq, m);
-            for (int j = 0; j < nv; j++) {
-                const float *restrict x = buf + (size_t)j * KA_BLOCK;
-#pragma omp simd
-                for (size_t e = 0; e < m; e++) sq[e] = (double)u[e] * x[e];
-                acc[1 + j] += vec_sum8(sq, m);
-            }
+            acc[0] += vec_dot8f(u, u, m);
+            for (int j = 0; j < nv; j++) acc[1 + j] += vec_dot8f(u, buf + (size_t)j * KA_BLOCK, m);
         }
     }
     free(buf);

@@ -90,7 +90,6 @@ vec_layout vec_layout_axis(int ndim, const int64_t *shape, size_t n, int axis) {
 /* vec_gram_block for N rows up to VEC_GRAM_REG, N and whether there is a
  * base constants of each instance; eight elements at a time as vectors
  * (converted whole: element by element the compiler builds them in memory). */
-typedef float vec_v8f __attribute__((vector_size(32)));
 static inline __attribute__((always_inline)) void gram_reg(int N, bool has_b, const float *const *x, const float *b,
                                                            size_t m, double *out) {
     vec_v8d acc[VEC_GRAM_REG * (VEC_GRAM_REG + 1) / 2];

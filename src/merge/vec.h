@@ -49,6 +49,22 @@ static inline double vec_sum8(const double *a, size_t m) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
+/* vec_sum8 of the products (double)a[e] * b[e], e < m, without storing
+ * them: the same lanes in the same order, the same bits. */
+typedef float vec_v8f __attribute__((vector_size(32)));
+static inline double vec_dot8f(const float *a, const float *b, size_t m) {
+    vec_v8d lane = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 8 <= m; e += 8) {
+        vec_v8f af, bf;
+        memcpy(&af, a + e, sizeof af);
+        memcpy(&bf, b + e, sizeof bf);
+        lane += __builtin_convertvector(af, vec_v8d) * __builtin_convertvector(bf, vec_v8d);
+    }
+    for (size_t l = 0; e + l < m; l++) lane[l] += (double)a[e + l] * b[e + l];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 /* The pair sums of N rows over m elements: out[q] = sum_e d_i[e] d_j[e]
  * for the pairs i <= j in row order (q = 0 is (0, 0), then (0, 1), ...),
  * d_i = (double)x_i - (double)b (b NULL: (double)x_i), each summed as

@@ -531,7 +531,8 @@ static void test_sce(void **state) {
 }
 
 /* vec_gram_block (model_stock's, multislerp's and nuslerp's pair sums)
- * against each pair's products stored and summed by vec_sum8: the same
+ * and vec_dot8f (karcher's) against each pair's products stored and
+ * summed by vec_sum8: the same
  * bits, for 1..6 rows (in registers up to four), with and without a base,
  * over lengths with and without a tail past the eight lanes. */
 static void test_gram_block(void **state) {
@@ -558,6 +559,7 @@ static void test_gram_block(void **state) {
                         }
                         double want = vec_sum8(prod, m);
                         if (out[q] != want) fail_msg("N=%d base=%d m=%zu pair %d,%d: %.17g, want %.17g", N, hb, m, i, j, out[q], want);
+                        if (!hb && vec_dot8f(x[i], x[j], m) != want) fail_msg("vec_dot8f m=%zu pair %d,%d", m, i, j);
                     }
             }
     for (int i = 0; i < NMAX; i++) free(x[i]);
