@@ -49,28 +49,28 @@ typedef struct ms_ctx {
 /* Upper-triangle Gram entries g[i*N+j] += sum over e of o_i o_j for the
  * N + 1 rows in[0] = base, in[1 + i] = x_i, m elements: per block of
  * MS_BLOCK in eight double lanes (lane l: elements l, l + 8, ... in
- * order), the lanes added pairwise, the blocks in order. */
-static void gram_add(int N, float *const *in, size_t m, double *g) {
+ * order), the lanes added pairwise, the blocks in order (vec_gram_block).
+ * False when out of memory (past MS_STACK models its arrays are the heap's). */
+#define MS_STACK 16 /* models whose block pointers and pair sums fit on the stack */
+static bool gram_add(int N, float *const *in, size_t m, double *g) {
     const float *b = in[0];
-    const float *x[64];
-    double pair[64 * 65 / 2];
-    for (size_t s0 = 0; s0 < m; s0 += MS_BLOCK) {
+    const float *xs[MS_STACK], **x = xs;
+    double ps[MS_STACK * (MS_STACK + 1) / 2], *pair = ps;
+    if (N > MS_STACK) {
+        x = malloc((size_t)N * sizeof *x);
+        pair = malloc((size_t)N * (size_t)(N + 1) / 2 * sizeof *pair);
+    }
+    bool ok = x && pair;
+    for (size_t s0 = 0; ok && s0 < m; s0 += MS_BLOCK) {
         size_t mm = m - s0 < MS_BLOCK ? m - s0 : MS_BLOCK;
-        if (N > 64) { /* (more models than the stack arrays: each pair by itself) */
-            for (int i = 0; i < N; i++)
-                for (int j = i; j < N; j++) {
-                    const float *xy[2] = {in[1 + i] + s0, in[1 + j] + s0};
-                    double pp[3];
-                    vec_gram_block(2, xy, b + s0, mm, pp);
-                    g[i * N + j] += pp[1];
-                }
-            continue;
-        }
         for (int i = 0; i < N; i++) x[i] = in[1 + i] + s0;
         vec_gram_block(N, x, b + s0, mm, pair);
         for (int i = 0, q = 0; i < N; i++)
             for (int j = i; j < N; j++, q++) g[i * N + j] += pair[q];
     }
+    if (x != xs) free(x);
+    if (pair != ps) free(pair);
+    return ok;
 }
 
 /* Load elements [lo, lo + m) of the base and the N models into in[0..N]. */
@@ -94,7 +94,7 @@ static void gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
         for (size_t b0 = lo; b0 < hi; b0 += MS_BLOCK) {
             size_t m = hi - b0 < MS_BLOCK ? hi - b0 : MS_BLOCK;
             if (load_all(c->call, N, b0, m, in)) acc[N * N] += 1.0;
-            gram_add(N, in, m, acc);
+            if (!gram_add(N, in, m, acc)) acc[N * N + 1] += 1.0;
         }
     }
     free(in);
@@ -164,7 +164,10 @@ static int stock_rows(const merge_call *call, float *out, int N, alloy_err *err)
             size_t lo = v * len;
             bad |= load_all(call, N, lo, len, in);
             for (int q = 0; q < N * N; q++) g[q] = 0.0;
-            gram_add(N, in, len, g);
+            if (!gram_add(N, in, len, g)) {
+                oom = 1;
+                continue;
+            }
             for (int i = 0; i < N; i++)
                 for (int j = 0; j < i; j++) g[i * N + j] = g[j * N + i];
             double t = 0.0;

@@ -109,6 +109,16 @@ static void chunk_room(rc_chunk *h, size_t need, size_t len, rc_room *room) {
     h->pc = (rc_piece *)(void *)(p + cap * sizeof(float)), h->pccap = pccap, h->pc_room = true;
 }
 
+size_t rank_cut_sample_inside(const rank_cut *c, const float *sample, size_t ns) {
+    uint32_t lo = fbits(c->blo), hi = fbits(c->bhi);
+    size_t in = 0;
+    for (size_t s = 0; s < ns; s++) {
+        uint32_t u = fbits(sample[s]);
+        in += u != 0 && u >= lo && u <= hi;
+    }
+    return in;
+}
+
 /* Cut c over the band [blo, bhi]: no chunk has kept anything yet; each
  * chunk's buffer sized for a quarter more than the share of the sample's
  * ns magnitudes that lie in the band (nonzero: the scan keeps no zeros),
@@ -126,12 +136,7 @@ static bool plan_band(rank_cut *c, size_t n, size_t rank, bool idx_desc, float b
     c->ch = calloc(c->nchunks ? c->nchunks : 1, sizeof *c->ch);
     if (!c->ch) return false;
     if (c->one || !room) return true;
-    uint32_t lo = fbits(blo), hi = fbits(bhi);
-    size_t in = 0;
-    for (size_t s = 0; s < ns; s++) {
-        uint32_t u = fbits(sample[s]);
-        in += u != 0 && u >= lo && u <= hi;
-    }
+    size_t in = rank_cut_sample_inside(c, sample, ns);
     for (size_t ch = 0; ch < c->nchunks; ch++) {
         size_t a, b;
         rank_cut_chunk(n, ch, &a, &b);
@@ -548,10 +553,10 @@ static inline __attribute__((always_inline)) size_t scan_block_16(const uint16_t
 #if RC_AVX512BW
 /* scan_block_16 for two cuts of the same magnitudes at once (breadcrumbs'
  * lower and upper cuts): each magnitude made once and tested against both
- * bands. Both kinds of band in one form: below = u < max(lo, 1) counts
- * those below a band above zero, or the zeros of one from zero (the count
- * each kind of band keeps), and the inside is what is neither below nor
- * above hi. */
+ * bands. Both kinds of band in band16_pos's form, with max(lo, 1) for lo:
+ * below it lie those below a band above zero, or the zeros of one from
+ * zero (the count each kind of band keeps), and the inside is what is
+ * neither below nor above hi. */
 static inline __attribute__((always_inline)) void scan_block_16x2(const uint16_t *x, const uint16_t *base, size_t len,
                                                                   const uint32_t *lo, const uint32_t *hi,
                                                                   scan_counts *sc, float *const *in, size_t *kept,
@@ -565,7 +570,6 @@ static inline __attribute__((always_inline)) void scan_block_16x2(const uint16_t
         cb[q] = _mm512_setzero_si512();
     }
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    const __m512i one = _mm512_set1_epi32(1);
     __mmask32 bad = 0;
     size_t j = 0;
     for (; j + 32 <= len; j += 32) {
@@ -576,9 +580,7 @@ static inline __attribute__((always_inline)) void scan_block_16x2(const uint16_t
             __m512i u = _mm512_castps_si512(_mm512_and_ps(v[h], absmask));
 #pragma GCC unroll 2
             for (int q = 0; q < 2; q++) {
-                __mmask16 below = _mm512_cmplt_epu32_mask(u, vlo[q]);
-                cb[q] = _mm512_mask_add_epi32(cb[q], below, cb[q], one);
-                __mmask16 inside = _mm512_mask_cmple_epu32_mask((__mmask16)~below, u, vhi[q]);
+                __mmask16 inside = band16_pos(u, vlo[q], vhi[q], &cb[q]);
                 /* in + cnt + 16 <= in + j + 32 <= in + len + 16: cnt <= j + 16 h */
                 _mm512_storeu_si512((void *)(in[q] + cnt[q]), _mm512_maskz_compress_epi32(inside, u));
                 cnt[q] += (size_t)__builtin_popcount((unsigned)inside);

@@ -121,6 +121,10 @@ size_t rank_cut_sample_run(size_t n, size_t runs, size_t run, uint64_t seed);
 bool rank_cut_plan(rank_cut *c, size_t n, size_t rank, bool idx_desc, const float *sample, size_t ns, float *tmp,
                    rc_room *room);
 
+/* How many of the ns sampled magnitudes lie inside the band of cut c
+ * (nonzero, in [blo, bhi]: what the pass keeps), for sizing by the share. */
+size_t rank_cut_sample_inside(const rank_cut *c, const float *sample, size_t ns);
+
 /* Count and keep magnitudes a[0..m) of elements inside chunk `chunk` into
  * c and acc: one thread per chunk, and a chunk's elements in ascending
  * order (the pieces are searched in that order). Returns how many of them

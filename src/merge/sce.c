@@ -42,7 +42,6 @@ static bool sce_load(const sce_ctx *c, size_t lo, size_t m, float *const *in) {
     return bad;
 }
 
-
 /* The population variance across the models of tau_i = x_i - base, in
  * double, rounded to f32, of elements [0, m) of a block into var:
  *   mean = (tau_0 + ... + tau_{K-1}) * (1 / K)
@@ -132,6 +131,22 @@ static bool sce_var_block(const void *p, size_t lo, size_t m, float *a) {
     return bad;
 }
 
+/* acc[i] += the squares of tau_i = x_i - base (double of the f32
+ * difference) over the elements of a block (m <= SCE_BLOCK) that sel
+ * marks, in vec_sum8's lanes; in[K] is the base. */
+static void sce_squares(const float *const *in, int K, const uint8_t *sel, size_t m, double *acc) {
+    double sq[SCE_BLOCK];
+    for (int i = 0; i < K; i++) {
+        const float *restrict x = in[i], *restrict b = in[K];
+#pragma omp simd
+        for (size_t e = 0; e < m; e++) {
+            double d = x[e] - b[e];
+            sq[e] = sel[e] ? d * d : 0.0;
+        }
+        acc[i] += vec_sum8(sq, m);
+    }
+}
+
 /* vec_reduce chunk: acc[i] = sum over the selected of tau_i^2 (double of
  * the f32 difference): per block in 8 lanes (lane l: the elements l, l + 8,
  * ... in order), the lanes added pairwise, the blocks in order; acc[K]
@@ -146,21 +161,12 @@ static void sce_sq_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     }
     const float *const *cin = (const float *const *)in;
     uint8_t sel[SCE_BLOCK];
-    double sq[SCE_BLOCK];
     for (size_t b0 = lo; b0 < hi; b0 += SCE_BLOCK) {
         size_t m = hi - b0 < SCE_BLOCK ? hi - b0 : SCE_BLOCK;
         if (sce_load(c, b0, m, in)) acc[K] += 1.0;
         sce_select_block(c, cin, b0, m, sel);
         if (c->keep) memcpy(c->keep + b0, sel, m);
-        for (int i = 0; i < K; i++) {
-            const float *restrict x = in[i], *restrict b = in[K];
-#pragma omp simd
-            for (size_t e = 0; e < m; e++) {
-                double d = x[e] - b[e];
-                sq[e] = sel[e] ? d * d : 0.0;
-            }
-            acc[i] += vec_sum8(sq, m);
-        }
+        sce_squares(cin, K, sel, m, acc);
     }
     sce_free_buffers(in);
 }
@@ -244,16 +250,7 @@ static void sce_wait_block(sce_wait *w, int K, size_t ch, const float *const *in
     const float *restrict b = in[K];
 #pragma omp simd
     for (size_t e = 0; e < m; e++) keep[e] = a[e] > hi;
-    double sq[SCE_BLOCK];
-    for (int i = 0; i < K; i++) {
-        const float *restrict x = in[i];
-#pragma omp simd
-        for (size_t e = 0; e < m; e++) {
-            double d = x[e] - b[e];
-            sq[e] = keep[e] ? d * d : 0.0;
-        }
-        w->sum[ch * (size_t)K + (size_t)i] += vec_sum8(sq, m);
-    }
+    sce_squares(in, K, keep, m, w->sum + ch * (size_t)K);
     /* the few inside (a few percent) picked out of a byte map, eight bytes at a time */
     uint8_t inside[SCE_BLOCK + 8] = {0};
 #pragma omp simd
@@ -301,9 +298,6 @@ static bool sce_wait_finish(sce_wait *w, int K, size_t nc, const keep_rule *r, d
         for (int i = 0; i < K; i++) acc[i] += w->sum[ch * (size_t)K + (size_t)i];
     return true;
 }
-
-/* Whether a sampled variance lies inside the band of cut c (nonzero: the scan keeps no zeros). */
-static inline bool sample_in_band(const rank_cut *c, float v) { return v != 0.0f && v >= c->blo && v <= c->bhi; }
 
 /* The selection by a streaming rank cut (rankcut.h): a sample places the
  * band, one pass counts and histograms the variances and the nonzero ones,
@@ -353,8 +347,7 @@ static int sce_select_stream(sce_ctx *c, double topk, int nt, uint8_t *keep, cha
     sce_wait wt = {.keep = keep};
     bool waiting = false;
     if (keep) {
-        size_t in_band = 0;
-        for (size_t q = 0; q < ns; q++) in_band += sample_in_band(&cut, sample[q]);
+        size_t in_band = rank_cut_sample_inside(&cut, sample, ns);
         size_t cap = (size_t)((double)in_band / (double)ns * 1.25 * (double)((n + nc - 1) / nc)) + SCE_BLOCK;
         waiting = sce_wait_init(&wt, nc, K, cap, room, room_bytes);
     }
@@ -481,15 +474,15 @@ static int sce_merge(const merge_call *call, float *out, alloy_err *err) {
         uint8_t *sel = own_mask ? mem_big_alloc(n + 1) : call->work;
         size_t at = (n + 1 + 63) & ~(size_t)63; /* the waiting elements' room after it */
         char *room = own_mask || call->work_bytes <= at ? NULL : (char *)call->work + at;
-        rc = sce_select_stream(&c, topk, nt, sel, room, room ? call->work_bytes - at : 0, acc, &weighed);
-        if (rc == 1) {
-            rc = 0;
+        int r = sce_select_stream(&c, topk, nt, sel, room, room ? call->work_bytes - at : 0, acc, &weighed);
+        if (r == 1) {
             mask = sel;
-        } else {
+        } else { /* the exact path (r == 0), or a non-finite input */
             if (own_mask) free(sel);
             own_mask = true;
+            rc = r;
         }
-        if (rc == 0 && c.sel != SEL_RULE && c.sel != SEL_NONE) {
+        if (r == 0) {
             mask = calloc(n + 1, 1);
             rc = mask ? sce_select_exact(&c, topk, mask, nt, err)
                       : alloy_fail(err, "out of memory (tensor '%s')", call->tensor_name);

@@ -61,10 +61,10 @@ static void msl_gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
     int k = c->k, np = k * (k + 1) / 2;
     float *buf = malloc((size_t)(k + 1) * MSL_BLOCK * sizeof *buf);
     float **in = malloc((size_t)(k + 1) * sizeof *in);
-    double *sq = malloc((size_t)np * sizeof *sq); /* one block's pair sums */
-    if (!buf || !in || !sq) {
+    double *pairs = malloc((size_t)np * sizeof *pairs); /* one block's pair sums */
+    if (!buf || !in || !pairs) {
         acc[np + 1] += 1.0;
-        free(buf), free(in), free(sq);
+        free(buf), free(in), free(pairs);
         return;
     }
     for (int i = 0; i <= k; i++) in[i] = buf + (size_t)i * MSL_BLOCK;
@@ -79,10 +79,10 @@ static void msl_gram_chunk(const void *p, size_t lo, size_t hi, double *acc) {
                 for (size_t e = 0; e < m; e++) x[e] -= b[e];
             }
         }
-        vec_gram_block(k, (const float *const *)in, NULL, m, sq);
-        for (int q = 0; q < np; q++) acc[q] += sq[q];
+        vec_gram_block(k, (const float *const *)in, NULL, m, pairs);
+        for (int q = 0; q < np; q++) acc[q] += pairs[q];
     }
-    free(sq);
+    free(pairs);
     free(in);
     free(buf);
 }

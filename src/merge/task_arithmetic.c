@@ -448,15 +448,12 @@ static int gta_survey(const gta_ctx *g, bool rescale, double *part, int nt) {
                         const uint16_t *xh = (const uint16_t *)gm->src.data + b0;
                         const uint16_t *bh = (const uint16_t *)g->base.data + b0;
                         bool nf = false; /* (the scan asks for its lines ahead itself) */
-                        if (gm->ncuts == 2) { /* both cuts from one making of the magnitudes */
+                        if (gm->ncuts == 2) /* both cuts from one making of the magnitudes */
                             rank_cut_scan_half2(&gm->cut[0], &gm->cut[1], ai, ai + 1, c, xh, bh, m, base_f16,
                                                 !base_checked, &nf);
-                            base_checked = true;
-                        }
-                        for (int cu = 0; cu < gm->ncuts && gm->ncuts != 2; cu++) {
-                            rank_cut_scan_half(&gm->cut[cu], ai + cu, c, xh, bh, m, base_f16, !base_checked, &nf);
-                            base_checked = true;
-                        }
+                        else
+                            rank_cut_scan_half(&gm->cut[0], ai, c, xh, bh, m, base_f16, !base_checked, &nf);
+                        base_checked = true;
                         bad |= nf;
                         continue;
                     }
