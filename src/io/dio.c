@@ -41,6 +41,7 @@ struct dio_pool {
     dio_job queue[DIO_SLOTS]; /* a job holds a slot: never more than DIO_SLOTS */
     int qhead, qlen;
     int pending; /* jobs queued or being written */
+    uint64_t writes, bytes; /* jobs written so far, and their bytes */
     bool stop;
     pthread_mutex_t mu;
     pthread_cond_t work, done; /* a job queued; a job finished (slot freed) */
@@ -78,6 +79,8 @@ struct dio_file {
     dio_edge *edges;     /* (under mu) */
     dio_run run[DIO_RUNS];
     uint64_t seq;
+    uint64_t sent_lo[DIO_RUNS], sent_hi[DIO_RUNS]; /* the file ranges of the last runs queued */
+    int nsent;                                     /* runs queued so far (their ring index) */
 };
 
 /* All len bytes of buf written to fd at off; 0 or an errno. */
@@ -130,6 +133,8 @@ static void *writer_main(void *arg) {
         int e = run_job(p, &j);
         pthread_mutex_lock(&p->mu);
         if (e && !j.f->err_no) j.f->err_no = e;
+        p->writes++;
+        p->bytes += j.len;
         p->free_slot[p->nfree++] = j.slot;
         p->pending--;
         j.f->inflight--;
@@ -165,6 +170,13 @@ dio_pool *dio_pool_new(alloy_err *err) {
         return NULL;
     }
     return p;
+}
+
+void dio_pool_stats(dio_pool *p, uint64_t *writes, uint64_t *bytes) {
+    pthread_mutex_lock(&p->mu);
+    *writes = p->writes;
+    *bytes = p->bytes;
+    pthread_mutex_unlock(&p->mu);
 }
 
 void dio_pool_free(dio_pool *p) {
@@ -232,7 +244,30 @@ static void queue_run(dio_file *f, dio_run *r) {
     f->inflight++;
     pthread_cond_signal(&p->work);
     pthread_mutex_unlock(&p->mu);
+    f->sent_lo[f->nsent % DIO_RUNS] = r->base;
+    f->sent_hi[f->nsent % DIO_RUNS] = r->base + r->len;
+    f->nsent++;
     r->slot = -1;
+}
+
+/* Where in its slot a new run for [x, x + n) starts. A writer streams a
+ * tensor forwards or backwards, a stage at a time (half a slot, on the
+ * bench): a run that continues one just before it (open without room, or
+ * queued) starts at the slot's front, one that continues one just after it
+ * ends at the slot's end, so that both fill their slot; with neither, it
+ * starts in the middle, with room to grow either way. Placed at the middle
+ * every time, each run of a stream held half a slot: the ring's capacity
+ * and the size of the writes were halved. Under f->mu. */
+static size_t run_start(const dio_file *f, size_t n, uint64_t x) {
+    bool after = false, before = false;
+    for (int i = 0; i < DIO_RUNS; i++) {
+        const dio_run *r = &f->run[i];
+        if (r->slot >= 0) after |= r->base + r->len == x, before |= x + n == r->base;
+        if (i < f->nsent) after |= f->sent_hi[i] == x, before |= x + n == f->sent_lo[i];
+    }
+    if (after) return 0;
+    if (before) return DIO_SLOT - n;
+    return (DIO_SLOT - n) / 2 / DIO_BLOCK * DIO_BLOCK;
 }
 
 /* Where n bytes (whole blocks, at most DIO_SLOT) for file offset x go: the
@@ -259,6 +294,8 @@ static dio_run *claim(dio_file *f, size_t n, uint64_t x, char **dst, int *e) {
             r->busy++;
             return r;
         }
+        /* a run these bytes continue but cannot join is done: out now */
+        if (!r->busy && (r->base + r->len == x || x + n == r->base)) queue_run(f, r);
     }
     dio_run *r = NULL;
     for (;;) {
@@ -283,8 +320,7 @@ static dio_run *claim(dio_file *f, size_t n, uint64_t x, char **dst, int *e) {
         r->slot = -1;
         return NULL;
     }
-    /* in the middle of the slot: room to grow either way */
-    size_t soff = (DIO_SLOT - n) / 2 / DIO_BLOCK * DIO_BLOCK;
+    size_t soff = run_start(f, n, x);
     *r = (dio_run){.slot = slot, .soff = soff, .len = n, .base = x, .busy = 1, .seq = f->seq++};
     *dst = p->ring + (size_t)slot * DIO_SLOT + soff;
     return r;

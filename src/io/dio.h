@@ -35,11 +35,15 @@
  * is in a tensor's first pass only the other writes, and when both are in
  * their merge passes they make more than the disk takes (the bench's ties:
  * about 3 GB/s against 2.5, for the 0.15 s of the embedding's pass). With
- * 16 slots the merge threads waited 40-80 ms in all for a slot in every
- * run; with 64, none in most (and 48 still in some). The slots are handed
- * out last-freed first, so a merge that never fills the ring touches only
- * the pages it needs. */
-#define DIO_SLOTS 64
+ * runs filling whole slots (dio.c: run_start), 32 slots let the bench's
+ * ties merge threads wait for a slot in none of 4 runs but one (1 ms);
+ * while each run held half a slot, 16 made them wait 40-80 ms per run and
+ * it took 64. A merge faster than the disk (linear) waits on any ring: it
+ * is bound by the writes. The slots are handed out last-freed first, so a
+ * merge that never fills the ring touches only the pages it needs (on a
+ * VM, a fresh page can cost ~1 ms per MB: the ring's 128 MiB cost ties
+ * about 0.1 s of CPU). */
+#define DIO_SLOTS 32
 #define DIO_WRITERS 4                   /* writer threads: writes in flight at once */
 
 typedef struct dio_pool dio_pool;
@@ -48,6 +52,10 @@ typedef struct dio_file dio_file;
 /* The ring and its writer threads, shared by the files opened on it; NULL
  * with err set when memory or threads are short. */
 dio_pool *dio_pool_new(alloy_err *err);
+
+/* The writes the ring's threads have made so far (each from one slot) and
+ * their bytes. */
+void dio_pool_stats(dio_pool *p, uint64_t *writes, uint64_t *bytes);
 
 /* Waits for every queued write, stops the threads; the files must be closed
  * or aborted first. */

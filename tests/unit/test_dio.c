@@ -3,7 +3,7 @@
  * threads, forwards and backwards, one write larger than many slots,
  * files shorter than a block and of no bytes; several files whose open
  * runs hold every slot of the ring (the writes that find none go out on
- * their own); two threads completing one partial block at once; a byte written twice and a write past the end are errors
+ * their own); a stream of pieces going out in whole slots; two threads completing one partial block at once; a byte written twice and a write past the end are errors
  * naming the file. */
 #include <errno.h>
 #include <fcntl.h>
@@ -128,6 +128,48 @@ static void test_pieces(void **state) {
     dio_pool_free(p);
 }
 
+/* A stream of pieces of a bit under half a slot, at unaligned offsets (a
+ * merge's stages),
+ * forwards and then backwards: the runs fill whole slots, so the file goes
+ * out in about one write per slot of bytes (a run opened in the middle of
+ * its slot every time took one write per piece). */
+static void test_runs_fill_slots(void **state) {
+    (void)state;
+    const uint64_t size = 12 * DIO_SLOT + 5000;
+    const size_t len = DIO_SLOT / 2 - 3333;
+    unsigned char *data = malloc(size);
+    assert_non_null(data);
+    for (uint64_t i = 0; i < size; i++) data[i] = byte_at(8, i);
+    for (int back = 0; back < 2; back++) {
+        alloy_err err = {{0}};
+        dio_pool *p = dio_pool_new(&err);
+        assert_non_null(p);
+        char *path = fs_join(root, back ? "stream-back" : "stream-fwd");
+        dio_file *f = dio_open(p, path, size, &err);
+        assert_non_null(f);
+        uint64_t npieces = (size + len - 1) / len;
+        for (uint64_t k = 0; k < npieces; k++) {
+            uint64_t i = back ? npieces - 1 - k : k;
+            uint64_t off = i * len;
+            size_t n = size - off < len ? (size_t)(size - off) : len;
+            assert_int_equal(dio_write(f, data + off, n, off, &err), 0);
+        }
+        assert_int_equal(dio_close(f, &err), 0);
+        uint64_t writes, bytes;
+        dio_pool_stats(p, &writes, &bytes);
+        dio_pool_free(p);
+        expect_file(path, size, 8);
+        free(path);
+        /* every block once: the file rounded up to whole blocks */
+        assert_int_equal(bytes, (size + DIO_BLOCK - 1) / DIO_BLOCK * DIO_BLOCK);
+        /* 13 slots of bytes, two pieces to a slot; the stream's first run
+         * starts in the middle of its slot */
+        if (writes > 16) fail_msg("%s: %llu writes for %llu pieces", back ? "backwards" : "forwards",
+                                  (unsigned long long)writes, (unsigned long long)npieces);
+    }
+    free(data);
+}
+
 /* Two threads that complete the same partial block at the same moment,
  * many times: the one that adds the last bytes writes and frees the block's
  * edge, and the other must not look at it again (under ASan a read after
@@ -228,6 +270,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pieces),
         cmocka_unit_test(test_starved),
+        cmocka_unit_test(test_runs_fill_slots),
         cmocka_unit_test(test_edge_race),
         cmocka_unit_test(test_errors),
     };
