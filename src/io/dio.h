@@ -41,7 +41,7 @@
  * it took 64. A merge faster than the disk (linear) waits on any ring: it
  * is bound by the writes. The slots are handed out last-freed first, so a
  * merge that never fills the ring touches only the pages it needs (on a
- * VM, a fresh page can cost ~1 ms per MB: the ring's 128 MiB cost ties
+ * VM, a fresh page can cost ~1 ms per MB: a ring of 128 MiB cost ties
  * about 0.1 s of CPU). */
 #define DIO_SLOTS 32
 #define DIO_WRITERS 4                   /* writer threads: writes in flight at once */
