@@ -8,9 +8,13 @@
  * writes, io/dio.h, or for small outputs its flusher) the way the
  * streaming executor does (merge/sink.c): every thread writes its share of
  * each tensor in 1 MiB pieces from its own buffer (real memory, not the zero
- * page); copied tensors straight from the input mapping. The merge's wall
+ * page), or, where the writer writes directly and as a lane of the merge does,
+ * made in the ring itself (io/dio.h, dio_stream); copied tensors straight
+ * from the input mapping. The merge's wall
  * time divided by this one is the overhead of merging itself.
  * usage: stream_floor RECIPE.yml OUT_DIR */
+#include <stdint.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +55,17 @@ static uint64_t touch(const st_tensor *t, size_t lo, size_t hi) {
 
 #define PIECE ((size_t)1 << 20)
 
+/* n bytes of src into dst as the merge kernels store into the ring: whole
+ * 64-byte lines non-temporally where dst is on a line, the rest plainly. */
+static void fill(char *dst, const char *src, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 64 <= n; i += 64) _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
+#endif
+    memcpy(dst + i, src + i, n - i);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: stream_floor RECIPE.yml OUT_DIR\n");
@@ -82,6 +97,10 @@ int main(int argc, char **argv) {
     uint64_t acc = 0;
     int rc = w && buf ? 0 : 1;
     if (!rc) memset(buf, 0x3c, PIECE * (size_t)nt);
+    /* a merge on two lanes (merge/exec.c: a streaming method with a first
+     * pass, on two threads or more) makes its results in the ring; the
+     * others stage them and copy */
+    bool lanes = p.method->streams && p.method->first_pass && nt >= 2 && p.ntensors > 1;
     merge_prefetch *pf = merge_prefetch_start(&p, NULL, p.ntensors);
     for (int i = 0; i < p.ntensors && !rc; i++) {
         const plan_tensor *pt = &p.tensors[i];
@@ -90,16 +109,36 @@ int main(int argc, char **argv) {
             /* per piece of output, as the streaming merge: read its inputs, write it */
             size_t es = dtype_size(pt->out_dtype), nb = (size_t)pt->numel * es, pieces = (nb + PIECE - 1) / PIECE;
             int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) reduction(^ : acc)
-            for (size_t c = 0; c < pieces; c++) {
-                size_t off = c * PIECE, len = nb - off < PIECE ? nb - off : PIECE;
-                size_t lo = off / es, hi = (off + len) / es;
-                char *mine = buf + PIECE * (size_t)omp_get_thread_num();
-                if (pt->has_base) acc ^= touch(pt->base.t, lo, hi);
-                for (int j = 0; j < pt->k; j++) acc ^= touch(pt->inputs[j].t, lo, hi);
-                mine[0] = (char)acc;
+            uint64_t fbase = 0;
+            dio_file *df = lanes ? st_writer_dio(w, i, &fbase) : NULL;
+#pragma omp parallel reduction(| : bad) reduction(^ : acc)
+            {
+                /* a thread's pieces are one stretch: where the writer writes
+                 * directly, made in its ring like a lane's results
+                 * (merge/sink.c), with whole-line stores that skip the cache */
+                dio_stream ds;
+                if (df) dio_stream_init(&ds, df);
+                bool direct = df != NULL;
                 alloy_err e;
-                bad |= st_writer_put_part(w, i, off, mine, len, &e) != 0;
+#pragma omp for schedule(static)
+                for (size_t c = 0; c < pieces; c++) {
+                    size_t off = c * PIECE, len = nb - off < PIECE ? nb - off : PIECE;
+                    size_t lo = off / es, hi = (off + len) / es;
+                    char *mine = buf + PIECE * (size_t)omp_get_thread_num();
+                    if (pt->has_base) acc ^= touch(pt->base.t, lo, hi);
+                    for (int j = 0; j < pt->k; j++) acc ^= touch(pt->inputs[j].t, lo, hi);
+                    mine[0] = (char)acc;
+                    char *room = direct ? dio_stream_room(&ds, fbase + off, len, &e) : NULL;
+                    if (direct && !room) {
+                        direct = false;
+                        if (!ds.refused) bad = 1;
+                    }
+                    if (room)
+                        fill(room, mine, len);
+                    else
+                        bad |= st_writer_put_part(w, i, off, mine, len, &e) != 0;
+                }
+                if (df && dio_stream_end(&ds, &e)) bad = 1;
             }
             if (bad) rc = 1;
             st_writer_mark_done(w, i);

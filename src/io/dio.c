@@ -235,18 +235,22 @@ dio_file *dio_open(dio_pool *p, const char *path, uint64_t size, alloy_err *err)
 
 /* Queue run r (no copies under way) for the writers and close it. Under
  * f->mu. */
-static void queue_run(dio_file *f, dio_run *r) {
+static void queue_job(dio_file *f, int slot, size_t soff, size_t len, uint64_t base) {
     dio_pool *p = f->p;
     pthread_mutex_lock(&p->mu);
-    p->queue[(p->qhead + p->qlen) % DIO_SLOTS] = (dio_job){f, r->slot, r->soff, r->len, r->base};
+    p->queue[(p->qhead + p->qlen) % DIO_SLOTS] = (dio_job){f, slot, soff, len, base};
     p->qlen++;
     p->pending++;
     f->inflight++;
     pthread_cond_signal(&p->work);
     pthread_mutex_unlock(&p->mu);
-    f->sent_lo[f->nsent % DIO_RUNS] = r->base;
-    f->sent_hi[f->nsent % DIO_RUNS] = r->base + r->len;
+    f->sent_lo[f->nsent % DIO_RUNS] = base;
+    f->sent_hi[f->nsent % DIO_RUNS] = base + len;
     f->nsent++;
+}
+
+static void queue_run(dio_file *f, dio_run *r) {
+    queue_job(f, r->slot, r->soff, r->len, r->base);
     r->slot = -1;
 }
 
@@ -450,6 +454,121 @@ int dio_write(dio_file *f, const void *data, size_t len, uint64_t off, alloy_err
         x += n;
     }
     return 0;
+}
+
+/* ---- streams: bytes made straight into the ring ---- */
+
+void dio_stream_init(dio_stream *s, dio_file *f) {
+    *s = (dio_stream){.f = f, .slot = -1};
+}
+
+/* A free slot for s, waiting while one is in flight; -1 with *e the
+ * file's error, or *e 0 when none is free and none in flight (every slot
+ * held by open runs or streams). */
+static int stream_slot(dio_file *f, int *e) {
+    dio_pool *p = f->p;
+    pthread_mutex_lock(&p->mu);
+    while (!p->nfree && !f->err_no && p->pending) pthread_cond_wait(&p->done, &p->mu);
+    *e = f->err_no;
+    int slot = *e || !p->nfree ? -1 : p->free_slot[--p->nfree];
+    pthread_mutex_unlock(&p->mu);
+    return slot;
+}
+
+static void stream_release(dio_file *f, int slot) {
+    dio_pool *p = f->p;
+    pthread_mutex_lock(&p->mu);
+    p->free_slot[p->nfree++] = slot;
+    pthread_cond_broadcast(&p->done);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* The bytes [lo, hi) that s made in its slot, out: the partial blocks at
+ * either end into their edges (copied, so first: once queued, the slot may
+ * be reused), the whole blocks between them queued from the slot itself;
+ * the slot is s's no more. */
+static int stream_emit(dio_stream *s, uint64_t lo, uint64_t hi, alloy_err *err) {
+    dio_file *f = s->f;
+    const char *mem = f->p->ring + (size_t)s->slot * DIO_SLOT;
+    uint64_t a = (lo + DIO_BLOCK - 1) / DIO_BLOCK * DIO_BLOCK, b = hi / DIO_BLOCK * DIO_BLOCK;
+    int rc = 0;
+    if (a >= b) { /* no whole block: one or two partial ones */
+        uint64_t cut = a < hi ? a : hi;
+        rc = partial(f, mem + (lo - s->fb), (size_t)(cut - lo), lo, err);
+        if (!rc) rc = partial(f, mem + (cut - s->fb), (size_t)(hi - cut), cut, err);
+        stream_release(f, s->slot);
+    } else {
+        rc = partial(f, mem + (lo - s->fb), (size_t)(a - lo), lo, err);
+        if (!rc) rc = partial(f, mem + (b - s->fb), (size_t)(hi - b), b, err);
+        if (rc) {
+            stream_release(f, s->slot);
+        } else {
+#if defined(__AVX512F__)
+            _mm_sfence();
+#endif
+            pthread_mutex_lock(&f->mu);
+            queue_job(f, s->slot, (size_t)(a - s->fb), (size_t)(b - a), a);
+            pthread_mutex_unlock(&f->mu);
+        }
+    }
+    s->slot = -1;
+    return rc;
+}
+
+int dio_stream_end(dio_stream *s, alloy_err *err) {
+    if (s->slot < 0) return 0;
+    return stream_emit(s, s->own, s->end, err);
+}
+
+void dio_stream_abandon(dio_stream *s) {
+    if (s->slot >= 0) stream_release(s->f, s->slot);
+    s->slot = -1;
+}
+
+char *dio_stream_room(dio_stream *s, uint64_t x, size_t n, alloy_err *err) {
+    dio_file *f = s->f;
+    s->refused = false;
+    if (x > f->size || n > f->size - x) {
+        alloy_fail(err, "%s: bytes %llu..%llu past its size %llu", f->path, (unsigned long long)x,
+                   (unsigned long long)(x + n), (unsigned long long)f->size);
+        return NULL;
+    }
+    if (n > DIO_STREAM_MAX) {
+        alloy_fail(err, "%s: %zu bytes at once (at most %zu)", f->path, n, (size_t)DIO_STREAM_MAX);
+        return NULL;
+    }
+    if (s->slot >= 0 && x != s->end && dio_stream_end(s, err)) return NULL; /* a new stretch */
+    int e = 0;
+    if (s->slot < 0) {
+        if ((s->slot = stream_slot(f, &e)) < 0) {
+            if (e) alloy_fail(err, "%s: write failed: %s", f->path, strerror(e));
+            else s->refused = true;
+            return NULL;
+        }
+        s->fb = x / DIO_BLOCK * DIO_BLOCK;
+        s->own = s->end = x;
+    } else if (x + n - s->fb > DIO_SLOT) {
+        /* the slot is full: its whole blocks out, the block that x falls in
+         * carried to the front of the next slot (so the stream has partial
+         * blocks only where it starts and ends) */
+        uint64_t nb = x / DIO_BLOCK * DIO_BLOCK;
+        char carry[DIO_BLOCK];
+        const char *mem = f->p->ring + (size_t)s->slot * DIO_SLOT;
+        memcpy(carry, mem + (nb - s->fb), (size_t)(x - nb));
+        if (stream_emit(s, s->own, nb, err)) return NULL;
+        if ((s->slot = stream_slot(f, &e)) < 0) {
+            /* the carried bytes go the ordinary way, and the stream starts again at x */
+            if (x > nb && partial(f, carry, (size_t)(x - nb), nb, err)) return NULL;
+            if (e) alloy_fail(err, "%s: write failed: %s", f->path, strerror(e));
+            else s->refused = true;
+            return NULL;
+        }
+        s->fb = s->own = nb;
+        memcpy(f->p->ring + (size_t)s->slot * DIO_SLOT, carry, (size_t)(x - nb));
+    }
+    char *at = f->p->ring + (size_t)s->slot * DIO_SLOT + (x - s->fb);
+    s->end = x + n;
+    return at;
 }
 
 /* Wait until none of f's jobs is queued or being written: its first

@@ -23,6 +23,7 @@
 #ifndef ALLOY_IO_DIO_H
 #define ALLOY_IO_DIO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,41 @@ dio_file *dio_open(dio_pool *p, const char *path, uint64_t size, alloy_err *err)
  * or -1 with err set naming the file: a range past the size, a byte written
  * twice, or an earlier write that failed (its errno). */
 int dio_write(dio_file *f, const void *data, size_t len, uint64_t off, alloy_err *err);
+
+/* A stream: one caller's bytes of a file, made in the ring itself instead
+ * of copied there (a merge kernel stores its results straight into the
+ * slot that the device then reads). dio_stream_room gives the place for
+ * the next n bytes; pieces that continue the last one follow it in the same
+ * slot, and a full slot goes out whole, the block the stream has reached
+ * carried to the front of the next. Only where a stretch starts and ends do
+ * partial blocks remain, and they go through the file's partial blocks
+ * like dio_write's. One thread per stream; the caller fills each piece
+ * before it asks for the next or ends the stream, and ends every stream
+ * before closing its file. A stream holds one slot of the ring. */
+#define DIO_STREAM_MAX (DIO_SLOT / 2) /* bytes per dio_stream_room at most */
+typedef struct dio_stream {
+    dio_file *f;
+    int slot;      /* -1: between stretches */
+    uint64_t fb;   /* the file offset of the slot's first byte (block aligned) */
+    uint64_t own;  /* the first byte of this stretch in the slot */
+    uint64_t end;  /* the byte after the last piece */
+    bool refused;  /* the last call found no slot free and none in flight */
+} dio_stream;
+
+void dio_stream_init(dio_stream *s, dio_file *f);
+
+/* Where to put bytes [x, x + n) (n <= DIO_STREAM_MAX) of the file: a new
+ * stretch unless x continues the last piece. NULL with err set on an error
+ * (a range past the size, an earlier failed write), or with s->refused and
+ * err untouched when no slot is to be had: then the caller writes these
+ * bytes with dio_write (what the stream made before is out already). */
+char *dio_stream_room(dio_stream *s, uint64_t x, size_t n, alloy_err *err);
+
+/* The stretch out: 0, or -1 with err set. */
+int dio_stream_end(dio_stream *s, alloy_err *err);
+
+/* The slot back unwritten (an error path). */
+void dio_stream_abandon(dio_stream *s);
 
 /* Queue the file's open runs now (no write adjacent to them is coming:
  * the caller finished a stretch of the file), so that they do not hold

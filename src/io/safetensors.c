@@ -564,7 +564,8 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
     return 0;
 }
 
-/* Header of shard sh: JSON padded with spaces so that 8 + N is a multiple of 8. */
+/* Header of shard sh: JSON padded with spaces so that 8 + N is a multiple of
+ * ST_DATA_ALIGN. */
 static char *shard_header(const st_writer *w, const wshard *sh, size_t *len) {
     cJSON *h = cJSON_CreateObject();
     cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
@@ -582,7 +583,7 @@ static char *shard_header(const st_writer *w, const wshard *sh, size_t *len) {
     char *text = ok ? cJSON_PrintUnformatted(h) : NULL;
     cJSON_Delete(h);
     if (!text) return NULL;
-    size_t n = strlen(text), pad = (8 - (8 + n) % 8) % 8;
+    size_t n = strlen(text), pad = (ST_DATA_ALIGN - (8 + n) % ST_DATA_ALIGN) % ST_DATA_ALIGN;
     char *buf = malloc(8 + n + pad);
     if (buf) {
         uint64_t hl = n + pad;
@@ -807,6 +808,15 @@ int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, s
     if (len && pwrite_all(sh->fd, data, len, sh->data_start + t->begin + offset))
         return alloy_fail(err, "%s: tensor '%s': write failed: %s", sh->path, t->name, strerror(errno));
     return 0;
+}
+
+dio_file *st_writer_dio(st_writer *w, int i, uint64_t *file_off) {
+    if (i < 0 || i >= w->n) return NULL;
+    const wtensor *t = &w->t[i];
+    const wshard *sh = &w->shards[t->shard];
+    if (!sh->dio) return NULL;
+    *file_off = sh->data_start + t->begin;
+    return sh->dio;
 }
 
 void st_writer_mark_done(st_writer *w, int i) {

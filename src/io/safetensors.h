@@ -23,8 +23,16 @@
 #include <stdint.h>
 
 #include "alloy.h"
+#include "io/dio.h"
 
 #define ST_MAX_DIMS 8
+
+/* The writer pads each header with spaces (the format allows it) so that
+ * the data start at a multiple of this: a tensor whose bytes before it are
+ * whole cache lines then starts on a line, and a kernel can store its
+ * results there with whole-line non-temporal stores (merge/gta_kernel.c).
+ * Readers accept any padding. */
+#define ST_DATA_ALIGN 64
 
 typedef struct st_tensor {
     char *name;
@@ -107,6 +115,11 @@ int st_writer_put(st_writer *w, int i, const void *data, alloy_err *err);
  * ranges. The tensor counts as written once st_writer_mark_done(w, i). */
 int st_writer_put_part(st_writer *w, int i, uint64_t offset, const void *data, size_t len, alloy_err *err);
 void st_writer_mark_done(st_writer *w, int i);
+
+/* The direct-write file that tensor i goes into, and the offset of its first
+ * byte there (for dio_stream, io/dio.h); NULL where its shard is written the
+ * ordinary way. */
+dio_file *st_writer_dio(st_writer *w, int i, uint64_t *file_off);
 
 /* Check every tensor was written, fsync, write the index when sharded, and
  * free w. */

@@ -171,8 +171,8 @@ static inline __m512i gk_round_high(__m512i u, __mmask16 nf) {
  * *first becomes the index of the first non-finite one unless it is
  * already below m. */
 static inline __attribute__((always_inline)) void gk_store32(__m512 oe, __m512 oo, __mmask16 te, __mmask16 to,
-                                                             __mmask32 tm, bool out_bf16, void *dst, size_t j,
-                                                             size_t *first, size_t m) {
+                                                             __mmask32 tm, bool out_bf16, bool nt, void *dst,
+                                                             size_t j, size_t *first, size_t m) {
     __m512i ue = _mm512_castps_si512(oe), uo = _mm512_castps_si512(oo);
     __mmask16 nfe = gk_nonfinite(ue, te), nfo = gk_nonfinite(uo, to);
     if ((nfe | nfo) && *first == m) {
@@ -185,7 +185,13 @@ static inline __attribute__((always_inline)) void gk_store32(__m512 oe, __m512 o
          * high halves kept: (e >> 16) | (o & 0xffff0000) in one op */
         __m512i re = _mm512_srli_epi32(gk_round_high(ue, nfe), 16), ro = gk_round_high(uo, nfo);
         __m512i r = _mm512_ternarylogic_epi32(re, ro, _mm512_set1_epi32((int32_t)0xffff0000u), 0xf8);
-        _mm512_mask_storeu_epi16((uint16_t *)dst + j, tm, r);
+        uint16_t *at = (uint16_t *)dst + j;
+        /* into memory only the device reads: a whole line without reading
+         * it first, and without evicting the inputs (dio.c's copy_out) */
+        if (nt && tm == (__mmask32)0xffffffffu && !((uintptr_t)at & 63))
+            _mm512_stream_si512((void *)at, r);
+        else
+            _mm512_mask_storeu_epi16(at, tm, r);
     } else {
         const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -415,7 +421,7 @@ static inline __attribute__((always_inline)) bool gk_loop(const gk_args *a, int 
         if (f16)
             gk_store32_f16(o[0], o[1], tm, dst, j, &first, m);
         else
-            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
+            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, a->nt_store, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -632,7 +638,7 @@ static inline __attribute__((always_inline)) bool gk_linear_body(const uint16_t 
         if (f16)
             gk_store32_f16(oe, oo, tm, dst, j, &first, m);
         else
-            gk_store32(oe, oo, te, to, tm, out_bf16, dst, j, &first, m);
+            gk_store32(oe, oo, te, to, tm, out_bf16, false, dst, j, &first, m);
     }
     *obad = first;
     return bad != 0;
@@ -715,7 +721,7 @@ static inline __attribute__((always_inline)) void gk_lerp_body(const uint16_t *x
         if (f16)
             gk_store32_f16(o[0], o[1], tm, dst, j, &first, m);
         else
-            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, dst, j, &first, m);
+            gk_store32(o[0], o[1], th[0], th[1], tm, out_bf16, false, dst, j, &first, m);
     }
     *obad = first;
 }

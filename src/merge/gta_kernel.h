@@ -58,6 +58,9 @@ typedef struct gk_args {
     bool check_base;
     bool in_f16;        /* the base and every x in IEEE half rather than bf16 (see gk_takes) */
     bool out_bf16;      /* the output in bf16, with in_f16 in f16 (else f32) */
+    bool nt_store;      /* dst is memory the device reads, not the CPU (a ring slot of
+                           direct writes, merge_sink_direct): whole cache lines of bf16
+                           results go there with non-temporal stores */
     gk_model m[GK_MAX_MODELS];
 } gk_args;
 

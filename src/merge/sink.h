@@ -9,6 +9,7 @@
 #ifndef ALLOY_MERGE_SINK_H
 #define ALLOY_MERGE_SINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "alloy.h"
@@ -33,6 +34,12 @@ size_t merge_sink_put(merge_sink *s, size_t lo, const float *v, size_t m);
  * caller fills it before its next call to the sink. What merge_sink_put
  * does for a kernel that converts and stores itself. */
 void *merge_sink_slot(merge_sink *s, size_t lo, size_t m);
+
+/* Whether merge_sink_slot gives the calling thread's room in the ring of
+ * direct writes (memory that only the device reads) rather than in a
+ * stage: then whole cache lines of results are best stored there
+ * non-temporally. For this tensor, until a slot call finds no room there. */
+bool merge_sink_direct(const merge_sink *s);
 
 /* The dtype of the tensor being written. */
 alloy_dtype merge_sink_dtype(const merge_sink *s);

@@ -32,7 +32,8 @@ enum { SL_T };
  * the output in runs), each to whichever thread is free: what the first
  * pass read last is still in the shared last-level cache (two 0.5B MLP
  * matrices in bf16 are 17 MB), and a thread slowed by the writers or the
- * prefetcher does not keep the other waiting at the end of a pass. The
+ * prefetcher does not keep the other waiting at the end of a pass. One
+ * thread alone takes them in order, as one stream (task_arithmetic.c). The
  * sums are per fixed chunk, so they do not depend on the schedule. */
 #define SL_SEG 128
 
@@ -116,7 +117,7 @@ static int slerp_merge(const merge_call *call, float *out, alloy_err *err) {
         size_t nseg = (nb + SL_SEG - 1) / SL_SEG;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : obad)
         for (size_t back = 0; back < nseg; back++) {
-            size_t sg = nseg - 1 - back;
+            size_t sg = nt == 1 ? back : nseg - 1 - back;
             for (size_t bi = sg * SL_SEG; bi < nb && bi < (sg + 1) * SL_SEG; bi++) {
                 size_t b0 = bi * SL_BLOCK, m = n - b0 < SL_BLOCK ? n - b0 : SL_BLOCK, ob = m;
                 void *dst = call->sink ? merge_sink_slot(call->sink, b0, m) : (void *)(out + b0);

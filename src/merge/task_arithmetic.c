@@ -72,7 +72,10 @@ typedef struct gta_variant {
  * share (on the MLP matrices of a 0.5B model, base + 3 models, 35 MB of bf16
  * inputs, most of the tensor), and a thread slowed by the writers or the
  * prefetcher leaves its work to the other instead of keeping it waiting at
- * the end of the pass. */
+ * the end of the pass. One thread alone (a lane of the executor) takes them
+ * in order: its results are then one stream, which its sink makes straight
+ * in the ring of direct writes (merge/sink.c); paired runs on the bench
+ * found no difference in CPU time between the two orders there. */
 #define GTA_SEG 128
 
 /* DARE's first pass draws each model's mask for its L1 sums; the merge pass
@@ -708,7 +711,7 @@ static gk_block_fn gta_kernel_for(const gta_ctx *g, bool base_checked, gk_args *
     if ((uintptr_t)g->base.data & 1) return NULL;
     *a = (gk_args){.k = call->k, .consensus = g->consensus, .normalize = g->normalize, .lambda = g->lambda,
                    .div_all = g->div_all, .base = g->base.data, .check_base = !base_checked, .in_f16 = f16,
-                   .out_bf16 = odt != ALLOY_F32};
+                   .out_bf16 = odt != ALLOY_F32, .nt_store = call->sink && merge_sink_direct(call->sink)};
     for (int i = 0; i < call->k; i++) {
         const gta_model *gm = &g->m[i];
         gk_model *km = &a->m[i];
@@ -860,7 +863,7 @@ static int gta_merge(const gta_variant *v, const merge_call *call, float *out, a
             if (!d) oom = 1;
 #pragma omp for schedule(dynamic, 1) nowait
             for (size_t back = 0; back < nseg; back++) {
-                size_t sg = nseg - 1 - back;
+                size_t sg = nt == 1 ? back : nseg - 1 - back;
                 size_t s0 = sg * GTA_SEG * GTA_BLOCK, s1 = s0 + GTA_SEG * GTA_BLOCK;
                 size_t step = kernel ? GTA_WIDE : GTA_BLOCK;
                 s1 = s1 < n ? s1 : n;

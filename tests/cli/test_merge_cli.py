@@ -297,6 +297,9 @@ dtype: float32
     #     of at least ALLOY_LANE_BYTES of output never at once; the output is the same bytes as on
     #     one lane (ALLOY_LANE_BYTES=0), on 2 threads (1 + 1) and on 3 (1 + 2, nested teams).
     #     Here the embedding and the head (4096 x 128 bf16, 1 MiB each) are the large ones.
+    #     And with direct writes (ALLOY_DIRECT_IO=1; by default only for outputs of 64 MB or
+    #     more): a lane's results are then made in the ring of direct writes itself (dio_stream)
+    #     while one lane stages and copies, and the bytes are the same again.
     lanes, _ = bf16_family("lanes", 41, dict(hidden=128, inter=512, vocab=4096, layers=3))
     big = 4096 * 128 * 2
     for meth in ("ties", "dare_ties", "slerp"):
@@ -309,13 +312,14 @@ dtype: float32
                    % (meth, lanes[0], lanes[1], lanes[2])
         r = recipe("lanes-" + meth, body)
         outs, errs = [], ""
-        for tag, lb, th in (("one", "0", 2), ("two", str(big), 2), ("three", str(big), 3)):
+        for tag, lb, th, dio in (("one", "0", 2, "0"), ("two", str(big), 2, "0"), ("three", str(big), 3, "0"),
+                                 ("one-direct", "0", 2, "1"), ("two-direct", str(big), 2, "1")):
             o = os.path.join(TMP, "out-lanes-%s-%s" % (meth, tag))
             pr = subprocess.run([ALLOY, "merge", r, o, "--seed", "5", "--threads", str(th)], capture_output=True,
-                                text=True, env=dict(os.environ, ALLOY_LANE_BYTES=lb))
+                                text=True, env=dict(os.environ, ALLOY_LANE_BYTES=lb, ALLOY_DIRECT_IO=dio))
             errs += pr.stderr if pr.returncode else ""
             outs.append(os.path.join(o, "model.safetensors") if pr.returncode == 0 else None)
-        ok = all(outs) and filecmp.cmp(outs[0], outs[1], shallow=False) and filecmp.cmp(outs[0], outs[2], shallow=False)
+        ok = all(outs) and all(filecmp.cmp(outs[0], x, shallow=False) for x in outs[1:])
         record("%s: two lanes, the same bytes as one" % meth, ok, errs.strip())
 
     # 8. kill -9 mid-merge: OUT_DIR is either absent or complete, never partial.

@@ -3,8 +3,10 @@
  * threads, forwards and backwards, one write larger than many slots,
  * files shorter than a block and of no bytes; several files whose open
  * runs hold every slot of the ring (the writes that find none go out on
- * their own); a stream of pieces going out in whole slots; two threads completing one partial block at once; a byte written twice and a write past the end are errors
- * naming the file. */
+ * their own); a stream of pieces going out in whole slots; two threads
+ * completing one partial block at once; streams made in the ring itself
+ * beside copied pieces; a byte written twice and a write past the end are
+ * errors naming the file. */
 #include <errno.h>
 #include <fcntl.h>
 #include <omp.h>
@@ -266,12 +268,88 @@ static void test_errors(void **state) {
     dio_pool_free(p);
 }
 
+/* Streams (dio_stream): two threads, each making its half of a file of
+ * several slots in pieces of every size up to DIO_STREAM_MAX, its
+ * stretches unaligned and broken twice (a jump ahead, the skipped bytes
+ * then made as a stretch of their own), and a third part written with
+ * dio_write: the file reads back byte for byte, every block is written
+ * once, and a stretch goes out in about one write per slot (a slot's last
+ * block carried on, not written twice). */
+static void test_streams(void **state) {
+    (void)state;
+    alloy_err err = {{0}};
+    dio_pool *p = dio_pool_new(&err);
+    assert_non_null(p);
+    const uint64_t size = 9 * DIO_SLOT + 777, third = size / 3 + 123;
+    unsigned char *data = malloc(size);
+    for (uint64_t i = 0; i < size; i++) data[i] = byte_at(21, i);
+    char *path = fs_join(root, "streams");
+    dio_file *f = dio_open(p, path, size, &err);
+    assert_non_null(f);
+    int bad = 0;
+#pragma omp parallel num_threads(3) reduction(| : bad)
+    {
+        int t = omp_get_thread_num();
+        uint64_t lo = (uint64_t)t * third, hi = t == 2 ? size : lo + third;
+        alloy_err e = {{0}};
+        if (t == 2) { /* the last third the copying way, in pieces */
+            for (uint64_t at = lo; at < hi && !bad;) {
+                size_t n = hi - at < 300001 ? (size_t)(hi - at) : 300001;
+                bad |= dio_write(f, data + at, n, at, &e) != 0;
+                at += n;
+            }
+        } else {
+            dio_stream ds;
+            dio_stream_init(&ds, f);
+            /* [lo, jump) and [jump2, hi) in order, then [jump, jump2) */
+            uint64_t jump = lo + DIO_SLOT + 5001, jump2 = jump + 3 * DIO_BLOCK + 17;
+            uint64_t parts[3][2] = {{lo, jump}, {jump2, hi}, {jump, jump2}};
+            for (int q = 0; q < 3 && !bad; q++)
+                for (uint64_t at = parts[q][0], k = 0; at < parts[q][1] && !bad; k++) {
+                    size_t n = 1 + (size_t)(rng_mix64(77 + k + 1000 * (uint64_t)t) % DIO_STREAM_MAX);
+                    if (n > parts[q][1] - at) n = (size_t)(parts[q][1] - at);
+                    char *room = dio_stream_room(&ds, at, n, &e);
+                    if (!room) {
+                        bad = 1;
+                        break;
+                    }
+                    memcpy(room, data + at, n);
+                    at += n;
+                }
+            if (!bad) bad |= dio_stream_end(&ds, &e) != 0;
+            if (bad) print_error("stream %d: %s\n", t, e.msg);
+        }
+    }
+    assert_int_equal(bad, 0);
+    assert_int_equal(dio_close(f, &err), 0);
+    uint64_t writes, bytes;
+    dio_pool_stats(p, &writes, &bytes);
+    dio_pool_free(p);
+    expect_file(path, size, 21);
+    assert_int_equal(bytes, (size + DIO_BLOCK - 1) / DIO_BLOCK * DIO_BLOCK);
+    /* 10 slots of bytes: per stream about 4 slots and the breaks' blocks,
+     * the copied third in its runs */
+    if (writes > 30) fail_msg("%llu writes", (unsigned long long)writes);
+    /* past the end, and more than a stream takes at once */
+    p = dio_pool_new(&err);
+    f = dio_open(p, path, 10000, &err);
+    dio_stream ds;
+    dio_stream_init(&ds, f);
+    assert_null(dio_stream_room(&ds, 9000, 2000, &err));
+    assert_non_null(strstr(err.msg, "past its size"));
+    dio_abort(f);
+    dio_pool_free(p);
+    free(path);
+    free(data);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pieces),
         cmocka_unit_test(test_starved),
         cmocka_unit_test(test_runs_fill_slots),
         cmocka_unit_test(test_edge_race),
+        cmocka_unit_test(test_streams),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
