@@ -87,6 +87,7 @@ static void *direct_room(merge_sink *s, stage *g, size_t lo, size_t m) {
     void *p = dio_stream_room(&g->ds, s->fbase + (uint64_t)lo * s->es, m * s->es, &g->err);
     if (!p) {
         if (!g->ds.refused) g->failed = 1;
+        dio_stream_abandon(&g->ds); /* (after an error: a slot it may still hold) */
         g->direct = false;
     }
     return p;
