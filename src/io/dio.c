@@ -274,6 +274,19 @@ static size_t run_start(const dio_file *f, size_t n, uint64_t x) {
     return (DIO_SLOT - n) / 2 / DIO_BLOCK * DIO_BLOCK;
 }
 
+/* A free slot of the ring, waiting while one is in flight; -1 with *e the
+ * file's error, or *e 0 when none is free and none in flight (every slot
+ * held by open runs or streams). */
+static int take_slot(dio_file *f, int *e) {
+    dio_pool *p = f->p;
+    pthread_mutex_lock(&p->mu);
+    while (!p->nfree && !f->err_no && p->pending) pthread_cond_wait(&p->done, &p->mu);
+    *e = f->err_no;
+    int slot = *e || !p->nfree ? -1 : p->free_slot[--p->nfree];
+    pthread_mutex_unlock(&p->mu);
+    return slot;
+}
+
 /* Where n bytes (whole blocks, at most DIO_SLOT) for file offset x go: the
  * end or the front of an open run they adjoin, or a new run (a free slot:
  * the oldest idle run is queued to make room, and this waits while every
@@ -315,11 +328,7 @@ static dio_run *claim(dio_file *f, size_t n, uint64_t x, char **dst, int *e) {
         }
         pthread_cond_wait(&f->idle, &f->mu); /* every run busy: wait for a copy to end */
     }
-    pthread_mutex_lock(&p->mu);
-    while (!p->nfree && !f->err_no && p->pending) pthread_cond_wait(&p->done, &p->mu);
-    *e = f->err_no;
-    int slot = *e || !p->nfree ? -1 : p->free_slot[--p->nfree];
-    pthread_mutex_unlock(&p->mu);
+    int slot = take_slot(f, e);
     if (slot < 0) {
         r->slot = -1;
         return NULL;
@@ -462,19 +471,6 @@ void dio_stream_init(dio_stream *s, dio_file *f) {
     *s = (dio_stream){.f = f, .slot = -1};
 }
 
-/* A free slot for s, waiting while one is in flight; -1 with *e the
- * file's error, or *e 0 when none is free and none in flight (every slot
- * held by open runs or streams). */
-static int stream_slot(dio_file *f, int *e) {
-    dio_pool *p = f->p;
-    pthread_mutex_lock(&p->mu);
-    while (!p->nfree && !f->err_no && p->pending) pthread_cond_wait(&p->done, &p->mu);
-    *e = f->err_no;
-    int slot = *e || !p->nfree ? -1 : p->free_slot[--p->nfree];
-    pthread_mutex_unlock(&p->mu);
-    return slot;
-}
-
 static void stream_release(dio_file *f, int slot) {
     dio_pool *p = f->p;
     pthread_mutex_lock(&p->mu);
@@ -491,25 +487,20 @@ static int stream_emit(dio_stream *s, uint64_t lo, uint64_t hi, alloy_err *err) 
     dio_file *f = s->f;
     const char *mem = f->p->ring + (size_t)s->slot * DIO_SLOT;
     uint64_t a = (lo + DIO_BLOCK - 1) / DIO_BLOCK * DIO_BLOCK, b = hi / DIO_BLOCK * DIO_BLOCK;
-    int rc = 0;
-    if (a >= b) { /* no whole block: one or two partial ones */
-        uint64_t cut = a < hi ? a : hi;
-        rc = partial(f, mem + (lo - s->fb), (size_t)(cut - lo), lo, err);
-        if (!rc) rc = partial(f, mem + (cut - s->fb), (size_t)(hi - cut), cut, err);
+    /* [lo, cut) and [tail, hi): the partial pieces (with no whole block
+     * between them, the one or two partial blocks there are) */
+    uint64_t cut = a < hi ? a : hi, tail = b > cut ? b : cut;
+    int rc = partial(f, mem + (lo - s->fb), (size_t)(cut - lo), lo, err);
+    if (!rc) rc = partial(f, mem + (tail - s->fb), (size_t)(hi - tail), tail, err);
+    if (rc || a >= b) {
         stream_release(f, s->slot);
     } else {
-        rc = partial(f, mem + (lo - s->fb), (size_t)(a - lo), lo, err);
-        if (!rc) rc = partial(f, mem + (b - s->fb), (size_t)(hi - b), b, err);
-        if (rc) {
-            stream_release(f, s->slot);
-        } else {
 #if defined(__AVX512F__)
-            _mm_sfence();
+        _mm_sfence(); /* the kernels' non-temporal stores, before the device reads them */
 #endif
-            pthread_mutex_lock(&f->mu);
-            queue_job(f, s->slot, (size_t)(a - s->fb), (size_t)(b - a), a);
-            pthread_mutex_unlock(&f->mu);
-        }
+        pthread_mutex_lock(&f->mu);
+        queue_job(f, s->slot, (size_t)(a - s->fb), (size_t)(b - a), a);
+        pthread_mutex_unlock(&f->mu);
     }
     s->slot = -1;
     return rc;
@@ -540,7 +531,7 @@ char *dio_stream_room(dio_stream *s, uint64_t x, size_t n, alloy_err *err) {
     if (s->slot >= 0 && x != s->end && dio_stream_end(s, err)) return NULL; /* a new stretch */
     int e = 0;
     if (s->slot < 0) {
-        if ((s->slot = stream_slot(f, &e)) < 0) {
+        if ((s->slot = take_slot(f, &e)) < 0) {
             if (e) alloy_fail(err, "%s: write failed: %s", f->path, strerror(e));
             else s->refused = true;
             return NULL;
@@ -556,7 +547,7 @@ char *dio_stream_room(dio_stream *s, uint64_t x, size_t n, alloy_err *err) {
         const char *mem = f->p->ring + (size_t)s->slot * DIO_SLOT;
         memcpy(carry, mem + (nb - s->fb), (size_t)(x - nb));
         if (stream_emit(s, s->own, nb, err)) return NULL;
-        if ((s->slot = stream_slot(f, &e)) < 0) {
+        if ((s->slot = take_slot(f, &e)) < 0) {
             /* the carried bytes go the ordinary way, and the stream starts again at x */
             if (x > nb && partial(f, carry, (size_t)(x - nb), nb, err)) return NULL;
             if (e) alloy_fail(err, "%s: write failed: %s", f->path, strerror(e));
